@@ -1,0 +1,2 @@
+//! Benchmark tool (under construction).
+fn main() {}

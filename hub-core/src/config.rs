@@ -1,0 +1,62 @@
+//! Hub configuration and its builder.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::hooks::{AllowSubscribe, EventHandler, Hooks};
+
+/// What the hub does when a session's outgoing queue is full (the client reads too slowly).
+///
+/// Either way, other sessions never wait for the slow one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SlowConsumerPolicy {
+    /// Close the session with reason `slow_consumer` (WebSocket close 1008). The default: a
+    /// client that resumes from its last position loses nothing.
+    #[default]
+    Disconnect,
+    /// Drop frames for that session only; when it catches up, tell it exactly what it missed
+    /// (`gap` with `reason: "lagged"` per topic, `dropped` for events without positions).
+    Drop,
+}
+
+/// The hub's settings. Built with [`crate::HubBuilder`]; every limit a client can push against
+/// is here.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) heartbeat_timeout: Duration,
+    pub(crate) queue_capacity: usize,
+    pub(crate) max_frame_size: usize,
+    pub(crate) history_len: usize,
+    pub(crate) slow_consumer: SlowConsumerPolicy,
+    pub(crate) max_name_len: usize,
+    pub(crate) max_subscriptions: usize,
+    pub(crate) max_rooms_per_session: usize,
+    pub(crate) max_topics: usize,
+    pub(crate) room_presence_events: bool,
+    pub(crate) allowed_origins: Option<Arc<[String]>>,
+    pub(crate) hooks: Arc<dyn Hooks>,
+    pub(crate) handlers: Arc<std::collections::HashMap<String, Arc<dyn EventHandler>>>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            heartbeat_interval: Duration::from_secs(25),
+            heartbeat_timeout: Duration::from_secs(60),
+            queue_capacity: 1024,
+            max_frame_size: 64 * 1024,
+            history_len: 100,
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+            max_name_len: 128,
+            max_subscriptions: 256,
+            max_rooms_per_session: 256,
+            max_topics: 100_000,
+            room_presence_events: false,
+            allowed_origins: None,
+            hooks: Arc::new(AllowSubscribe),
+            handlers: Arc::default(),
+        }
+    }
+}

@@ -1,0 +1,1257 @@
+//! The hub: sessions, topics, rooms, presence, and the operations on them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::codec::Payload;
+use crate::config::{Config, SlowConsumerPolicy};
+use crate::error::{DisconnectReason, ErrorCode, Rejection, RoomError, SendError};
+use crate::frame::{decode_client, ClientFrame, Frame, Scope, Shared, Since};
+use crate::hooks::{Action, ConnectRequest, EventContext, EventHandler, Hooks};
+use crate::session::{lock, Connection, Outbox, Pushed, Session, SessionId, SessionState};
+use crate::stats::{Stats, StatsSnapshot};
+
+/// A handle on the hub. Cheap to clone; every clone is the same hub.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use hub_core::Hub;
+/// let hub = Hub::builder().history_len(50).build();
+/// let pos = hub.publish("scores/all", &serde_json::json!({"home": 1, "away": 0})).unwrap();
+/// assert_eq!(pos.offset, 1);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Hub {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("sessions", &self.inner.sessions.len())
+            .field("topics", &self.inner.topics.len())
+            .finish()
+    }
+}
+
+/// Where a published message landed in its topic's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// The topic stream's epoch.
+    pub epoch: Arc<str>,
+    /// The message's offset within the epoch (1, 2, 3, ...).
+    pub offset: u64,
+}
+
+/// A member of a topic or room, as presence shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Member {
+    /// The member's session.
+    #[serde(serialize_with = "ser_display")]
+    pub session: SessionId,
+    /// The session's user id.
+    pub user: String,
+    /// The session's presence metadata.
+    pub meta: serde_json::Value,
+}
+
+fn ser_display<S: serde::Serializer>(id: &SessionId, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(id)
+}
+
+/// Builds a [`Hub`]. Every setting has a default suited to a public-facing service.
+#[derive(Default)]
+#[must_use]
+pub struct HubBuilder {
+    config: Config,
+    handlers: HashMap<String, Arc<dyn EventHandler>>,
+}
+
+impl HubBuilder {
+    /// Heartbeat interval (pings sent) and timeout (a silent session is closed). Defaults 25 s
+    /// and 60 s. A silent session is closed between `timeout` and `timeout + interval` after it
+    /// was last heard from.
+    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.config.heartbeat_interval = interval.max(Duration::from_millis(1));
+        self.config.heartbeat_timeout = timeout;
+        self
+    }
+
+    /// Frames a session may have queued before the slow-consumer policy applies. Default 1024.
+    pub fn queue_capacity(mut self, frames: usize) -> Self {
+        self.config.queue_capacity = frames.max(1);
+        self
+    }
+
+    /// Largest frame (and message) a client may send, in bytes. Default 64 KiB.
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.config.max_frame_size = bytes;
+        self
+    }
+
+    /// Messages kept per topic for resuming clients. Default 100; 0 keeps none.
+    pub fn history_len(mut self, messages: usize) -> Self {
+        self.config.history_len = messages;
+        self
+    }
+
+    /// What to do with a session whose queue is full. Default [`SlowConsumerPolicy::Disconnect`].
+    pub fn slow_consumer(mut self, policy: SlowConsumerPolicy) -> Self {
+        self.config.slow_consumer = policy;
+        self
+    }
+
+    /// Longest topic, room or event name in bytes. Default 128.
+    pub fn max_name_len(mut self, bytes: usize) -> Self {
+        self.config.max_name_len = bytes;
+        self
+    }
+
+    /// Topics one session may follow at once. Default 256.
+    pub fn max_subscriptions(mut self, n: usize) -> Self {
+        self.config.max_subscriptions = n;
+        self
+    }
+
+    /// Rooms one session may be in at once. Default 256.
+    pub fn max_rooms_per_session(mut self, n: usize) -> Self {
+        self.config.max_rooms_per_session = n;
+        self
+    }
+
+    /// Topics the hub holds at once (a topic lives while it has subscribers or history).
+    /// Default 100,000.
+    pub fn max_topics(mut self, n: usize) -> Self {
+        self.config.max_topics = n;
+        self
+    }
+
+    /// Send `join`/`leave` events to a room's members when members come and go. Default off.
+    pub fn room_presence_events(mut self, on: bool) -> Self {
+        self.config.room_presence_events = on;
+        self
+    }
+
+    /// Browser origins allowed to connect (e.g. `https://example.com`). A request with an
+    /// `Origin` header outside the list is refused with 403 `origin_not_allowed`; requests
+    /// without `Origin` (non-browser clients) are not affected. Default: any origin.
+    pub fn allowed_origins<I, S>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.allowed_origins = Some(origins.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The host's hooks (authentication, authorization, connect/disconnect).
+    pub fn hooks(mut self, hooks: impl Hooks) -> Self {
+        self.config.hooks = Arc::new(hooks);
+        self
+    }
+
+    /// Routes the custom client event `name` to `handler`; what it returns is the `reply`.
+    ///
+    /// ```
+    /// use hub_core::{Hub, Payload};
+    /// let hub = Hub::builder()
+    ///     .on_event("chat-message", |ctx: hub_core::EventContext, data: Payload| async move {
+    ///         let msg: serde_json::Value = data.decode()?;
+    ///         let room = msg["room"].as_str().unwrap_or("lobby").to_owned();
+    ///         ctx.hub().to(room).except(ctx.session_id()).emit("new-message", &msg)?;
+    ///         Ok(Some(Payload::from_value(&"delivered")?))
+    ///     })
+    ///     .build();
+    /// # drop(hub);
+    /// ```
+    pub fn on_event(mut self, name: impl Into<String>, handler: impl EventHandler) -> Self {
+        self.handlers.insert(name.into(), Arc::new(handler));
+        self
+    }
+
+    /// Builds the hub. Needs no runtime; background work starts with the first session.
+    pub fn build(mut self) -> Hub {
+        self.config.handlers = Arc::new(self.handlers);
+        Hub {
+            inner: Arc::new(Inner {
+                config: self.config,
+                sessions: DashMap::new(),
+                topics: DashMap::new(),
+                rooms: DashMap::new(),
+                stats: Stats::default(),
+                start: tokio::time::Instant::now(),
+                sweeper: AtomicBool::new(false),
+                shutting_down: AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
+/// One topic: its stream position, bounded history and subscribers.
+pub(crate) struct Topic {
+    name: Arc<str>,
+    epoch: Arc<str>,
+    state: Mutex<TopicState>,
+}
+
+struct TopicState {
+    last_offset: u64,
+    history: VecDeque<Arc<Shared>>,
+    subs: HashMap<SessionId, Sub>,
+    /// Removed from the hub's table: whoever finds it dead looks the topic up again.
+    dead: bool,
+}
+
+struct Sub {
+    session: Arc<SessionState>,
+    presence: bool,
+}
+
+/// One room: its members. A room exists while it has members.
+pub(crate) struct Room {
+    state: Mutex<RoomState>,
+}
+
+struct RoomState {
+    members: HashMap<SessionId, Arc<SessionState>>,
+    dead: bool,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pub(crate) sessions: DashMap<SessionId, Arc<SessionState>>,
+    topics: DashMap<Arc<str>, Arc<Topic>>,
+    rooms: DashMap<Arc<str>, Arc<Room>>,
+    pub(crate) stats: Stats,
+    start: tokio::time::Instant,
+    sweeper: AtomicBool,
+    shutting_down: AtomicBool,
+}
+
+/// A failed client operation: the code and message of its `error` frame.
+type OpError = (ErrorCode, String);
+
+fn missing(field: &str) -> OpError {
+    (ErrorCode::BadField, format!("missing field `{field}`"))
+}
+
+fn need<'a>(v: &'a Option<String>, field: &str) -> Result<&'a str, OpError> {
+    v.as_deref().ok_or_else(|| missing(field))
+}
+
+/// Topic and room names: 1..=max bytes of `A-Z a-z 0-9 - _ . : / @ =`.
+fn valid_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/@=".contains(&b))
+}
+
+fn check_name(name: &str, max: usize, code: ErrorCode) -> Result<(), OpError> {
+    if valid_name(name, max) {
+        Ok(())
+    } else {
+        let what = if code == ErrorCode::BadRoom {
+            "room"
+        } else {
+            "topic"
+        };
+        Err((
+            code,
+            format!("{what} name must be 1 to {max} bytes of A-Z a-z 0-9 - _ . : / @ ="),
+        ))
+    }
+}
+
+fn valid_event(name: &str, max: usize) -> bool {
+    !name.is_empty() && name.len() <= max && !name.chars().any(char::is_control)
+}
+
+fn internal(e: impl std::fmt::Display) -> OpError {
+    (ErrorCode::Internal, e.to_string())
+}
+
+impl Inner {
+    pub(crate) fn now_ms(&self) -> u64 {
+        let elapsed = tokio::time::Instant::now().saturating_duration_since(self.start);
+        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn push_one(&self, s: &Arc<SessionState>, frame: Frame) {
+        let shared = Shared::new(frame);
+        let mut overflow = Vec::new();
+        self.fan_out(std::iter::once(s), &shared, &mut overflow);
+        self.close_all(overflow, DisconnectReason::SlowConsumer);
+    }
+
+    pub(crate) fn send_error(
+        &self,
+        s: &Arc<SessionState>,
+        id: Option<u64>,
+        code: ErrorCode,
+        message: String,
+    ) {
+        Stats::add(&self.stats.errors_sent, 1);
+        tracing::debug!(session = %s.id, code = code.as_str(), %message, "error sent");
+        self.push_one(s, Frame::Error { id, code, message });
+    }
+
+    /// Pushes `frame` to every target without waiting; sessions that overflow under the
+    /// `Disconnect` policy are collected for the caller to close once its locks are released.
+    fn fan_out<'a>(
+        &self,
+        targets: impl Iterator<Item = &'a Arc<SessionState>>,
+        frame: &Arc<Shared>,
+        overflow: &mut Vec<Arc<SessionState>>,
+    ) -> usize {
+        let (mut queued, mut dropped) = (0u64, 0u64);
+        for s in targets {
+            match s.queue.push(frame) {
+                Pushed::Queued => queued += 1,
+                Pushed::Dropped => dropped += 1,
+                Pushed::Overflow => overflow.push(s.clone()),
+            }
+        }
+        Stats::add(&self.stats.deliveries, queued);
+        if dropped > 0 {
+            Stats::add(&self.stats.dropped, dropped);
+        }
+        usize::try_from(queued).unwrap_or(usize::MAX)
+    }
+
+    fn close_all(&self, sessions: Vec<Arc<SessionState>>, reason: DisconnectReason) {
+        for s in sessions {
+            self.close_session(&s, reason);
+        }
+    }
+
+    /// Ends a session: exactly once, whatever calls it first. Removes it from every topic and
+    /// room (each membership emits its `leave` once), then tells the host.
+    pub(crate) fn close_session(&self, s: &Arc<SessionState>, reason: DisconnectReason) {
+        let mut work = vec![(s.clone(), reason)];
+        while let Some((s, reason)) = work.pop() {
+            let (topics, rooms) = {
+                let mut m = lock(&s.membership);
+                if m.closed {
+                    continue;
+                }
+                m.closed = true;
+                (std::mem::take(&mut m.topics), std::mem::take(&mut m.rooms))
+            };
+            let dropped = s.close_queue(reason);
+            if dropped > 0 {
+                Stats::add(&self.stats.dropped, dropped as u64);
+            }
+            let mut overflow = Vec::new();
+            for topic in topics {
+                self.remove_from_topic(&s, &topic, &mut overflow);
+            }
+            for room in rooms {
+                self.remove_from_room(&s, &room, &mut overflow);
+            }
+            self.sessions.remove(&s.id);
+            self.stats.count_disconnect(reason);
+            tracing::debug!(session = %s.id, transport = s.transport.name, %reason, "session closed");
+            self.config.hooks.on_disconnect(&s.info(), reason);
+            work.extend(
+                overflow
+                    .into_iter()
+                    .map(|o| (o, DisconnectReason::SlowConsumer)),
+            );
+        }
+    }
+
+    /// The topic named `name`, created if needed.
+    fn topic(&self, name: &str) -> Result<Arc<Topic>, SendError> {
+        if let Some(t) = self.topics.get(name) {
+            return Ok(t.clone());
+        }
+        if self.topics.len() >= self.config.max_topics {
+            return Err(SendError::TooManyTopics);
+        }
+        let t = self
+            .topics
+            .entry(Arc::from(name))
+            .or_insert_with(|| {
+                Arc::new(Topic {
+                    name: Arc::from(name),
+                    epoch: Arc::from(random_hex().as_str()),
+                    state: Mutex::new(TopicState {
+                        last_offset: 0,
+                        history: VecDeque::new(),
+                        subs: HashMap::new(),
+                        dead: false,
+                    }),
+                })
+            })
+            .clone();
+        Ok(t)
+    }
+
+    /// Forgets a topic that holds nothing (no subscribers, no history).
+    fn maybe_remove_topic(&self, name: &str) {
+        self.topics.remove_if(name, |_, t| {
+            let mut st = lock(&t.state);
+            let idle = st.subs.is_empty() && st.history.is_empty();
+            if idle {
+                st.dead = true;
+            }
+            idle
+        });
+    }
+
+    fn publish(&self, name: &str, data: Payload) -> Result<Position, SendError> {
+        let mut data = Some(data);
+        let mut overflow = Vec::new();
+        let position = loop {
+            let t = self.topic(name)?;
+            let mut st = lock(&t.state);
+            if st.dead {
+                continue;
+            }
+            st.last_offset += 1;
+            let offset = st.last_offset;
+            let frame = Shared::new(Frame::Message {
+                topic: t.name.clone(),
+                epoch: t.epoch.clone(),
+                offset,
+                data: data.take().unwrap_or_default(),
+            });
+            if self.config.history_len > 0 {
+                st.history.push_back(frame.clone());
+                while st.history.len() > self.config.history_len {
+                    st.history.pop_front();
+                }
+            }
+            // Fan-out under the topic lock: every subscriber gets the topic's messages in
+            // offset order, whoever publishes them. A push never waits.
+            self.fan_out(st.subs.values().map(|s| &s.session), &frame, &mut overflow);
+            break Position {
+                epoch: t.epoch.clone(),
+                offset,
+            };
+        };
+        Stats::add(&self.stats.published, 1);
+        self.close_all(overflow, DisconnectReason::SlowConsumer);
+        Ok(position)
+    }
+
+    fn subscribe(
+        &self,
+        s: &Arc<SessionState>,
+        name: &str,
+        id: Option<u64>,
+        since: Option<Since>,
+        presence: bool,
+    ) -> Result<(), OpError> {
+        let mut overflow = Vec::new();
+        {
+            let mut m = lock(&s.membership);
+            if m.closed {
+                return Ok(());
+            }
+            if m.topics.contains(name) {
+                return Err((
+                    ErrorCode::AlreadySubscribed,
+                    format!("already subscribed to {name}"),
+                ));
+            }
+            if m.topics.len() >= self.config.max_subscriptions {
+                return Err((
+                    ErrorCode::TooManySubscriptions,
+                    format!("at most {} subscriptions", self.config.max_subscriptions),
+                ));
+            }
+            loop {
+                let t = self.topic(name).map_err(|e| (e.code(), e.to_string()))?;
+                let mut st = lock(&t.state);
+                if st.dead {
+                    continue;
+                }
+                if let Some(id) = id {
+                    let data = Payload::from_value(&json!({
+                        "topic": &*t.name, "epoch": &*t.epoch, "offset": st.last_offset,
+                    }))
+                    .map_err(internal)?;
+                    let reply = Shared::new(Frame::Reply { id, data });
+                    self.fan_out(std::iter::once(s), &reply, &mut overflow);
+                }
+                if let Some(since) = since {
+                    self.recover(&t, &st, s, &since, &mut overflow);
+                }
+                let join = Shared::new(Frame::Presence {
+                    join: true,
+                    scope: Scope::Topic(t.name.clone()),
+                    member: s.member(),
+                });
+                let watchers = st.subs.values().filter(|w| w.presence).map(|w| &w.session);
+                self.fan_out(watchers, &join, &mut overflow);
+                st.subs.insert(
+                    s.id,
+                    Sub {
+                        session: s.clone(),
+                        presence,
+                    },
+                );
+                m.topics.insert(t.name.clone());
+                break;
+            }
+        }
+        self.close_all(overflow, DisconnectReason::SlowConsumer);
+        Ok(())
+    }
+
+    /// Queues what a resuming subscriber missed since `since`, or a `gap` saying what is lost.
+    /// Runs under the topic lock, so nothing live can slip in between.
+    fn recover(
+        &self,
+        t: &Topic,
+        st: &TopicState,
+        s: &Arc<SessionState>,
+        since: &Since,
+        overflow: &mut Vec<Arc<SessionState>>,
+    ) {
+        let gap = |from, to, reason| {
+            Shared::new(Frame::Gap {
+                topic: t.name.clone(),
+                epoch: t.epoch.clone(),
+                from,
+                to,
+                reason,
+            })
+        };
+        if since.epoch != *t.epoch || since.offset > st.last_offset {
+            self.fan_out(std::iter::once(s), &gap(0, 0, "epoch"), overflow);
+            return;
+        }
+        let held = st.history.len() as u64;
+        let first_held = st.last_offset + 1 - held;
+        if since.offset + 1 < first_held {
+            let g = gap(since.offset + 1, first_held - 1, "history");
+            self.fan_out(std::iter::once(s), &g, overflow);
+        }
+        let skip =
+            usize::try_from((since.offset + 1).saturating_sub(first_held)).unwrap_or(usize::MAX);
+        for frame in st.history.iter().skip(skip) {
+            self.fan_out(std::iter::once(s), frame, overflow);
+        }
+    }
+
+    fn unsubscribe(&self, s: &Arc<SessionState>, name: &str) -> Result<(), OpError> {
+        let mut overflow = Vec::new();
+        {
+            let mut m = lock(&s.membership);
+            if !m.topics.remove(name) {
+                return Err((
+                    ErrorCode::NotSubscribed,
+                    format!("not subscribed to {name}"),
+                ));
+            }
+            self.remove_from_topic(s, name, &mut overflow);
+        }
+        self.close_all(overflow, DisconnectReason::SlowConsumer);
+        Ok(())
+    }
+
+    /// Removes `s` from a topic's subscribers; the watchers get its `leave` if it was there.
+    fn remove_from_topic(
+        &self,
+        s: &Arc<SessionState>,
+        name: &str,
+        overflow: &mut Vec<Arc<SessionState>>,
+    ) {
+        let Some(t) = self.topics.get(name).map(|t| t.clone()) else {
+            return;
+        };
+        {
+            let mut st = lock(&t.state);
+            if st.subs.remove(&s.id).is_some() {
+                let leave = Shared::new(Frame::Presence {
+                    join: false,
+                    scope: Scope::Topic(t.name.clone()),
+                    member: s.member(),
+                });
+                let watchers = st.subs.values().filter(|w| w.presence).map(|w| &w.session);
+                self.fan_out(watchers, &leave, overflow);
+            }
+        }
+        self.maybe_remove_topic(name);
+    }
+
+    fn join_room(&self, s: &Arc<SessionState>, name: &str) -> Result<(), RoomError> {
+        if !valid_name(name, self.config.max_name_len) {
+            return Err(RoomError::BadRoom);
+        }
+        let mut overflow = Vec::new();
+        {
+            let mut m = lock(&s.membership);
+            if m.closed {
+                return Err(RoomError::NoSession);
+            }
+            if m.rooms.contains(name) {
+                return Ok(());
+            }
+            if m.rooms.len() >= self.config.max_rooms_per_session {
+                return Err(RoomError::TooManyRooms);
+            }
+            let key: Arc<str> = Arc::from(name);
+            loop {
+                let room = self
+                    .rooms
+                    .entry(key.clone())
+                    .or_insert_with(|| {
+                        Arc::new(Room {
+                            state: Mutex::new(RoomState {
+                                members: HashMap::new(),
+                                dead: false,
+                            }),
+                        })
+                    })
+                    .clone();
+                let mut st = lock(&room.state);
+                if st.dead {
+                    continue;
+                }
+                if self.config.room_presence_events {
+                    let join = Shared::new(Frame::Presence {
+                        join: true,
+                        scope: Scope::Room(key.clone()),
+                        member: s.member(),
+                    });
+                    self.fan_out(st.members.values(), &join, &mut overflow);
+                }
+                st.members.insert(s.id, s.clone());
+                break;
+            }
+            m.rooms.insert(key);
+        }
+        self.close_all(overflow, DisconnectReason::SlowConsumer);
+        Ok(())
+    }
+
+    fn leave_room(&self, s: &Arc<SessionState>, name: &str) -> bool {
+        let mut overflow = Vec::new();
+        let was_member = {
+            let mut m = lock(&s.membership);
+            let was = m.rooms.remove(name);
+            if was {
+                self.remove_from_room(s, name, &mut overflow);
+            }
+            was
+        };
+        self.close_all(overflow, DisconnectReason::SlowConsumer);
+        was_member
+    }
+
+    fn remove_from_room(
+        &self,
+        s: &Arc<SessionState>,
+        name: &str,
+        overflow: &mut Vec<Arc<SessionState>>,
+    ) {
+        let Some(room) = self.rooms.get(name).map(|r| r.clone()) else {
+            return;
+        };
+        {
+            let mut st = lock(&room.state);
+            if st.members.remove(&s.id).is_some() && self.config.room_presence_events {
+                let leave = Shared::new(Frame::Presence {
+                    join: false,
+                    scope: Scope::Room(Arc::from(name)),
+                    member: s.member(),
+                });
+                self.fan_out(st.members.values(), &leave, overflow);
+            }
+        }
+        self.rooms.remove_if(name, |_, r| {
+            let mut st = lock(&r.state);
+            let empty = st.members.is_empty();
+            if empty {
+                st.dead = true;
+            }
+            empty
+        });
+    }
+
+    fn topic_members(&self, name: &str) -> Vec<Member> {
+        let Some(t) = self.topics.get(name).map(|t| t.clone()) else {
+            return Vec::new();
+        };
+        let st = lock(&t.state);
+        st.subs.values().map(|s| member_of(&s.session)).collect()
+    }
+
+    fn room_members(&self, name: &str) -> Vec<Member> {
+        let Some(r) = self.rooms.get(name).map(|r| r.clone()) else {
+            return Vec::new();
+        };
+        let st = lock(&r.state);
+        st.members.values().map(member_of).collect()
+    }
+
+    /// Delivers an event to the members of `rooms` (each session once), except `except`.
+    fn emit_rooms(&self, rooms: &[String], except: &[SessionId], frame: &Arc<Shared>) -> usize {
+        let mut overflow = Vec::new();
+        let n = if let [room] = rooms {
+            match self.rooms.get(room.as_str()).map(|r| r.clone()) {
+                Some(r) => {
+                    let st = lock(&r.state);
+                    let targets = st.members.values().filter(|s| !except.contains(&s.id));
+                    self.fan_out(targets, frame, &mut overflow)
+                }
+                None => 0,
+            }
+        } else {
+            let mut targets: HashMap<SessionId, Arc<SessionState>> = HashMap::new();
+            for room in rooms {
+                if let Some(r) = self.rooms.get(room.as_str()).map(|r| r.clone()) {
+                    let st = lock(&r.state);
+                    for (id, s) in &st.members {
+                        if !except.contains(id) {
+                            targets.entry(*id).or_insert_with(|| s.clone());
+                        }
+                    }
+                }
+            }
+            self.fan_out(targets.values(), frame, &mut overflow)
+        };
+        self.close_all(overflow, DisconnectReason::SlowConsumer);
+        n
+    }
+
+    fn ensure_sweeper(self: &Arc<Self>) {
+        if self.sweeper.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let interval = self.config.heartbeat_interval;
+        tokio::spawn(sweep(weak, interval));
+    }
+}
+
+fn member_of(s: &Arc<SessionState>) -> Member {
+    Member {
+        session: s.id,
+        user: s.identity.user_id().to_owned(),
+        meta: s.identity.meta().clone(),
+    }
+}
+
+/// The heartbeat policy, run by one task for all sessions: every interval, close the sessions
+/// silent past the timeout and ask the others' transports for a ping.
+async fn sweep(weak: Weak<Inner>, interval: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let now = inner.now_ms();
+        let timeout = u64::try_from(inner.config.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX);
+        // Collect first: closing removes from `sessions`, which must not happen while iterating.
+        let mut silent = Vec::new();
+        for entry in inner.sessions.iter() {
+            let s = entry.value();
+            if s.transport.client_liveness && now.saturating_sub(s.last_seen()) > timeout {
+                silent.push(s.clone());
+            } else if s.transport.pings {
+                s.request_ping();
+            }
+        }
+        inner.close_all(silent, DisconnectReason::HeartbeatTimeout);
+    }
+}
+
+fn random_hex() -> String {
+    let mut buf = [0u8; 8];
+    if getrandom::fill(&mut buf).is_err() {
+        // No OS randomness: fall back to the clock (epochs need only differ, not be secret).
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        buf = (nanos as u64).to_le_bytes();
+    }
+    format!("{:016x}", u64::from_le_bytes(buf))
+}
+
+fn random_id() -> u64 {
+    let mut buf = [0u8; 8];
+    if getrandom::fill(&mut buf).is_err() {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        return NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    u64::from_le_bytes(buf)
+}
+
+impl Hub {
+    /// Starts building a hub.
+    pub fn builder() -> HubBuilder {
+        HubBuilder::default()
+    }
+
+    /// Attaches a client: checks the origin, asks [`Hooks::authenticate`], then opens a session
+    /// and queues its `welcome`. This is what every transport calls; see [`crate::session`].
+    pub async fn connect(&self, req: ConnectRequest) -> Result<Connection, Rejection> {
+        let inner = &self.inner;
+        if inner.shutting_down.load(Ordering::Acquire) {
+            return Err(Rejection::shutting_down());
+        }
+        if let (Some(allowed), Some(origin)) = (&inner.config.allowed_origins, req.header("origin"))
+        {
+            if !allowed.iter().any(|a| a == origin) {
+                return Err(Rejection::origin_not_allowed(origin));
+            }
+        }
+        let identity = inner.config.hooks.authenticate(&req).await?;
+        inner.ensure_sweeper();
+        let state = loop {
+            let id = SessionId(random_id());
+            if inner.sessions.contains_key(&id) {
+                continue;
+            }
+            let state = Arc::new(SessionState::new(
+                id,
+                identity,
+                req.codec,
+                req.transport,
+                req.peer,
+                inner.config.queue_capacity,
+                inner.config.slow_consumer,
+                inner.now_ms(),
+            ));
+            inner.sessions.insert(id, state.clone());
+            break state;
+        };
+        Stats::add(&inner.stats.sessions_opened, 1);
+        inner.push_one(
+            &state,
+            Frame::Welcome {
+                session: state.id.to_string(),
+                encoding: state.codec,
+                heartbeat_ms: u64::try_from(inner.config.heartbeat_interval.as_millis())
+                    .unwrap_or(u64::MAX),
+                timeout_ms: u64::try_from(inner.config.heartbeat_timeout.as_millis())
+                    .unwrap_or(u64::MAX),
+            },
+        );
+        tracing::debug!(session = %state.id, transport = state.transport.name, "session opened");
+        inner.config.hooks.on_connect(&state.info());
+        Ok(Connection {
+            outbox: Outbox::new(inner.clone(), state.clone()),
+            session: Session {
+                hub: self.clone(),
+                state,
+            },
+        })
+    }
+
+    pub(crate) async fn handle_frame(&self, s: &Arc<SessionState>, bytes: Bytes) {
+        let inner = &self.inner;
+        s.touch(inner.now_ms());
+        Stats::add(&inner.stats.frames_in, 1);
+        if bytes.len() > inner.config.max_frame_size {
+            let msg = format!("frame over {} bytes", inner.config.max_frame_size);
+            inner.send_error(s, None, ErrorCode::FrameTooLarge, msg);
+            return;
+        }
+        let frame = match decode_client(s.codec, &bytes) {
+            Ok(f) => f,
+            Err((e, id)) => {
+                inner.send_error(s, id, e.code(), e.message().to_owned());
+                return;
+            }
+        };
+        let id = frame.id;
+        match self.run(s, frame).await {
+            Ok(None) => {}
+            Ok(Some(data)) => {
+                if let Some(id) = id {
+                    inner.push_one(s, Frame::Reply { id, data });
+                }
+            }
+            Err((code, message)) => inner.send_error(s, id, code, message),
+        }
+    }
+
+    pub(crate) async fn subscribe_session(
+        &self,
+        s: &Arc<SessionState>,
+        topic: &str,
+        since: Option<Since>,
+    ) -> Result<(), crate::session::CommandError> {
+        let to_err = |(code, message): OpError| crate::session::CommandError { code, message };
+        check_name(topic, self.inner.config.max_name_len, ErrorCode::BadTopic).map_err(to_err)?;
+        let hooks = &self.inner.config.hooks;
+        if !hooks.authorize(&s.identity, Action::Subscribe(topic)).await {
+            return Err(to_err((
+                ErrorCode::Forbidden,
+                format!("not allowed to subscribe to {topic}"),
+            )));
+        }
+        self.inner
+            .subscribe(s, topic, None, since, false)
+            .map_err(to_err)
+    }
+
+    /// Runs one client operation. `Ok(None)`: nothing more to send (it answered itself).
+    async fn run(&self, s: &Arc<SessionState>, f: ClientFrame) -> Result<Option<Payload>, OpError> {
+        let inner = &self.inner;
+        let hooks = &inner.config.hooks;
+        let max = inner.config.max_name_len;
+        match f.kind.as_str() {
+            "subscribe" => {
+                let topic = need(&f.topic, "topic")?;
+                check_name(topic, max, ErrorCode::BadTopic)?;
+                if !hooks.authorize(&s.identity, Action::Subscribe(topic)).await {
+                    return Err((
+                        ErrorCode::Forbidden,
+                        format!("not allowed to subscribe to {topic}"),
+                    ));
+                }
+                inner.subscribe(s, topic, f.id, f.since, f.presence)?;
+                Ok(None)
+            }
+            "unsubscribe" => {
+                let topic = need(&f.topic, "topic")?;
+                check_name(topic, max, ErrorCode::BadTopic)?;
+                inner.unsubscribe(s, topic)?;
+                Ok(Some(Payload::null()))
+            }
+            "publish" => {
+                let topic = need(&f.topic, "topic")?;
+                check_name(topic, max, ErrorCode::BadTopic)?;
+                if !hooks.authorize(&s.identity, Action::Publish(topic)).await {
+                    return Err((
+                        ErrorCode::Forbidden,
+                        format!("not allowed to publish to {topic}"),
+                    ));
+                }
+                let pos = inner
+                    .publish(topic, f.data.unwrap_or_default())
+                    .map_err(|e| (e.code(), e.to_string()))?;
+                let reply = json!({"epoch": &*pos.epoch, "offset": pos.offset});
+                Payload::from_value(&reply).map(Some).map_err(internal)
+            }
+            "event" => {
+                let name = need(&f.event, "event")?;
+                if !valid_event(name, max) {
+                    return Err((
+                        ErrorCode::BadEvent,
+                        format!("event name must be 1 to {max} bytes"),
+                    ));
+                }
+                let Some(handler) = inner.config.handlers.get(name).cloned() else {
+                    return Err((
+                        ErrorCode::UnknownEvent,
+                        format!("no handler for event {name:?}"),
+                    ));
+                };
+                let ctx = EventContext {
+                    hub: self.clone(),
+                    session: s.id,
+                    identity: s.identity.clone(),
+                    event: Arc::from(name),
+                };
+                match handler.call(ctx, f.data.unwrap_or_default()).await {
+                    Ok(reply) => Ok(Some(reply.unwrap_or_default())),
+                    Err(e) => Err((ErrorCode::HandlerError, e.to_string())),
+                }
+            }
+            "join" => {
+                let room = need(&f.room, "room")?;
+                check_name(room, max, ErrorCode::BadRoom)?;
+                if !hooks.authorize(&s.identity, Action::Join(room)).await {
+                    return Err((ErrorCode::Forbidden, format!("not allowed to join {room}")));
+                }
+                match inner.join_room(s, room) {
+                    Ok(()) => Ok(Some(Payload::null())),
+                    Err(RoomError::TooManyRooms) => Err((
+                        ErrorCode::TooManyRooms,
+                        format!("at most {} rooms", inner.config.max_rooms_per_session),
+                    )),
+                    Err(RoomError::BadRoom) => Err((ErrorCode::BadRoom, "bad room name".into())),
+                    Err(RoomError::NoSession) => Ok(None),
+                }
+            }
+            "leave" => {
+                let room = need(&f.room, "room")?;
+                check_name(room, max, ErrorCode::BadRoom)?;
+                if inner.leave_room(s, room) {
+                    Ok(Some(Payload::null()))
+                } else {
+                    Err((ErrorCode::NotMember, format!("not in room {room}")))
+                }
+            }
+            "presence" => {
+                let members = match (&f.topic, &f.room) {
+                    (Some(topic), _) => {
+                        check_name(topic, max, ErrorCode::BadTopic)?;
+                        if !lock(&s.membership).topics.contains(topic.as_str()) {
+                            return Err((
+                                ErrorCode::NotSubscribed,
+                                format!("not subscribed to {topic}"),
+                            ));
+                        }
+                        inner.topic_members(topic)
+                    }
+                    (None, Some(room)) => {
+                        check_name(room, max, ErrorCode::BadRoom)?;
+                        if !lock(&s.membership).rooms.contains(room.as_str()) {
+                            return Err((ErrorCode::NotMember, format!("not in room {room}")));
+                        }
+                        inner.room_members(room)
+                    }
+                    (None, None) => return Err(missing("topic")),
+                };
+                Payload::from_value(&json!({ "members": members }))
+                    .map(Some)
+                    .map_err(internal)
+            }
+            "ping" => {
+                inner.push_one(s, Frame::Pong { id: f.id });
+                Ok(None)
+            }
+            other => Err((
+                ErrorCode::UnknownType,
+                format!("unknown frame type {:?}", truncate(other, 64)),
+            )),
+        }
+    }
+
+    /// Publishes a value to a topic (encoded once as JSON; converted once for MessagePack
+    /// sessions if any). Returns the message's position.
+    pub fn publish<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        data: &T,
+    ) -> Result<Position, SendError> {
+        self.publish_payload(topic, Payload::from_value(data)?)
+    }
+
+    /// Publishes an already encoded payload to a topic.
+    pub fn publish_payload(&self, topic: &str, data: Payload) -> Result<Position, SendError> {
+        if !valid_name(topic, self.inner.config.max_name_len) {
+            return Err(SendError::BadName(ErrorCode::BadTopic));
+        }
+        self.inner.publish(topic, data)
+    }
+
+    /// Starts a send to the members of a room (add more rooms with [`Broadcast::to`]).
+    pub fn to(&self, room: impl Into<String>) -> Broadcast<'_> {
+        Broadcast {
+            hub: self,
+            rooms: vec![room.into()],
+            except: Vec::new(),
+        }
+    }
+
+    /// Sends an event to one session. Returns whether the session exists and the frame was
+    /// queued.
+    pub fn emit_to<T: Serialize + ?Sized>(
+        &self,
+        session: SessionId,
+        event: &str,
+        data: &T,
+    ) -> Result<bool, SendError> {
+        let frame = self.event_frame(event, Payload::from_value(data)?)?;
+        let Some(s) = self.inner.sessions.get(&session).map(|s| s.clone()) else {
+            return Ok(false);
+        };
+        let mut overflow = Vec::new();
+        let n = self
+            .inner
+            .fan_out(std::iter::once(&s), &frame, &mut overflow);
+        self.inner
+            .close_all(overflow, DisconnectReason::SlowConsumer);
+        Ok(n == 1)
+    }
+
+    /// Sends an event to every session of the hub. Returns how many got it.
+    pub fn emit_all<T: Serialize + ?Sized>(
+        &self,
+        event: &str,
+        data: &T,
+    ) -> Result<usize, SendError> {
+        let frame = self.event_frame(event, Payload::from_value(data)?)?;
+        let targets: Vec<Arc<SessionState>> = self
+            .inner
+            .sessions
+            .iter()
+            .map(|e| e.value().clone())
+            .collect();
+        let mut overflow = Vec::new();
+        let n = self.inner.fan_out(targets.iter(), &frame, &mut overflow);
+        self.inner
+            .close_all(overflow, DisconnectReason::SlowConsumer);
+        Ok(n)
+    }
+
+    fn event_frame(&self, event: &str, data: Payload) -> Result<Arc<Shared>, SendError> {
+        if !valid_event(event, self.inner.config.max_name_len) {
+            return Err(SendError::BadName(ErrorCode::BadEvent));
+        }
+        Ok(Shared::new(Frame::Event {
+            event: Arc::from(event),
+            data,
+        }))
+    }
+
+    /// Adds a session to a room (idempotent). Rooms are server-managed: no hook is asked.
+    pub fn join(&self, session: SessionId, room: &str) -> Result<(), RoomError> {
+        let s = self
+            .inner
+            .sessions
+            .get(&session)
+            .map(|s| s.clone())
+            .ok_or(RoomError::NoSession)?;
+        self.inner.join_room(&s, room)
+    }
+
+    /// Removes a session from a room. Returns whether it was in it.
+    pub fn leave(&self, session: SessionId, room: &str) -> Result<(), RoomError> {
+        let s = self
+            .inner
+            .sessions
+            .get(&session)
+            .map(|s| s.clone())
+            .ok_or(RoomError::NoSession)?;
+        self.inner.leave_room(&s, room);
+        Ok(())
+    }
+
+    /// Disconnects a session (reason `kicked`; queued frames are still written). Returns
+    /// whether it existed.
+    pub fn disconnect(&self, session: SessionId) -> bool {
+        let Some(s) = self.inner.sessions.get(&session).map(|s| s.clone()) else {
+            return false;
+        };
+        self.inner.close_session(&s, DisconnectReason::Kicked);
+        true
+    }
+
+    /// Who is subscribed to a topic now.
+    pub fn topic_members(&self, topic: &str) -> Vec<Member> {
+        self.inner.topic_members(topic)
+    }
+
+    /// Who is in a room now.
+    pub fn room_members(&self, room: &str) -> Vec<Member> {
+        self.inner.room_members(room)
+    }
+
+    /// The rooms a session is in.
+    pub fn rooms_of(&self, session: SessionId) -> Vec<String> {
+        self.inner
+            .sessions
+            .get(&session)
+            .map(|s| {
+                lock(&s.membership)
+                    .rooms
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The number of open sessions.
+    pub fn session_count(&self) -> usize {
+        self.inner.sessions.len()
+    }
+
+    /// A snapshot of the hub's counters and sizes.
+    pub fn stats(&self) -> StatsSnapshot {
+        let inner = &self.inner;
+        let mut snap = inner.stats.snapshot();
+        for entry in inner.sessions.iter() {
+            *snap
+                .sessions
+                .entry(entry.value().transport.name)
+                .or_default() += 1;
+        }
+        snap.topics = inner.topics.len() as u64;
+        snap.rooms = inner.rooms.len() as u64;
+        snap.subscriptions = inner
+            .topics
+            .iter()
+            .map(|t| lock(&t.value().state).subs.len() as u64)
+            .sum();
+        snap
+    }
+
+    /// The heartbeat interval and timeout in force.
+    pub fn heartbeat(&self) -> (Duration, Duration) {
+        (
+            self.inner.config.heartbeat_interval,
+            self.inner.config.heartbeat_timeout,
+        )
+    }
+
+    /// The largest frame a client may send, in bytes.
+    pub fn max_frame_size(&self) -> usize {
+        self.inner.config.max_frame_size
+    }
+
+    /// The slow-consumer policy in force.
+    pub fn slow_consumer_policy(&self) -> SlowConsumerPolicy {
+        self.inner.config.slow_consumer
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A send to the members of one or more rooms, built by [`Hub::to`].
+///
+/// A session in several of the rooms gets the event once.
+#[derive(Debug)]
+#[must_use = "a broadcast does nothing until `emit`"]
+pub struct Broadcast<'a> {
+    hub: &'a Hub,
+    rooms: Vec<String>,
+    except: Vec<SessionId>,
+}
+
+impl Broadcast<'_> {
+    /// Adds a room.
+    pub fn to(mut self, room: impl Into<String>) -> Self {
+        self.rooms.push(room.into());
+        self
+    }
+
+    /// Leaves one session out (typically the sender).
+    pub fn except(mut self, session: SessionId) -> Self {
+        self.except.push(session);
+        self
+    }
+
+    /// Sends the event; returns how many sessions it was queued for.
+    pub fn emit<T: Serialize + ?Sized>(self, event: &str, data: &T) -> Result<usize, SendError> {
+        self.emit_payload(event, Payload::from_value(data)?)
+    }
+
+    /// Sends an already encoded event payload.
+    pub fn emit_payload(self, event: &str, data: Payload) -> Result<usize, SendError> {
+        let frame = self.hub.event_frame(event, data)?;
+        Ok(self.hub.inner.emit_rooms(&self.rooms, &self.except, &frame))
+    }
+}

@@ -1,0 +1,1 @@
+//! Long-polling transport for the hub (hyper), with cursors that lose nothing. (under construction)

@@ -1,0 +1,1 @@
+//! Server-sent events transport for the hub (hyper). (under construction)
