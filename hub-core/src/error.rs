@@ -387,6 +387,12 @@ impl From<DecodeError> for HandlerError {
     }
 }
 
+impl From<SendError> for HandlerError {
+    fn from(e: SendError) -> Self {
+        HandlerError(e.to_string())
+    }
+}
+
 impl From<EncodeError> for HandlerError {
     fn from(e: EncodeError) -> Self {
         HandlerError(e.to_string())

@@ -337,6 +337,19 @@ struct IdOnly {
     id: Option<u64>,
 }
 
+/// `part` as a `Bytes`: a shared slice of `whole` when it lies inside it (a borrowed raw JSON
+/// value does), a copy otherwise. Never panics.
+fn share_or_copy(whole: &Bytes, part: &str) -> Bytes {
+    let base = whole.as_ptr() as usize;
+    let start = part.as_ptr() as usize;
+    match start.checked_sub(base) {
+        Some(offset) if offset + part.len() <= whole.len() => {
+            whole.slice(offset..offset + part.len())
+        }
+        _ => Bytes::copy_from_slice(part.as_bytes()),
+    }
+}
+
 /// Decodes one client frame. On failure, returns the error and the frame's `id` if readable.
 pub(crate) fn decode_client(
     codec: Codec,
@@ -348,12 +361,11 @@ pub(crate) fn decode_client(
             if first != Some(&b'{') {
                 return Err((DecodeError::frame("a frame must be a JSON object"), None));
             }
-            match serde_json::from_slice::<Incoming<Box<serde_json::value::RawValue>>>(bytes) {
+            match serde_json::from_slice::<Incoming<&serde_json::value::RawValue>>(bytes) {
                 Ok(inc) => {
-                    // The raw value points into `bytes`: share it instead of copying.
-                    let data = inc.data.as_ref().map(|raw| {
-                        Payload::trusted(Codec::Json, bytes.slice_ref(raw.get().as_bytes()))
-                    });
+                    let data = inc
+                        .data
+                        .map(|raw| Payload::trusted(Codec::Json, share_or_copy(bytes, raw.get())));
                     Ok(inc.into_frame(data))
                 }
                 Err(e) => {
@@ -407,10 +419,16 @@ mod tests {
 
     #[test]
     fn json_frames_decode_and_share_data_bytes() {
-        let f = json(r#"{"type":"publish","topic":"a","data":{"x":[1,2]},"id":7}"#).unwrap();
+        let input =
+            Bytes::from_static(br#"{"type":"publish","topic":"a","data":{"x":[1,2]},"id":7}"#);
+        let f = decode_client(Codec::Json, &input).unwrap();
         assert_eq!(f.kind, "publish");
         assert_eq!(f.id, Some(7));
-        assert_eq!(f.data.unwrap().as_bytes().as_ref(), br#"{"x":[1,2]}"#);
+        let data = f.data.unwrap();
+        assert_eq!(data.as_bytes().as_ref(), br#"{"x":[1,2]}"#);
+        // Shared, not copied: the payload points into the frame's bytes.
+        let inside = input.as_ptr_range();
+        assert!(inside.contains(&data.as_bytes().as_ptr()));
     }
 
     #[test]

@@ -127,7 +127,8 @@ impl HubBuilder {
         self
     }
 
-    /// Topics the hub holds at once (a topic lives while it has subscribers or history).
+    /// Topics the hub holds at once. A topic lives while it has subscribers, and for the hub's
+    /// life once it has had a message (its position must never restart).
     /// Default 100,000.
     pub fn max_topics(mut self, n: usize) -> Self {
         self.config.max_topics = n;
@@ -187,6 +188,7 @@ impl HubBuilder {
                 topics: DashMap::new(),
                 rooms: DashMap::new(),
                 stats: Stats::default(),
+                epoch: Arc::from(random_hex().as_str()),
                 start: tokio::time::Instant::now(),
                 sweeper: AtomicBool::new(false),
                 shutting_down: AtomicBool::new(false),
@@ -231,6 +233,9 @@ pub(crate) struct Inner {
     topics: DashMap<Arc<str>, Arc<Topic>>,
     rooms: DashMap<Arc<str>, Arc<Room>>,
     pub(crate) stats: Stats,
+    /// The epoch of every topic stream of this hub: random per hub, so positions from another
+    /// run of the service are recognised as foreign and answered with a `gap`.
+    epoch: Arc<str>,
     start: tokio::time::Instant,
     sweeper: AtomicBool,
     shutting_down: AtomicBool,
@@ -384,7 +389,7 @@ impl Inner {
             .or_insert_with(|| {
                 Arc::new(Topic {
                     name: Arc::from(name),
-                    epoch: Arc::from(random_hex().as_str()),
+                    epoch: self.epoch.clone(),
                     state: Mutex::new(TopicState {
                         last_offset: 0,
                         history: VecDeque::new(),
@@ -397,11 +402,14 @@ impl Inner {
         Ok(t)
     }
 
-    /// Forgets a topic that holds nothing (no subscribers, no history).
+    /// Forgets a topic that never had a message and has no subscribers: it holds no position
+    /// worth keeping (re-created, it starts again at offset 0 in the same epoch, which is
+    /// exactly what its past subscribers saw). A topic that has had messages keeps its
+    /// position for the hub's life, so offsets never restart within an epoch.
     fn maybe_remove_topic(&self, name: &str) {
         self.topics.remove_if(name, |_, t| {
             let mut st = lock(&t.state);
-            let idle = st.subs.is_empty() && st.history.is_empty();
+            let idle = st.subs.is_empty() && st.last_offset == 0;
             if idle {
                 st.dead = true;
             }

@@ -42,7 +42,7 @@
 //!     .collect();
 //! assert!(texts[0].starts_with(r#"{"type":"welcome""#));
 //! assert!(texts[1].starts_with(r#"{"type":"reply","id":1"#));
-//! assert!(texts[2].contains(r#""offset":1,"data":{"home":1,"away":0}"#));
+//! assert!(texts[2].contains(r#""offset":1,"data":{"away":0,"home":1}"#));
 //! # }
 //! ```
 //!
