@@ -830,12 +830,9 @@ impl Hub {
             }
             let state = Arc::new(SessionState::new(
                 id,
-                identity,
-                req.codec,
-                req.transport,
-                req.peer,
-                inner.config.queue_capacity,
-                inner.config.slow_consumer,
+                identity.clone(),
+                &req,
+                &inner.config,
                 inner.now_ms(),
             ));
             inner.sessions.insert(id, state.clone());

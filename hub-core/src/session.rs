@@ -25,10 +25,10 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::codec::Codec;
-use crate::config::SlowConsumerPolicy;
+use crate::config::{Config, SlowConsumerPolicy};
 use crate::error::{DisconnectReason, ErrorCode};
 use crate::frame::{Frame, Shared};
-use crate::hooks::{Identity, SessionInfo};
+use crate::hooks::{ConnectRequest, Identity, SessionInfo};
 use crate::hub::{Hub, Inner};
 
 /// Locks a mutex, ignoring poisoning: every critical section in this crate leaves its data
@@ -248,20 +248,17 @@ impl SessionState {
     pub(crate) fn new(
         id: SessionId,
         identity: Identity,
-        codec: Codec,
-        transport: TransportInfo,
-        peer: Option<SocketAddr>,
-        capacity: usize,
-        policy: SlowConsumerPolicy,
+        req: &ConnectRequest,
+        config: &Config,
         now_ms: u64,
     ) -> SessionState {
         SessionState {
             id,
             identity,
-            codec,
-            transport,
-            peer,
-            queue: Queue::new(capacity, policy),
+            codec: req.codec,
+            transport: req.transport,
+            peer: req.peer,
+            queue: Queue::new(config.queue_capacity, config.slow_consumer),
             membership: Mutex::new(Membership::default()),
             last_seen: AtomicU64::new(now_ms),
             aborted: AtomicBool::new(false),

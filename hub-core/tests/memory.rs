@@ -2,6 +2,8 @@
 //! (`Hub::connect`, `Session`, `Outbox`): the proof that a new transport needs no change in
 //! hub-core. Time is paused, so heartbeat timeouts run instantly and deterministically.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -515,7 +517,7 @@ async fn drop_policy_tells_a_lagging_session_exactly_what_it_missed() {
     for i in 1..=4 {
         assert_eq!(s.recv().await["offset"], i);
     }
-    let mut tail = vec![s.recv().await, s.recv().await];
+    let mut tail = [s.recv().await, s.recv().await];
     tail.sort_by_key(|v| v["type"].as_str().unwrap_or("").to_owned());
     assert_eq!(tail[0], json!({"type": "dropped", "count": 1}));
     assert_eq!(tail[1]["type"], "gap");

@@ -58,8 +58,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hub_core::{
-    Codec, ConnectRequest, Connection, DisconnectReason, ErrorCode, Hub, Outgoing, Rejection,
-    TransportInfo,
+    Codec, ConnectRequest, Connection, DisconnectReason, Hub, Outgoing, Rejection, TransportInfo,
 };
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -309,10 +308,6 @@ where
                     };
                     if reason != DisconnectReason::Normal {
                         tracing::debug!(error = %e, %reason, "closing on bad input");
-                        if reason == DisconnectReason::FrameTooLarge {
-                            session.send_error(ErrorCode::FrameTooLarge, format!(
-                                "frames are limited to {} bytes", ws.get_config().max_frame_size.unwrap_or(0)));
-                        }
                         let _ = tokio::time::timeout(CLOSE_GRACE, ws.send(close_msg(reason))).await;
                     }
                     session.close(reason);

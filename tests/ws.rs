@@ -1,0 +1,666 @@
+//! The WebSocket transport end to end: real tokio-tungstenite clients over loopback sockets
+//! against a hub served by bare hyper and by axum.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hub::ws::WsService;
+use hub::{
+    async_trait, Action, ConnectRequest, EventContext, Hooks, Hub, Identity, Payload, Rejection,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// Serves `hub` with a bare hyper server (auto HTTP/1 + HTTP/2 builder) on a free port.
+async fn serve_hyper(hub: Hub) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, peer)) = listener.accept().await else {
+                return;
+            };
+            let service = WsService::new(hub.clone()).with_peer(peer);
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Serves `hub` at `/live/ws` of an axum router, beside an ordinary route.
+async fn serve_axum(hub: Hub) -> SocketAddr {
+    let app = axum::Router::new()
+        .route("/health", axum::routing::get(|| async { "ok" }))
+        .route_service("/live/ws", WsService::new(hub));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    binary: bool,
+    welcome: Value,
+}
+
+impl Client {
+    async fn connect(url: &str) -> Client {
+        Client::connect_with(url, None).await
+    }
+
+    async fn connect_with(url: &str, subprotocol: Option<&str>) -> Client {
+        let mut req = url.into_client_request().unwrap();
+        if let Some(p) = subprotocol {
+            req.headers_mut()
+                .insert("sec-websocket-protocol", p.parse().unwrap());
+        }
+        let (ws, resp) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("connect");
+        let binary = resp
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v == "hub.v1.msgpack")
+            .unwrap_or(false)
+            || url.contains("encoding=msgpack");
+        let mut c = Client {
+            ws,
+            binary,
+            welcome: Value::Null,
+        };
+        c.welcome = c.recv().await;
+        assert_eq!(c.welcome["type"], "welcome");
+        c
+    }
+
+    fn session(&self) -> hub::SessionId {
+        hub::SessionId::parse(self.welcome["session"].as_str().unwrap()).unwrap()
+    }
+
+    async fn send(&mut self, v: Value) {
+        let msg = if self.binary {
+            Message::Binary(rmp_serde::to_vec_named(&v).unwrap().into())
+        } else {
+            Message::Text(v.to_string().into())
+        };
+        self.ws.send(msg).await.unwrap();
+    }
+
+    /// The next hub frame, decoded (control frames skipped).
+    async fn recv(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("stream ended")
+                .expect("read error");
+            match msg {
+                Message::Text(t) => {
+                    assert!(!self.binary, "text frame on a msgpack session");
+                    return serde_json::from_str(&t).unwrap();
+                }
+                Message::Binary(b) => {
+                    assert!(self.binary, "binary frame on a json session");
+                    return rmp_serde::from_slice(&b).unwrap();
+                }
+                Message::Close(f) => panic!("closed: {f:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Reads until the server's close frame; returns its code and reason.
+    async fn close_frame(&mut self) -> (u16, String) {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for close");
+            match msg {
+                Some(Ok(Message::Close(Some(f)))) => return (f.code.into(), f.reason.to_string()),
+                Some(Ok(Message::Close(None))) | None => return (1005, String::new()),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("error before close: {e}"),
+            }
+        }
+    }
+
+    /// Whether nothing arrives within a short while (used after the frames that should arrive
+    /// have arrived, to catch extras).
+    async fn quiet(&mut self) -> bool {
+        // One deadline for the whole window: pings keep arriving and must not extend it.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(150);
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return true,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(_) => return false,
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, topic: &str) -> Value {
+        self.send(json!({"type": "subscribe", "topic": topic, "id": 1}))
+            .await;
+        let reply = self.recv().await;
+        assert_eq!(reply["type"], "reply", "{reply}");
+        reply
+    }
+}
+
+/// Hooks for tests: `?user=` names the user; `mallory` is refused, no user is 401; users may
+/// publish and join except to `locked/...`; nobody may subscribe to `secret`.
+struct TestHooks;
+
+#[async_trait]
+impl Hooks for TestHooks {
+    async fn authenticate(&self, req: &ConnectRequest) -> Result<Identity, Rejection> {
+        match req.query("user").as_deref() {
+            None => Err(Rejection::unauthorized("who are you?")),
+            Some("mallory") => Err(Rejection::forbidden("not you")),
+            Some(u) => Ok(Identity::user(u)),
+        }
+    }
+
+    async fn authorize(&self, _who: &Identity, action: Action<'_>) -> bool {
+        match action {
+            Action::Subscribe(t) => t != "secret",
+            Action::Publish(t) | Action::Join(t) => !t.starts_with("locked/"),
+            _ => false,
+        }
+    }
+}
+
+fn test_hub() -> hub::HubBuilder {
+    Hub::builder().hooks(TestHooks)
+}
+
+#[tokio::test]
+async fn server_publish_reaches_subscribers_in_order_over_hyper_and_axum() {
+    let hub = test_hub().build();
+    let a = serve_hyper(hub.clone()).await;
+    let b = serve_axum(hub.clone()).await;
+    let mut c1 = Client::connect(&format!("ws://{a}/?user=ana")).await;
+    let mut c2 = Client::connect(&format!("ws://{b}/live/ws?user=bo")).await;
+    assert_eq!(c1.welcome["protocol"], 1);
+    assert_eq!(c1.welcome["encoding"], "json");
+    c1.subscribe("scores/all").await;
+    c2.subscribe("scores/all").await;
+    for i in 1..=20 {
+        hub.publish("scores/all", &json!({"goal": i})).unwrap();
+    }
+    for c in [&mut c1, &mut c2] {
+        for i in 1..=20 {
+            let m = c.recv().await;
+            assert_eq!(m["type"], "message");
+            assert_eq!(m["offset"], i);
+            assert_eq!(m["data"], json!({"goal": i}));
+        }
+    }
+    // The axum router still serves its other routes.
+    let body = http_get(b, "/health").await;
+    assert!(body.ends_with("ok"), "{body}");
+}
+
+#[tokio::test]
+async fn json_and_msgpack_clients_on_one_topic_see_the_same_messages() {
+    let hub = test_hub().build();
+    let addr = serve_hyper(hub.clone()).await;
+    let mut json_c = Client::connect(&format!("ws://{addr}/?user=j")).await;
+    let mut mp_sub =
+        Client::connect_with(&format!("ws://{addr}/?user=m"), Some("hub.v1.msgpack")).await;
+    let mut mp_query = Client::connect(&format!("ws://{addr}/?user=q&encoding=msgpack")).await;
+    assert_eq!(mp_sub.welcome["encoding"], "msgpack");
+    assert_eq!(mp_query.welcome["encoding"], "msgpack");
+    for c in [&mut json_c, &mut mp_sub, &mut mp_query] {
+        c.subscribe("mixed").await;
+    }
+    mp_sub
+        .send(json!({"type": "publish", "topic": "mixed", "data": {"from": "msgpack", "n": [1, 2]}, "id": 7}))
+        .await;
+    json_c
+        .send(json!({"type": "publish", "topic": "mixed", "data": {"from": "json"}, "id": 8}))
+        .await;
+    for c in [&mut json_c, &mut mp_sub, &mut mp_query] {
+        let mut messages = Vec::new();
+        while messages.len() < 2 {
+            let f = c.recv().await;
+            if f["type"] == "message" {
+                messages.push(f);
+            }
+        }
+        assert_eq!(messages[0]["data"], json!({"from": "msgpack", "n": [1, 2]}));
+        assert_eq!(messages[1]["data"], json!({"from": "json"}));
+        assert_eq!(
+            (
+                messages[0]["offset"].as_u64(),
+                messages[1]["offset"].as_u64()
+            ),
+            (Some(1), Some(2))
+        );
+    }
+}
+
+#[tokio::test]
+async fn rooms_except_sender_two_rooms_once_and_direct_send() {
+    let hub = test_hub()
+        .on_event("join-room", |ctx: EventContext, data: Payload| async move {
+            let room: String = data.decode()?;
+            ctx.join(&room)
+                .map_err(|e| hub::HandlerError::new(e.to_string()))?;
+            Ok(None)
+        })
+        .on_event(
+            "chat-message",
+            |ctx: EventContext, data: Payload| async move {
+                let msg: Value = data.decode()?;
+                let room = msg["room"].as_str().unwrap_or_default().to_owned();
+                let n = ctx.hub().to(room).except(ctx.session_id()).emit(
+                    "new-message",
+                    &json!({"from": ctx.identity().user_id(), "text": msg["text"]}),
+                )?;
+                Ok(Some(Payload::from_value(&json!({"delivered": n}))?))
+            },
+        )
+        .build();
+    let addr = serve_hyper(hub.clone()).await;
+    let mut ana = Client::connect(&format!("ws://{addr}/?user=ana")).await;
+    let mut bo = Client::connect(&format!("ws://{addr}/?user=bo")).await;
+    let mut cy = Client::connect(&format!("ws://{addr}/?user=cy&encoding=msgpack")).await;
+    for (c, rooms) in [
+        (&mut ana, &["chat:1"][..]),
+        (&mut bo, &["chat:1"]),
+        (&mut cy, &["chat:1", "chat:2"]),
+    ] {
+        for room in rooms {
+            c.send(json!({"type": "event", "event": "join-room", "data": room, "id": 1}))
+                .await;
+            assert_eq!(
+                c.recv().await,
+                json!({"type": "reply", "id": 1, "data": null})
+            );
+        }
+    }
+
+    // Except the sender, with an ack carrying the handler's answer.
+    ana.send(json!({"type": "event", "event": "chat-message", "data": {"room": "chat:1", "text": "hi"}, "id": 2}))
+        .await;
+    assert_eq!(
+        ana.recv().await,
+        json!({"type": "reply", "id": 2, "data": {"delivered": 2}})
+    );
+    for c in [&mut bo, &mut cy] {
+        assert_eq!(
+            c.recv().await,
+            json!({"type": "event", "event": "new-message", "data": {"from": "ana", "text": "hi"}})
+        );
+    }
+    assert!(ana.quiet().await, "the sender got its own message");
+
+    // Two rooms: cy is in both and gets it once.
+    let n = hub
+        .to("chat:1")
+        .to("chat:2")
+        .emit("notice", &"maintenance")
+        .unwrap();
+    assert_eq!(n, 3);
+    for c in [&mut ana, &mut bo, &mut cy] {
+        assert_eq!(c.recv().await["data"], "maintenance");
+    }
+    assert!(
+        cy.quiet().await,
+        "a member of two rooms got the message twice"
+    );
+
+    // Direct to one session, by the id from its welcome.
+    assert!(hub
+        .emit_to(bo.session(), "private", &json!({"for": "bo"}))
+        .unwrap());
+    assert_eq!(bo.recv().await["data"], json!({"for": "bo"}));
+    assert!(ana.quiet().await && cy.quiet().await);
+}
+
+#[tokio::test]
+async fn presence_leave_once_when_a_client_closes() {
+    let hub = test_hub().build();
+    let addr = serve_hyper(hub.clone()).await;
+    let mut watcher = Client::connect(&format!("ws://{addr}/?user=w")).await;
+    watcher
+        .send(json!({"type": "subscribe", "topic": "lobby", "presence": true, "id": 1}))
+        .await;
+    assert_eq!(watcher.recv().await["type"], "reply");
+    let mut ana = Client::connect(&format!("ws://{addr}/?user=ana")).await;
+    ana.subscribe("lobby").await;
+    let join = watcher.recv().await;
+    assert_eq!(
+        (join["type"].as_str(), join["member"]["user"].as_str()),
+        (Some("join"), Some("ana"))
+    );
+
+    ana.ws.close(None).await.unwrap();
+    let leave = watcher.recv().await;
+    assert_eq!(
+        (leave["type"].as_str(), leave["member"]["user"].as_str()),
+        (Some("leave"), Some("ana"))
+    );
+    assert!(watcher.quiet().await, "leave sent twice");
+    assert_eq!(hub.topic_members("lobby").len(), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_answering_pings_is_dropped_with_4000_and_leaves_once() {
+    let hub = test_hub()
+        .heartbeat(Duration::from_millis(50), Duration::from_millis(200))
+        .build();
+    let addr = serve_hyper(hub.clone()).await;
+    let mut watcher = Client::connect(&format!("ws://{addr}/?user=w")).await;
+    watcher
+        .send(json!({"type": "subscribe", "topic": "lobby", "presence": true, "id": 1}))
+        .await;
+    assert_eq!(watcher.recv().await["type"], "reply");
+    // A raw client that subscribes, then never reads nor writes again: no pongs.
+    let mut silent = RawWs::connect(addr, "/?user=s").await;
+    silent
+        .send_text(r#"{"type":"subscribe","topic":"lobby"}"#.as_bytes())
+        .await;
+    assert_eq!(watcher.recv().await["type"], "join");
+
+    let leave = watcher.recv().await;
+    assert_eq!(
+        (leave["type"].as_str(), leave["member"]["user"].as_str()),
+        (Some("leave"), Some("s"))
+    );
+    assert_eq!(silent.close_code().await, 4000);
+    assert!(watcher.quiet().await);
+    assert_eq!(hub.stats().disconnects.get("heartbeat_timeout"), Some(&1));
+}
+
+#[tokio::test]
+async fn custom_event_with_ack_and_unknown_event() {
+    let hub = test_hub()
+        .on_event("echo", |_ctx: EventContext, data: Payload| async move {
+            Ok(Some(data))
+        })
+        .build();
+    let addr = serve_hyper(hub).await;
+    for url in [
+        format!("ws://{addr}/?user=a"),
+        format!("ws://{addr}/?user=a&encoding=msgpack"),
+    ] {
+        let mut c = Client::connect(&url).await;
+        c.send(
+            json!({"type": "event", "event": "echo", "data": {"deep": [1, {"x": null}]}, "id": 42}),
+        )
+        .await;
+        assert_eq!(
+            c.recv().await,
+            json!({"type": "reply", "id": 42, "data": {"deep": [1, {"x": null}]}})
+        );
+        c.send(json!({"type": "event", "event": "missing", "id": 43}))
+            .await;
+        let e = c.recv().await;
+        assert_eq!(
+            (e["code"].as_str(), e["id"].as_u64()),
+            (Some("unknown_event"), Some(43))
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_frames_get_error_codes_and_the_connection_stays() {
+    let hub = test_hub().build();
+    let addr = serve_hyper(hub.clone()).await;
+    let mut c = Client::connect(&format!("ws://{addr}/?user=a")).await;
+    let long_topic = "t".repeat(200);
+    let cases = [
+        ("{not json".to_owned(), "bad_frame"),
+        (
+            r#"{"type":"subscribe","topic":12,"id":3}"#.to_owned(),
+            "bad_field",
+        ),
+        (r#"{"type":"teleport"}"#.to_owned(), "unknown_type"),
+        (r#"{"type":"subscribe","topic":""}"#.to_owned(), "bad_topic"),
+        (
+            format!(r#"{{"type":"subscribe","topic":"{long_topic}"}}"#),
+            "bad_topic",
+        ),
+        (
+            r#"{"type":"subscribe","topic":"has space"}"#.to_owned(),
+            "bad_topic",
+        ),
+    ];
+    for (text, code) in &cases {
+        c.ws.send(Message::Text(text.clone().into())).await.unwrap();
+        let e = c.recv().await;
+        assert_eq!(e["type"], "error");
+        assert_eq!(e["code"], *code, "for {text}");
+    }
+    // A binary frame of garbage to a JSON session is a bad frame too, not a crash.
+    c.ws.send(Message::Binary(vec![0xff, 0x00, 0x13].into()))
+        .await
+        .unwrap();
+    assert_eq!(c.recv().await["code"], "bad_frame");
+    // Still connected and working.
+    c.subscribe("fine").await;
+    hub.publish("fine", &1).unwrap();
+    assert_eq!(c.recv().await["data"], 1);
+}
+
+#[tokio::test]
+async fn a_frame_over_the_limit_closes_with_1009_and_others_are_untouched() {
+    let hub = test_hub().max_frame_size(1024).build();
+    let addr = serve_hyper(hub.clone()).await;
+    let mut other = Client::connect(&format!("ws://{addr}/?user=o")).await;
+    other.subscribe("t").await;
+    let mut big = Client::connect(&format!("ws://{addr}/?user=b")).await;
+    let huge = json!({"type": "publish", "topic": "t", "data": "x".repeat(4000)}).to_string();
+    big.ws.send(Message::Text(huge.into())).await.unwrap();
+    assert_eq!(
+        big.close_frame().await,
+        (1009, "frame_too_large".to_owned())
+    );
+    hub.publish("t", &"after").unwrap();
+    assert_eq!(other.recv().await["data"], "after");
+    assert!(other.quiet().await, "the oversize publish leaked through");
+}
+
+#[tokio::test]
+async fn invalid_utf8_text_closes_with_1007() {
+    let hub = test_hub().build();
+    let addr = serve_hyper(hub).await;
+    // tungstenite will not send invalid UTF-8 as text, so speak raw WebSocket framing.
+    let mut raw = RawWs::connect(addr, "/?user=raw").await;
+    raw.send_text(&[0xff, 0xfe]).await;
+    let code = raw.close_code().await;
+    assert_eq!(code, 1007);
+}
+
+#[tokio::test]
+async fn authentication_and_origin_are_refused_before_the_upgrade() {
+    let hub = test_hub()
+        .allowed_origins(["https://scores.example"])
+        .build();
+    let addr = serve_hyper(hub.clone()).await;
+    let status_of = |url: String, origin: Option<&'static str>| async move {
+        let mut req = url.into_client_request().unwrap();
+        if let Some(o) = origin {
+            req.headers_mut().insert("origin", o.parse().unwrap());
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Ok(_) => 101,
+            Err(tungstenite::Error::Http(resp)) => {
+                let body: Value =
+                    serde_json::from_slice(resp.body().as_deref().unwrap_or(b"{}")).unwrap();
+                assert!(body["code"].is_string(), "refusal body {body}");
+                resp.status().as_u16()
+            }
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    };
+    assert_eq!(status_of(format!("ws://{addr}/"), None).await, 401);
+    assert_eq!(
+        status_of(format!("ws://{addr}/?user=mallory"), None).await,
+        403
+    );
+    assert_eq!(
+        status_of(format!("ws://{addr}/?user=a"), Some("https://evil.example")).await,
+        403
+    );
+    assert_eq!(
+        status_of(format!("ws://{addr}/?user=a&encoding=xml"), None).await,
+        400
+    );
+    assert_eq!(
+        status_of(
+            format!("ws://{addr}/?user=a"),
+            Some("https://scores.example")
+        )
+        .await,
+        101
+    );
+    assert_eq!(status_of(format!("ws://{addr}/?user=a"), None).await, 101);
+    // A plain GET (no upgrade) gets 400 with a JSON body.
+    let body = http_get(addr, "/").await;
+    assert!(body.starts_with("HTTP/1.1 400"), "{body}");
+    assert!(body.contains(r#""code":"bad_request""#), "{body}");
+}
+
+#[tokio::test]
+async fn unauthorized_subscribe_and_publish_get_forbidden_and_deliver_nothing() {
+    let hub = test_hub().build();
+    let addr = serve_hyper(hub.clone()).await;
+    let mut c = Client::connect(&format!("ws://{addr}/?user=a")).await;
+    c.send(json!({"type": "subscribe", "topic": "secret", "id": 5}))
+        .await;
+    let e = c.recv().await;
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_u64()),
+        (Some("forbidden"), Some(5))
+    );
+    hub.publish("secret", &"classified").unwrap();
+
+    let mut reader = Client::connect(&format!("ws://{addr}/?user=r")).await;
+    reader.subscribe("locked/feed").await;
+    c.send(json!({"type": "publish", "topic": "locked/feed", "data": "spoof", "id": 6}))
+        .await;
+    let e = c.recv().await;
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_u64()),
+        (Some("forbidden"), Some(6))
+    );
+    assert!(c.quiet().await, "the secret topic leaked");
+    assert!(reader.quiet().await, "the forbidden publish was delivered");
+}
+
+/// A WebSocket client written by hand on a TCP socket: it does only what a test tells it to
+/// (no automatic pongs, no UTF-8 checks), to play a misbehaving or silent client.
+struct RawWs {
+    tcp: TcpStream,
+    data: Vec<u8>,
+}
+
+impl RawWs {
+    async fn connect(addr: SocketAddr, path: &str) -> RawWs {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let handshake = format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        tcp.write_all(handshake.as_bytes()).await.unwrap();
+        let mut data = Vec::new();
+        let mut buf = [0u8; 4096];
+        let end = loop {
+            if let Some(p) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed during the handshake");
+            data.extend_from_slice(&buf[..n]);
+        };
+        assert!(
+            data.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&data)
+        );
+        RawWs {
+            tcp,
+            data: data[end..].to_vec(),
+        }
+    }
+
+    /// Sends one masked text frame (mask key zero, so the payload goes as it is).
+    async fn send_text(&mut self, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        assert!(payload.len() < 126);
+        let mut frame = vec![0x81, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+        frame.extend_from_slice(payload);
+        self.tcp.write_all(&frame).await.unwrap();
+    }
+
+    /// Reads server frames until a close frame; returns its code.
+    async fn close_code(&mut self) -> u16 {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let data = &self.data;
+                let mut i = 0;
+                while i + 2 <= data.len() {
+                    let opcode = data[i] & 0x0f;
+                    let mut len = (data[i + 1] & 0x7f) as usize;
+                    let mut head = 2;
+                    if len == 126 {
+                        if i + 4 > data.len() {
+                            break;
+                        }
+                        len = u16::from_be_bytes([data[i + 2], data[i + 3]]) as usize;
+                        head = 4;
+                    }
+                    if i + head + len > data.len() {
+                        break;
+                    }
+                    if opcode == 8 {
+                        let p = &data[i + head..i + head + len];
+                        return u16::from_be_bytes([p[0], p[1]]);
+                    }
+                    i += head + len;
+                }
+                let n = self.tcp.read(&mut buf).await.unwrap();
+                assert!(n > 0, "connection closed without a close frame");
+                self.data.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .expect("no close frame")
+    }
+}
+
+/// A minimal HTTP/1.1 GET; returns the whole response as text.
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
