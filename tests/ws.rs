@@ -664,3 +664,33 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
         .unwrap();
     String::from_utf8_lossy(&out).into_owned()
 }
+
+#[tokio::test]
+async fn shutdown_delivers_what_is_queued_then_closes_with_1001() {
+    let hub = test_hub().build();
+    let addr = serve_hyper(hub.clone()).await;
+    let mut c = Client::connect(&format!("ws://{addr}/?user=a")).await;
+    c.subscribe("t").await;
+    for i in 1..=5 {
+        hub.publish("t", &i).unwrap();
+    }
+    let shutdown = tokio::spawn({
+        let hub = hub.clone();
+        async move { hub.shutdown(Duration::from_secs(5)).await }
+    });
+    for i in 1..=5 {
+        assert_eq!(c.recv().await["offset"], i);
+    }
+    assert_eq!(c.close_frame().await, (1001, "shutdown".to_owned()));
+    drop(c);
+    let report = shutdown.await.unwrap();
+    assert_eq!((report.sessions, report.forced), (1, 0));
+    // New upgrades are refused.
+    let req = format!("ws://{addr}/?user=b")
+        .into_client_request()
+        .unwrap();
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 503),
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+}

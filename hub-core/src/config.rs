@@ -36,6 +36,9 @@ pub(crate) struct Config {
     pub(crate) max_topics: usize,
     pub(crate) room_presence_events: bool,
     pub(crate) allowed_origins: Option<Arc<[String]>>,
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_ip: Option<usize>,
+    pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) hooks: Arc<dyn Hooks>,
     pub(crate) handlers: Arc<std::collections::HashMap<String, Arc<dyn EventHandler>>>,
 }
@@ -55,8 +58,18 @@ impl Default for Config {
             max_topics: 100_000,
             room_presence_events: false,
             allowed_origins: None,
+            max_connections: 100_000,
+            max_connections_per_ip: None,
+            rate_limit: None,
             hooks: Arc::new(AllowSubscribe),
             handlers: Arc::default(),
         }
     }
+}
+
+/// A per-session token bucket on frames from the client ([`crate::HubBuilder::rate_limit`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct RateLimit {
+    pub(crate) per_second: f64,
+    pub(crate) burst: f64,
 }

@@ -1,7 +1,8 @@
 //! The hub: sessions, topics, rooms, presence, and the operations on them.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -11,11 +12,11 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::codec::Payload;
-use crate::config::{Config, SlowConsumerPolicy};
+use crate::config::{Config, RateLimit, SlowConsumerPolicy};
 use crate::error::{DisconnectReason, ErrorCode, Rejection, RoomError, SendError};
 use crate::frame::{decode_client, ClientFrame, Frame, Scope, Shared, Since};
 use crate::hooks::{Action, ConnectRequest, EventContext, EventHandler, Hooks};
-use crate::session::{lock, Connection, Outbox, Pushed, Session, SessionId, SessionState};
+use crate::session::{lock, Connection, Outbox, Pushed, Rate, Session, SessionId, SessionState};
 use crate::stats::{Stats, StatsSnapshot};
 
 /// A handle on the hub. Cheap to clone; every clone is the same hub.
@@ -49,6 +50,16 @@ pub struct Position {
     pub epoch: Arc<str>,
     /// The message's offset within the epoch (1, 2, 3, ...).
     pub offset: u64,
+}
+
+/// What [`Hub::shutdown`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Sessions that were open and were told to close.
+    pub sessions: usize,
+    /// Sessions whose transports had not finished writing by the deadline and were aborted.
+    pub forced: usize,
 }
 
 /// A member of a topic or room, as presence shows it.
@@ -153,6 +164,33 @@ impl HubBuilder {
         self
     }
 
+    /// Sessions the hub holds at once; more are refused with 503 `too_many_connections`.
+    /// Default 100,000.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.config.max_connections = n;
+        self
+    }
+
+    /// Sessions one client address may hold at once; more are refused with 503
+    /// `too_many_connections`. Default: no per-address limit (clients behind one NAT share an
+    /// address).
+    pub fn max_connections_per_ip(mut self, n: usize) -> Self {
+        self.config.max_connections_per_ip = Some(n);
+        self
+    }
+
+    /// A token bucket on the frames each session sends: `per_second` refill, `burst` capacity.
+    /// A frame over the limit is answered with `rate_limited` and not run; a client that sends
+    /// another whole burst while limited is disconnected (reason `rate_limited`, close 1008).
+    /// Default: no limit.
+    pub fn rate_limit(mut self, per_second: f64, burst: u32) -> Self {
+        self.config.rate_limit = Some(RateLimit {
+            per_second: per_second.max(0.0),
+            burst: f64::from(burst.max(1)),
+        });
+        self
+    }
+
     /// The host's hooks (authentication, authorization, connect/disconnect).
     pub fn hooks(mut self, hooks: impl Hooks) -> Self {
         self.config.hooks = Arc::new(hooks);
@@ -192,6 +230,10 @@ impl HubBuilder {
                 start: tokio::time::Instant::now(),
                 sweeper: AtomicBool::new(false),
                 shutting_down: AtomicBool::new(false),
+                open: AtomicUsize::new(0),
+                per_ip: DashMap::new(),
+                attached: AtomicUsize::new(0),
+                detached: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -239,6 +281,13 @@ pub(crate) struct Inner {
     start: tokio::time::Instant,
     sweeper: AtomicBool,
     shutting_down: AtomicBool,
+    /// Sessions open now (counted for `max_connections`).
+    open: AtomicUsize,
+    /// Sessions open now per client address (for `max_connections_per_ip`).
+    per_ip: DashMap<IpAddr, usize>,
+    /// Transport handles (`Session`) alive: shutdown waits for them to finish.
+    attached: AtomicUsize,
+    detached: tokio::sync::Notify,
 }
 
 /// A failed client operation: the code and message of its `error` frame.
@@ -364,6 +413,7 @@ impl Inner {
                 self.remove_from_room(&s, &room, &mut overflow);
             }
             self.sessions.remove(&s.id);
+            self.release(s.peer);
             self.stats.count_disconnect(reason);
             tracing::debug!(session = %s.id, transport = s.transport.name, %reason, "session closed");
             self.config.hooks.on_disconnect(&s.info(), reason);
@@ -372,6 +422,60 @@ impl Inner {
                     .into_iter()
                     .map(|o| (o, DisconnectReason::SlowConsumer)),
             );
+        }
+    }
+
+    /// Counts a new session against the connection limits.
+    fn admit(&self, peer: Option<std::net::SocketAddr>) -> Result<(), Rejection> {
+        let max = self.config.max_connections;
+        if self.open.fetch_add(1, Ordering::AcqRel) >= max {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(Rejection::too_many_connections(format!(
+                "the hub holds at most {max} sessions"
+            )));
+        }
+        if let (Some(limit), Some(peer)) = (self.config.max_connections_per_ip, peer) {
+            let mut count = self.per_ip.entry(peer.ip()).or_insert(0);
+            if *count >= limit {
+                drop(count);
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                return Err(Rejection::too_many_connections(format!(
+                    "at most {limit} sessions per client address"
+                )));
+            }
+            *count += 1;
+        }
+        Ok(())
+    }
+
+    /// Gives back what [`Inner::admit`] counted.
+    fn release(&self, peer: Option<std::net::SocketAddr>) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        if let (Some(_), Some(peer)) = (self.config.max_connections_per_ip, peer) {
+            if let Some(mut count) = self.per_ip.get_mut(&peer.ip()) {
+                *count = count.saturating_sub(1);
+            }
+            self.per_ip.remove_if(&peer.ip(), |_, c| *c == 0);
+        }
+    }
+
+    /// A transport handle ended.
+    pub(crate) fn detach(&self) {
+        if self.attached.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.detached.notify_waiters();
+        }
+    }
+
+    /// Completes when no transport handle is alive.
+    async fn all_detached(&self) {
+        loop {
+            let notified = self.detached.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.attached.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -821,7 +925,14 @@ impl Hub {
                 return Err(Rejection::origin_not_allowed(origin));
             }
         }
-        let identity = inner.config.hooks.authenticate(&req).await?;
+        inner.admit(req.peer)?;
+        let identity = match inner.config.hooks.authenticate(&req).await {
+            Ok(identity) => identity,
+            Err(rejection) => {
+                inner.release(req.peer);
+                return Err(rejection);
+            }
+        };
         inner.ensure_sweeper();
         let state = loop {
             let id = SessionId(random_id());
@@ -852,6 +963,7 @@ impl Hub {
         );
         tracing::debug!(session = %state.id, transport = state.transport.name, "session opened");
         inner.config.hooks.on_connect(&state.info());
+        inner.attached.fetch_add(1, Ordering::AcqRel);
         Ok(Connection {
             outbox: Outbox::new(inner.clone(), state.clone()),
             session: Session {
@@ -863,8 +975,23 @@ impl Hub {
 
     pub(crate) async fn handle_frame(&self, s: &Arc<SessionState>, bytes: Bytes) {
         let inner = &self.inner;
-        s.touch(inner.now_ms());
+        let now = inner.now_ms();
+        s.touch(now);
         Stats::add(&inner.stats.frames_in, 1);
+        if let Some(limit) = &inner.config.rate_limit {
+            match s.take_token(limit, now) {
+                Rate::Ok => {}
+                Rate::Limited => {
+                    let msg = format!("at most {} frames per second", limit.per_second);
+                    inner.send_error(s, None, ErrorCode::RateLimited, msg);
+                    return;
+                }
+                Rate::Flood => {
+                    inner.close_session(s, DisconnectReason::RateLimited);
+                    return;
+                }
+            }
+        }
         if bytes.len() > inner.config.max_frame_size {
             let msg = format!("frame over {} bytes", inner.config.max_frame_size);
             inner.send_error(s, None, ErrorCode::FrameTooLarge, msg);
@@ -1193,6 +1320,45 @@ impl Hub {
             .map(|t| lock(&t.value().state).subs.len() as u64)
             .sum();
         snap
+    }
+
+    /// Shuts the hub down gracefully: refuses new sessions (503 `shutting_down`), ends every
+    /// session with reason `shutdown` (WebSocket close 1001; SSE and poll get a final `close`
+    /// frame) after the frames already queued for it, and waits up to `grace` for the
+    /// transports to write them. Sessions still writing at the deadline are aborted.
+    ///
+    /// Call it before stopping the host's server (e.g. before axum's graceful shutdown
+    /// completes): upgraded and streaming connections are the hub's, not the server's.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        let inner = &self.inner;
+        inner.shutting_down.store(true, Ordering::Release);
+        let sessions: Vec<Arc<SessionState>> =
+            inner.sessions.iter().map(|e| e.value().clone()).collect();
+        for s in &sessions {
+            inner.close_session(s, DisconnectReason::Shutdown);
+        }
+        let flushed = tokio::time::timeout(grace, inner.all_detached())
+            .await
+            .is_ok();
+        let mut forced = 0;
+        if !flushed {
+            forced = inner.attached.load(Ordering::Acquire);
+            for s in &sessions {
+                s.abort();
+            }
+            // Aborted transports stop at once; give them a moment to drop their handles.
+            let _ = tokio::time::timeout(Duration::from_secs(1), inner.all_detached()).await;
+        }
+        tracing::info!(sessions = sessions.len(), forced, "hub shut down");
+        ShutdownReport {
+            sessions: sessions.len(),
+            forced,
+        }
+    }
+
+    /// Whether [`Hub::shutdown`] has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::Acquire)
     }
 
     /// The heartbeat interval and timeout in force.

@@ -76,7 +76,7 @@ pub use hooks::{
     Action, AllowSubscribe, ConnectRequest, EventContext, EventHandler, HandlerResult, Hooks,
     Identity, SessionInfo,
 };
-pub use hub::{Broadcast, Hub, HubBuilder, Member, Position};
+pub use hub::{Broadcast, Hub, HubBuilder, Member, Position, ShutdownReport};
 pub use session::{
     CommandError, Connection, Outbox, Outgoing, Session, SessionId, StreamPosition, TransportInfo,
 };

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::codec::Codec;
-use crate::config::{Config, SlowConsumerPolicy};
+use crate::config::{Config, RateLimit, SlowConsumerPolicy};
 use crate::error::{DisconnectReason, ErrorCode};
 use crate::frame::{Frame, Shared};
 use crate::hooks::{ConnectRequest, Identity, SessionInfo};
@@ -218,6 +218,24 @@ impl Queue {
     }
 }
 
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last_ms: u64,
+    /// Frames refused in a row.
+    strikes: u32,
+}
+
+/// The rate limiter's verdict on one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rate {
+    Ok,
+    /// Refused with `rate_limited`; the session goes on.
+    Limited,
+    /// Refused again and again: close the session.
+    Flood,
+}
+
 /// Membership of one session, under one lock so that subscribe/join and close never race.
 ///
 /// Lock order: a session's `membership` before any topic's or room's lock, and those before any
@@ -240,6 +258,9 @@ pub(crate) struct SessionState {
     pub(crate) membership: Mutex<Membership>,
     /// Milliseconds since the hub's start when the client was last heard from.
     last_seen: AtomicU64,
+    /// Token bucket for the rate limit: only the session's own transport task takes from it,
+    /// so the lock is never contended.
+    bucket: Mutex<Bucket>,
     aborted: AtomicBool,
     abort_notify: Notify,
 }
@@ -261,6 +282,11 @@ impl SessionState {
             queue: Queue::new(config.queue_capacity, config.slow_consumer),
             membership: Mutex::new(Membership::default()),
             last_seen: AtomicU64::new(now_ms),
+            bucket: Mutex::new(Bucket {
+                tokens: config.rate_limit.map(|r| r.burst).unwrap_or(0.0),
+                last_ms: now_ms,
+                strikes: 0,
+            }),
             aborted: AtomicBool::new(false),
             abort_notify: Notify::new(),
         }
@@ -295,6 +321,27 @@ impl SessionState {
 
     pub(crate) fn request_ping(&self) {
         self.queue.request_ping();
+    }
+
+    /// Takes a token for one client frame.
+    pub(crate) fn take_token(&self, limit: &RateLimit, now_ms: u64) -> Rate {
+        let mut b = lock(&self.bucket);
+        let elapsed = now_ms.saturating_sub(b.last_ms) as f64 / 1000.0;
+        b.last_ms = now_ms;
+        b.tokens = (b.tokens + elapsed * limit.per_second).min(limit.burst);
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            b.strikes = 0;
+            Rate::Ok
+        } else {
+            b.strikes += 1;
+            // A client that sends another whole burst while limited is flooding.
+            if f64::from(b.strikes) > limit.burst {
+                Rate::Flood
+            } else {
+                Rate::Limited
+            }
+        }
     }
 
     /// Closes the queue; returns the number of frames dropped.
@@ -438,9 +485,9 @@ impl fmt::Debug for Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.hub
-            .inner
-            .close_session(&self.state, DisconnectReason::Normal);
+        let inner = &self.hub.inner;
+        inner.close_session(&self.state, DisconnectReason::Normal);
+        inner.detach();
     }
 }
 

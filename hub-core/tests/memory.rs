@@ -715,3 +715,102 @@ async fn limits_on_subscriptions_and_topics() {
         .await;
     assert_eq!(a.recv().await["code"], "too_many_topics");
 }
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_flushes_queued_frames_then_closes_and_refuses_new_sessions() {
+    let hub = open_hub();
+    let mut a = Mem::connect(&hub, Codec::Json).await;
+    a.send(json!({"type": "subscribe", "topic": "t"})).await;
+    for i in 1..=3 {
+        hub.publish("t", &i).unwrap();
+    }
+    let shutdown = tokio::spawn({
+        let hub = hub.clone();
+        async move { hub.shutdown(Duration::from_secs(10)).await }
+    });
+    // Everything queued before the shutdown still arrives, then the close.
+    for i in 1..=3 {
+        assert_eq!(a.recv().await["offset"], i);
+    }
+    assert_eq!(a.closed().await, DisconnectReason::Shutdown);
+    let rej = hub
+        .connect(ConnectRequest::new(
+            TransportInfo::duplex("memory"),
+            Codec::Json,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!((rej.status(), rej.code()), (503, "shutting_down"));
+    // The transport finishes (drops its handle): the shutdown completes without forcing.
+    drop(a);
+    let report = shutdown.await.unwrap();
+    assert_eq!((report.sessions, report.forced), (1, 0));
+    assert_eq!(hub.stats().disconnects.get("shutdown"), Some(&1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_aborts_transports_that_do_not_finish_in_time() {
+    let hub = open_hub();
+    let stuck = Mem::connect(&hub, Codec::Json).await;
+    let report = {
+        let waiter = hub.clone();
+        let session_aborted = async { stuck.conn.session.aborted().await };
+        let (report, ()) = tokio::join!(waiter.shutdown(Duration::from_secs(2)), async {
+            session_aborted.await;
+        });
+        report
+    };
+    assert_eq!((report.sessions, report.forced), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limit_refuses_then_disconnects_a_flood() {
+    let hub = Hub::builder()
+        .hooks(Open::default())
+        .rate_limit(10.0, 5)
+        .build();
+    let mut a = Mem::connect(&hub, Codec::Json).await;
+    // A burst of 5 passes, the 6th is refused.
+    for id in 1..=5 {
+        a.send(json!({"type": "ping", "id": id})).await;
+        assert_eq!(a.recv().await, json!({"type": "pong", "id": id}));
+    }
+    a.send(json!({"type": "ping", "id": 6})).await;
+    assert_eq!(a.recv().await["code"], "rate_limited");
+    // Tokens come back with time.
+    tokio::time::advance(Duration::from_millis(200)).await;
+    a.send(json!({"type": "ping", "id": 7})).await;
+    assert_eq!(a.recv().await, json!({"type": "pong", "id": 7}));
+    // Keep flooding past another burst: disconnected.
+    for _ in 0..10 {
+        a.send(json!({"type": "ping"})).await;
+    }
+    assert_eq!(a.closed().await, DisconnectReason::RateLimited);
+    // Other sessions are not affected.
+    let mut b = Mem::connect(&hub, Codec::Json).await;
+    b.send(json!({"type": "ping", "id": 1})).await;
+    assert_eq!(b.recv().await["type"], "pong");
+}
+
+#[tokio::test(start_paused = true)]
+async fn connection_limits_total_and_per_address() {
+    let hub = Hub::builder()
+        .max_connections(3)
+        .max_connections_per_ip(2)
+        .build();
+    let from = |ip: &str| {
+        let mut req = ConnectRequest::new(TransportInfo::duplex("memory"), Codec::Json);
+        req.peer = Some(format!("{ip}:1000").parse().unwrap());
+        req
+    };
+    let a1 = hub.connect(from("10.0.0.1")).await.unwrap();
+    let _a2 = hub.connect(from("10.0.0.1")).await.unwrap();
+    let rej = hub.connect(from("10.0.0.1")).await.unwrap_err();
+    assert_eq!((rej.status(), rej.code()), (503, "too_many_connections"));
+    let _b1 = hub.connect(from("10.0.0.2")).await.unwrap();
+    let rej = hub.connect(from("10.0.0.3")).await.unwrap_err();
+    assert_eq!(rej.code(), "too_many_connections");
+    // A closed session gives its places back.
+    drop(a1);
+    assert!(hub.connect(from("10.0.0.1")).await.is_ok());
+}
