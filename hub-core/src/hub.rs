@@ -15,7 +15,7 @@ use crate::codec::Payload;
 use crate::config::{Config, RateLimit, SlowConsumerPolicy};
 use crate::error::{DisconnectReason, ErrorCode, Rejection, RoomError, SendError};
 use crate::frame::{decode_client, ClientFrame, Frame, Scope, Shared, Since};
-use crate::hooks::{Action, ConnectRequest, EventContext, EventHandler, Hooks};
+use crate::hooks::{Action, ConnectRequest, EventContext, EventHandler, Hooks, Identity};
 use crate::session::{lock, Connection, Outbox, Pushed, Rate, Session, SessionId, SessionState};
 use crate::stats::{Stats, StatsSnapshot};
 
@@ -912,6 +912,25 @@ impl Hub {
         HubBuilder::default()
     }
 
+    /// Checks a request's origin and credentials the way [`Hub::connect`] does, without
+    /// opening a session: for transports whose later requests (SSE commands, polls) must come
+    /// from the identity that opened the session.
+    pub async fn authenticate(&self, req: &ConnectRequest) -> Result<Identity, Rejection> {
+        self.check_origin(req)?;
+        self.inner.config.hooks.authenticate(req).await
+    }
+
+    fn check_origin(&self, req: &ConnectRequest) -> Result<(), Rejection> {
+        if let (Some(allowed), Some(origin)) =
+            (&self.inner.config.allowed_origins, req.header("origin"))
+        {
+            if !allowed.iter().any(|a| a == origin) {
+                return Err(Rejection::origin_not_allowed(origin));
+            }
+        }
+        Ok(())
+    }
+
     /// Attaches a client: checks the origin, asks [`Hooks::authenticate`], then opens a session
     /// and queues its `welcome`. This is what every transport calls; see [`crate::session`].
     pub async fn connect(&self, req: ConnectRequest) -> Result<Connection, Rejection> {
@@ -919,12 +938,7 @@ impl Hub {
         if inner.shutting_down.load(Ordering::Acquire) {
             return Err(Rejection::shutting_down());
         }
-        if let (Some(allowed), Some(origin)) = (&inner.config.allowed_origins, req.header("origin"))
-        {
-            if !allowed.iter().any(|a| a == origin) {
-                return Err(Rejection::origin_not_allowed(origin));
-            }
-        }
+        self.check_origin(&req)?;
         inner.admit(req.peer)?;
         let identity = match inner.config.hooks.authenticate(&req).await {
             Ok(identity) => identity,
