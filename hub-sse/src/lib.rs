@@ -1,1 +1,777 @@
-//! Server-sent events transport for the hub (hyper). (under construction)
+//! Server-sent events transport for the hub (hyper).
+//!
+//! [`SseService`] is one service for one path: mount it in a bare hyper server (HTTP/1.1 and
+//! HTTP/2, e.g. hyper-util's auto builder) or in an axum `Router` with `route_service`.
+//!
+//! | request | does |
+//! | --- | --- |
+//! | `GET <path>?topic=a&topic=b` | opens a `text/event-stream` following topics `a` and `b` |
+//! | `POST <path>?session=<id>` + header `Hub-Session-Token: <token>` | sends one client frame (JSON, as in PROTOCOL.md) to that stream's session; `202 Accepted`, the answer arrives on the stream |
+//! | `OPTIONS <path>` | CORS preflight for the POST |
+//!
+//! - **Events**: every hub frame is one SSE event, `event: <frame type>` (`message`, `reply`,
+//!   `error`, `gap`, `join`, `leave`, `event`, `close`, ...) and `data: <the JSON frame>`.
+//!   The stream starts with `retry:`, then `welcome`, then an SSE-only `session` event with the
+//!   session id, the secret command token and the command URL.
+//! - **Event ids and resume**: each `message` event has `id:` made of the stream's last
+//!   position in every topic it has seen (`topic=epoch:offset&...`, percent-encoded); so do
+//!   `gap` events of reason `history` and the `reply` to a `subscribe` command with an `id`
+//!   (its `since`, or else the topic's position when the subscription began). A browser that
+//!   reconnects sends the last one back as `Last-Event-ID` (or, from polyfills, the query
+//!   parameter `lastEventId`); the new stream follows the URL's topics plus the id's,
+//!   each resumed from its position: exactly the missed messages in order, or a `gap` event
+//!   saying what is lost. A `resume` event says what happened (or that the id was malformed and
+//!   the stream starts fresh).
+//! - **Keep-alive**: a comment line (`: ping`) at the hub's heartbeat interval. A gone client is
+//!   noticed when its connection closes or a write fails: hyper drops the body, which owns the
+//!   session, so the session ends and its presence leaves exactly once. (The body only runs
+//!   when hyper polls it, so there is no write to abort mid-way as over WebSocket; a session
+//!   the hub aborts gets its `close` event on the next poll. A peer that stops reading without
+//!   closing is the server's TCP settings' business: keepalive, or the host's timeouts.)
+//! - **Session binding**: the command endpoint needs the stream's session id *and* its
+//!   256-bit token, which only the stream's reader has; unknown ids get 404, wrong tokens 403.
+//!   The token travels in a custom header, so a cross-site form cannot send it (CSRF).
+//!   With [`SseService::authenticate_commands`] each command is also re-authenticated and must
+//!   belong to the stream's user.
+//! - **Encoding**: SSE is text, so JSON only; `?encoding=msgpack` is refused with 406
+//!   `bad_encoding`.
+//! - **CORS**: [`SseService::allow_origins`] lets pages of other origins open streams and send
+//!   commands (with credentials); the hub's own origin allow-list still applies to connecting.
+//!
+//! Headers: `Content-Type: text/event-stream`, `Cache-Control: no-cache, no-transform` and
+//! `X-Accel-Buffering: no`, so that proxies neither cache nor buffer; each batch of frames is one
+//! body chunk, written as soon as it is queued. The full contract is in PROTOCOL.md,
+//! "Server-sent events (hub-sse)".
+//!
+//! # Example
+//!
+//! ```no_run
+//! use hub_core::Hub;
+//! use hub_sse::SseService;
+//! use hyper_util::rt::{TokioExecutor, TokioIo};
+//! use hyper_util::server::conn::auto;
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let hub = Hub::builder().build();
+//! let sse = SseService::new(hub.clone()).allow_origins(["https://dashboard.example"]);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! loop {
+//!     let (tcp, peer) = listener.accept().await?;
+//!     let service = sse.clone().with_peer(peer);
+//!     tokio::spawn(async move {
+//!         let _ = auto::Builder::new(TokioExecutor::new())
+//!             .serve_connection(TokioIo::new(tcp), service)
+//!             .await;
+//!     });
+//! }
+//! # }
+//! ```
+//!
+//! In axum: `Router::new().route_service("/events", SseService::new(hub))`. In the browser:
+//!
+//! ```js
+//! const es = new EventSource("/events?topic=metrics/api");
+//! let cmd;
+//! es.addEventListener("session", (e) => { cmd = JSON.parse(e.data); });
+//! es.onmessage = (e) => { const m = JSON.parse(e.data); console.log(m.topic, m.data); };
+//! // later: subscribe to one more topic on the same stream
+//! fetch(cmd.commands, { method: "POST", headers: { "Hub-Session-Token": cmd.token },
+//!   body: JSON.stringify({ type: "subscribe", topic: "metrics/db", id: 1 }) });
+//! ```
+
+#![warn(missing_docs)]
+
+mod body;
+mod id;
+mod registry;
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hub_core::{
+    Codec, CommandError, ConnectRequest, Connection, ErrorCode, Hooks, Hub, Rejection,
+    StreamPosition, TransportInfo,
+};
+use tracing::Instrument;
+
+pub use body::Body;
+
+use body::{lock, write_event, Writer};
+use id::Cursor;
+use registry::{new_token, token_matches, token_text, Entry, Registry};
+
+/// The transport's description for the hub: one-way, with comment-line pings; a gone client is
+/// noticed when its connection closes, not by the heartbeat timeout.
+pub const TRANSPORT: TransportInfo = TransportInfo {
+    name: "sse",
+    pings: true,
+    client_liveness: false,
+};
+
+/// The request header that carries a stream's command token on `POST`.
+pub const TOKEN_HEADER: &str = "hub-session-token";
+
+/// The default reconnection delay sent in `retry:`.
+pub const DEFAULT_RETRY: Duration = Duration::from_secs(3);
+
+const LAST_EVENT_ID: &str = "last-event-id";
+
+/// At most this many topics in a stream's URL (the hub's per-session limit applies too).
+const MAX_QUERY_TOPICS: usize = id::MAX_ID_TOPICS;
+
+#[derive(Clone)]
+enum Cors {
+    SameOrigin,
+    Any,
+    List(Arc<[String]>),
+}
+
+#[derive(Clone)]
+struct Settings {
+    retry: Duration,
+    cors: Cors,
+    reauth: Option<Arc<dyn Hooks>>,
+}
+
+/// A service that serves server-sent event streams of a [`Hub`] and their command endpoint.
+///
+/// It implements both `hyper::service::Service` and `tower::Service` (for axum). Cheap to clone;
+/// clones share their streams, so mount clones of one service (not separate `new`s) wherever a
+/// command must find a stream.
+#[derive(Clone)]
+pub struct SseService {
+    hub: Hub,
+    peer: Option<SocketAddr>,
+    registry: Arc<Registry>,
+    settings: Arc<Settings>,
+}
+
+impl fmt::Debug for SseService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SseService")
+            .field("streams", &self.registry.len())
+            .field("peer", &self.peer)
+            .field("retry", &self.settings.retry)
+            .field("reauthenticates", &self.settings.reauth.is_some())
+            .finish()
+    }
+}
+
+impl SseService {
+    /// A service for `hub`: same-origin only (no CORS headers), `retry:` 3 s.
+    pub fn new(hub: Hub) -> SseService {
+        SseService {
+            hub,
+            peer: None,
+            registry: Arc::default(),
+            settings: Arc::new(Settings {
+                retry: DEFAULT_RETRY,
+                cors: Cors::SameOrigin,
+                reauth: None,
+            }),
+        }
+    }
+
+    /// The client's address, passed to the authenticate hook (a bare hyper server knows it per
+    /// connection). Otherwise a `SocketAddr` found in the request's extensions is used.
+    #[must_use]
+    pub fn with_peer(mut self, peer: SocketAddr) -> SseService {
+        self.peer = Some(peer);
+        self
+    }
+
+    /// How long a browser waits before reconnecting a dropped stream (the `retry:` field).
+    #[must_use]
+    pub fn retry(mut self, delay: Duration) -> SseService {
+        Arc::make_mut(&mut self.settings).retry = delay;
+        self
+    }
+
+    /// Pages of these origins (e.g. `https://dashboard.example`) may open streams and send
+    /// commands from the browser: their `Origin` is echoed in `Access-Control-Allow-Origin`
+    /// with `Access-Control-Allow-Credentials: true`, and the `OPTIONS` preflight of the command
+    /// endpoint is answered. `"*"` in the list allows any origin, without credentials.
+    ///
+    /// This only tells browsers what they may read; who may connect at all is the hub's business
+    /// (`HubBuilder::allowed_origins`, the authenticate hook).
+    #[must_use]
+    pub fn allow_origins<I, S>(mut self, origins: I) -> SseService
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let list: Vec<String> = origins.into_iter().map(Into::into).collect();
+        Arc::make_mut(&mut self.settings).cors = if list.iter().any(|o| o == "*") {
+            Cors::Any
+        } else {
+            Cors::List(list.into())
+        };
+        self
+    }
+
+    /// Re-authenticates every command with `hooks` (normally the hub's own hooks, or a clone),
+    /// on the `POST`'s headers, query and peer: a command is refused (the hook's 401/403, or 403
+    /// `forbidden`) unless it authenticates as the stream's user. The token alone is then not
+    /// enough to drive a stream: it also takes the user's credentials.
+    #[must_use]
+    pub fn authenticate_commands(mut self, hooks: impl Hooks) -> SseService {
+        Arc::make_mut(&mut self.settings).reauth = Some(Arc::new(hooks));
+        self
+    }
+
+    async fn serve<B>(self, req: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        let mut resp = match *req.method() {
+            Method::GET => self.open(req).await,
+            Method::POST => self.command(req).await,
+            Method::OPTIONS => self.preflight(origin.as_ref()),
+            _ => {
+                let mut r = error_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "bad_request",
+                    "use GET to open a stream, POST to send a command",
+                );
+                r.headers_mut().insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, POST, OPTIONS"),
+                );
+                r
+            }
+        };
+        self.cors_headers(origin.as_ref(), &mut resp);
+        resp
+    }
+
+    fn origin_allowed(&self, origin: &HeaderValue) -> bool {
+        match &self.settings.cors {
+            Cors::SameOrigin => false,
+            Cors::Any => true,
+            Cors::List(list) => list.iter().any(|o| o.as_bytes() == origin.as_bytes()),
+        }
+    }
+
+    fn cors_headers(&self, origin: Option<&HeaderValue>, resp: &mut Response<Body>) {
+        let h = resp.headers_mut();
+        match (&self.settings.cors, origin) {
+            (Cors::SameOrigin, _) | (_, None) => {}
+            (Cors::Any, Some(_)) => {
+                h.insert(
+                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                    HeaderValue::from_static("*"),
+                );
+            }
+            (Cors::List(_), Some(origin)) => {
+                h.append(header::VARY, HeaderValue::from_static("Origin"));
+                if self.origin_allowed(origin) {
+                    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+                    h.insert(
+                        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                        HeaderValue::from_static("true"),
+                    );
+                }
+            }
+        }
+    }
+
+    fn preflight(&self, origin: Option<&HeaderValue>) -> Response<Body> {
+        let mut resp = match origin {
+            Some(o) if !self.origin_allowed(o) => {
+                let o = String::from_utf8_lossy(o.as_bytes()).into_owned();
+                return refusal(&Rejection::origin_not_allowed(&o));
+            }
+            _ => Response::new(Body::empty()),
+        };
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+        let h = resp.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(
+                "content-type, authorization, last-event-id, hub-session-token",
+            ),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        h.insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+        resp
+    }
+
+    /// `GET`: authenticate, subscribe (or resume), then stream.
+    async fn open<B>(&self, req: Request<B>) -> Response<Body> {
+        if let Some(enc) = query_values(req.uri(), "encoding").next() {
+            match Codec::from_name(&enc) {
+                Some(Codec::Json) => {}
+                Some(_) => {
+                    return error_response(
+                        StatusCode::NOT_ACCEPTABLE,
+                        "bad_encoding",
+                        "server-sent events are text: this transport speaks json only",
+                    )
+                }
+                None => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        "bad_encoding",
+                        &format!("unknown encoding {enc:?}: use json"),
+                    )
+                }
+            }
+        }
+        let mut topics: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for value in query_values(req.uri(), "topic").chain(query_values(req.uri(), "topics")) {
+            for t in value.split(',').filter(|t| !t.is_empty()) {
+                if seen.insert(t.to_owned()) {
+                    topics.push(t.to_owned());
+                }
+            }
+            if topics.len() > MAX_QUERY_TOPICS {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::TooManySubscriptions.as_str(),
+                    &format!("at most {MAX_QUERY_TOPICS} topics in one URL"),
+                );
+            }
+        }
+        // The header (what browsers send); else `?lastEventId=` (what EventSource polyfills send,
+        // and a page can use to resume from an id it kept).
+        let from_query = query_values(req.uri(), "lastEventId").find(|v| !v.is_empty());
+        let resume = match req.headers().get(LAST_EVENT_ID).filter(|v| !v.is_empty()) {
+            Some(v) => Some(
+                v.to_str()
+                    .map_err(|_| "not visible ASCII")
+                    .and_then(Cursor::parse),
+            ),
+            None => from_query.as_deref().map(Cursor::parse),
+        };
+        let Some(token) = new_token() else {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "no random source for session tokens",
+            );
+        };
+        let peer = self
+            .peer
+            .or_else(|| req.extensions().get::<SocketAddr>().copied());
+        let connect = ConnectRequest {
+            transport: TRANSPORT,
+            codec: Codec::Json,
+            headers: req.headers().clone(),
+            uri: req.uri().clone(),
+            peer,
+        };
+        let Connection { session, outbox } = match self.hub.connect(connect).await {
+            Ok(conn) => conn,
+            Err(rej) => return refusal(&rej),
+        };
+        let span =
+            tracing::debug_span!("session", id = %session.id(), transport = "sse", peer = ?peer);
+
+        // The URL's topics: a refusal here refuses the stream (dropping the session ends it).
+        let resumed = resume.as_ref().and_then(|r| r.as_ref().ok());
+        let mut cursor = Cursor::default();
+        let mut resumed_topics: Vec<String> = Vec::new();
+        for topic in &topics {
+            let since = resumed
+                .and_then(|c| c.get(topic))
+                .map(|(epoch, offset)| StreamPosition {
+                    epoch: epoch.to_owned(),
+                    offset,
+                });
+            if let Err(e) = session.subscribe(topic, since.clone()).await {
+                return command_refusal(topic, &e);
+            }
+            if let Some(pos) = since {
+                cursor.set(topic, &pos.epoch, pos.offset);
+                resumed_topics.push(topic.clone());
+            }
+        }
+        // Topics known only from the event id (subscribed by command on the previous stream):
+        // resumed too; one that cannot be is reported in the `resume` event.
+        let mut failed = Vec::new();
+        if let Some(c) = resumed {
+            for topic in c.topics() {
+                if seen.contains(topic) {
+                    continue;
+                }
+                let Some((epoch, offset)) = c.get(topic) else {
+                    continue;
+                };
+                let since = StreamPosition {
+                    epoch: epoch.to_owned(),
+                    offset,
+                };
+                match session.subscribe(topic, Some(since)).await {
+                    Ok(()) => {
+                        cursor.set(topic, epoch, offset);
+                        resumed_topics.push(topic.to_owned());
+                    }
+                    Err(e) => failed.push(FailedTopic {
+                        topic: topic.to_owned(),
+                        code: e.code.as_str(),
+                        message: e.message,
+                    }),
+                }
+            }
+        }
+
+        let id = session.id();
+        let commands = format!("{}?session={id}", req.uri().path());
+        let mut after_welcome = BytesMut::new();
+        let session_event = SessionEvent {
+            kind: "session",
+            session: id.to_string(),
+            token: token_text(&token),
+            commands,
+        };
+        write_event(
+            &mut after_welcome,
+            None,
+            "session",
+            &serde_json::to_vec(&session_event).unwrap_or_default(),
+        );
+        if let Some(resume) = &resume {
+            let event = match resume {
+                Ok(_) => ResumeEvent {
+                    kind: "resume",
+                    resumed: true,
+                    topics: Some(resumed_topics.clone()),
+                    failed: Some(failed),
+                    code: None,
+                    message: None,
+                },
+                Err(why) => ResumeEvent {
+                    kind: "resume",
+                    resumed: false,
+                    topics: None,
+                    failed: None,
+                    code: Some("bad_last_event_id"),
+                    message: Some(format!(
+                        "Last-Event-ID is not an event id of this stream ({why}): starting fresh"
+                    )),
+                },
+            };
+            write_event(
+                &mut after_welcome,
+                None,
+                "resume",
+                &serde_json::to_vec(&event).unwrap_or_default(),
+            );
+        }
+        let retry = u64::try_from(self.settings.retry.as_millis()).unwrap_or(u64::MAX);
+        let cursor = Arc::new(Mutex::new(cursor));
+        let session = Arc::new(session);
+        let registered = self.registry.insert(
+            id,
+            Entry {
+                token,
+                session: Arc::downgrade(&session),
+                cursor: cursor.clone(),
+            },
+        );
+        tracing::debug!(parent: &span, topics = topics.len(), resumed = resumed_topics.len(), "stream opened");
+        let writer = Writer {
+            _session: session,
+            outbox,
+            cursor,
+            head: Some(Bytes::from(format!("retry: {retry}\n\n"))),
+            after_welcome: Some(after_welcome.freeze()),
+            batch: Vec::new(),
+            done: false,
+            _registered: registered,
+        };
+        let stream = futures_util::stream::unfold(writer, move |mut w| {
+            async move {
+                let chunk = w.next_chunk().await?;
+                Some((chunk, w))
+            }
+            .instrument(span.clone())
+        });
+        let mut resp = Response::new(Body::stream(stream));
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream; charset=utf-8"),
+        );
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, no-transform"),
+        );
+        h.insert(
+            HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        );
+        resp
+    }
+
+    /// `POST ?session=<id>`: one client frame for that stream's session.
+    async fn command<B>(&self, req: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Some(id) = query_values(req.uri(), "session")
+            .next()
+            .and_then(|s| hub_core::SessionId::parse(&s))
+        else {
+            return unknown_session();
+        };
+        let Some(entry) = self.registry.get(id) else {
+            return unknown_session();
+        };
+        let presented = req
+            .headers()
+            .get(TOKEN_HEADER)
+            .map(HeaderValue::as_bytes)
+            .unwrap_or_default();
+        if !token_matches(&entry.token, presented) {
+            return error_response(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "missing or wrong Hub-Session-Token for this session",
+            );
+        }
+        let Some(session) = entry.session.upgrade() else {
+            return unknown_session();
+        };
+        if let Some(hooks) = &self.settings.reauth {
+            let connect = ConnectRequest {
+                transport: TRANSPORT,
+                codec: Codec::Json,
+                headers: req.headers().clone(),
+                uri: req.uri().clone(),
+                peer: self
+                    .peer
+                    .or_else(|| req.extensions().get::<SocketAddr>().copied()),
+            };
+            match hooks.authenticate(&connect).await {
+                Ok(who) if who.user_id() == session.identity().user_id() => {}
+                Ok(_) => {
+                    return error_response(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        "this stream belongs to another user",
+                    )
+                }
+                Err(rej) => return refusal(&rej),
+            }
+        }
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if content_type.to_ascii_lowercase().contains("msgpack") {
+            return error_response(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "bad_encoding",
+                "commands are JSON on this transport",
+            );
+        }
+        let max = self.hub.max_frame_size();
+        let too_large = || {
+            error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::FrameTooLarge.as_str(),
+                &format!("commands are limited to {max} bytes"),
+            )
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max as u64) {
+            return too_large();
+        }
+        let bytes = match Limited::new(req.into_body(), max).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+            Err(e) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &format!("could not read the body: {e}"),
+                )
+            }
+        };
+        // What can be judged without the session is answered here; the rest (unknown types,
+        // bad fields, authorization) is answered on the stream, like any frame.
+        let map = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Err(e) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadFrame.as_str(),
+                    &format!("not JSON: {e}"),
+                )
+            }
+            Ok(serde_json::Value::Object(map)) => map,
+            Ok(_) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadFrame.as_str(),
+                    "a frame is a JSON object",
+                )
+            }
+        };
+        let Some(kind) = map.get("type").and_then(|t| t.as_str()) else {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadField.as_str(),
+                "missing field `type` (a string)",
+            );
+        };
+        let topic = map.get("topic").and_then(|t| t.as_str());
+        let request_id = map.get("id").and_then(|i| i.as_u64());
+        // Keep the event id in step with subscriptions made and dropped by command.
+        if let ("subscribe", Some(topic), Some(rid)) = (kind, topic, request_id) {
+            let since = map.get("since").and_then(|s| {
+                let epoch = s.get("epoch")?.as_str()?.to_owned();
+                Some((epoch, s.get("offset")?.as_u64()?))
+            });
+            lock(&entry.cursor).expect_subscribe_reply(rid, topic, since);
+        }
+        session.handle(bytes).await;
+        if let ("unsubscribe", Some(topic)) = (kind, topic) {
+            lock(&entry.cursor).remove(topic);
+        }
+        let mut resp = Response::new(Body::empty());
+        *resp.status_mut() = StatusCode::ACCEPTED;
+        resp
+    }
+}
+
+impl<B> tower_service::Service<Request<B>> for SseService
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.serve(req).await) })
+    }
+}
+
+impl<B> hyper::service::Service<Request<B>> for SseService
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.serve(req).await) })
+    }
+}
+
+/// The SSE-only `session` event: what the command endpoint needs.
+#[derive(serde::Serialize)]
+struct SessionEvent {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    session: String,
+    token: String,
+    commands: String,
+}
+
+/// The SSE-only `resume` event: what a `Last-Event-ID` led to.
+#[derive(serde::Serialize)]
+struct ResumeEvent {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    resumed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topics: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failed: Option<Vec<FailedTopic>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+struct FailedTopic {
+    topic: String,
+    code: &'static str,
+    message: String,
+}
+
+fn query_values<'a>(uri: &'a http::Uri, name: &'a str) -> impl Iterator<Item = String> + 'a {
+    form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .filter(move |(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({"code": code, "message": message}).to_string();
+    let mut resp = Response::new(Body::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn refusal(rej: &Rejection) -> Response<Body> {
+    let status = StatusCode::from_u16(rej.status()).unwrap_or(StatusCode::FORBIDDEN);
+    error_response(status, rej.code(), rej.message())
+}
+
+fn unknown_session() -> Response<Body> {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "unknown_session",
+        "no open stream with this session id",
+    )
+}
+
+/// A topic of the URL that cannot be followed refuses the whole stream, before it starts.
+fn command_refusal(topic: &str, e: &CommandError) -> Response<Body> {
+    let status = match e.code {
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::TooManyTopics => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    error_response(status, e.code.as_str(), &format!("{topic}: {}", e.message))
+}
