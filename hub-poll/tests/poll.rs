@@ -1,0 +1,1066 @@
+//! hub-poll over real loopback sockets, with a real HTTP client (hyper's http1 client).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hub_core::{
+    async_trait, Action, Codec, ConnectRequest, Connection, Hooks, Hub, Identity, Outgoing,
+    Payload, Rejection, TransportInfo,
+};
+use hub_poll::PollService;
+use hub_sse::SseService;
+use hub_ws::WsService;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{timeout, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Safety net for anything awaited in these tests.
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// Serves `/poll` (hub-poll) and `/ws` (hub-ws) on a fresh loopback port.
+async fn serve(hub: &Hub, poll: &PollService) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (hub, poll) = (hub.clone(), poll.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, peer)) = listener.accept().await else {
+                return;
+            };
+            let poll = poll.clone().with_peer(peer);
+            let ws = WsService::new(hub.clone()).with_peer(peer);
+            let sse = SseService::new(hub.clone()).with_peer(peer);
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                use hyper::service::Service;
+                match req.uri().path() {
+                    "/ws" => boxed(ws.call(req)),
+                    "/sse" => boxed(sse.call(req)),
+                    _ => boxed(poll.call(req)),
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+type AnyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>;
+type AnyFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<http::Response<AnyBody>, std::convert::Infallible>>
+            + Send,
+    >,
+>;
+
+/// One response type for the three services.
+fn boxed<F, B>(f: F) -> AnyFuture
+where
+    F: std::future::Future<Output = Result<http::Response<B>, std::convert::Infallible>>
+        + Send
+        + 'static,
+    B: hyper::body::Body<Data = Bytes, Error = std::convert::Infallible> + Send + 'static,
+{
+    Box::pin(async move { f.await.map(|r| r.map(BodyExt::boxed_unsync)) })
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    /// The error code of a refusal.
+    fn code(&self) -> String {
+        self.json()["code"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+/// One HTTP/1.1 request on its own connection.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Resp {
+    let body = body.into();
+    let fut = async {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", addr.to_string());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = sender
+            .send_request(req.body(Full::new(body)).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    };
+    timeout(LIMIT, fut).await.expect("request timed out")
+}
+
+/// A long-polling client, as a browser's page would be.
+struct Client {
+    addr: SocketAddr,
+    session: String,
+    cursor: String,
+    codec: Codec,
+    auth: Option<String>,
+}
+
+/// A poll response, decoded.
+struct Batch {
+    status: StatusCode,
+    cursor: String,
+    frames: Vec<Value>,
+    body_len: usize,
+    raw: Bytes,
+}
+
+impl Client {
+    async fn open(addr: SocketAddr, query: &str, headers: &[(&str, &str)]) -> Client {
+        let resp = http(addr, "POST", &format!("/poll{query}"), headers, "").await;
+        assert_eq!(resp.status, StatusCode::OK, "{:?}", resp.body);
+        let msgpack = resp.headers["content-type"] == "application/msgpack";
+        let v: Value = if msgpack {
+            rmp_serde::from_slice(&resp.body).unwrap()
+        } else {
+            resp.json()
+        };
+        assert_eq!(v["cursor"], "0");
+        let auth = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            .map(|(_, v)| (*v).to_owned());
+        Client {
+            addr,
+            session: v["session"].as_str().unwrap().to_owned(),
+            cursor: "0".into(),
+            codec: if msgpack { Codec::MsgPack } else { Codec::Json },
+            auth,
+        }
+    }
+
+    fn headers(&self) -> Vec<(&str, &str)> {
+        self.auth
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default()
+    }
+
+    /// Sends one command frame; returns the status.
+    async fn send(&self, frame: Value) -> Resp {
+        let body = match self.codec {
+            Codec::Json => Bytes::from(frame.to_string()),
+            Codec::MsgPack => Bytes::from(rmp_serde::to_vec_named(&frame).unwrap()),
+        };
+        let uri = format!("/poll?session={}", self.session);
+        http(self.addr, "POST", &uri, &self.headers(), body).await
+    }
+
+    /// Polls with an explicit cursor, without moving this client's cursor.
+    async fn poll_at(&self, cursor: &str, wait_ms: u64) -> Batch {
+        let uri = format!(
+            "/poll?session={}&cursor={cursor}&wait={wait_ms}",
+            self.session
+        );
+        let resp = http(self.addr, "GET", &uri, &self.headers(), "").await;
+        if resp.status != StatusCode::OK {
+            return Batch {
+                status: resp.status,
+                cursor: String::new(),
+                frames: vec![],
+                body_len: resp.body.len(),
+                raw: resp.body,
+            };
+        }
+        let v: Value = match self.codec {
+            Codec::Json => resp.json(),
+            Codec::MsgPack => {
+                assert_eq!(resp.headers["content-type"], "application/msgpack");
+                rmp_serde::from_slice(&resp.body).unwrap()
+            }
+        };
+        Batch {
+            status: resp.status,
+            cursor: v["cursor"].as_str().unwrap().to_owned(),
+            frames: v["frames"].as_array().unwrap().clone(),
+            body_len: resp.body.len(),
+            raw: resp.body,
+        }
+    }
+
+    /// Polls and moves on to the next cursor.
+    async fn poll(&mut self, wait_ms: u64) -> Vec<Value> {
+        let b = self.poll_at(&self.cursor.clone(), wait_ms).await;
+        assert_eq!(b.status, StatusCode::OK, "{:?}", b.raw);
+        self.cursor = b.cursor;
+        b.frames
+    }
+
+    /// Polls until a frame matching `pred` arrives; returns every frame seen up to it.
+    async fn poll_until(&mut self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + LIMIT;
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            let frames = self.poll(2000).await;
+            let done = frames.iter().any(&pred);
+            seen.extend(frames);
+            if done {
+                return seen;
+            }
+        }
+        panic!("no matching frame within {LIMIT:?}; saw {seen:?}");
+    }
+
+    /// Sends a command with `id` and polls until its answer; returns the answer.
+    async fn request(&mut self, mut frame: Value, id: u64) -> Value {
+        frame["id"] = json!(id);
+        let r = self.send(frame).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+        let frames = self.poll_until(|f| f["id"] == json!(id)).await;
+        frames.into_iter().find(|f| f["id"] == json!(id)).unwrap()
+    }
+
+    /// The public session id (what presence shows).
+    fn public_id(&self) -> String {
+        self.session.split('.').next().unwrap().to_owned()
+    }
+}
+
+fn messages(frames: &[Value], topic: &str) -> Vec<(u64, Value)> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "message" && f["topic"] == topic)
+        .map(|f| (f["offset"].as_u64().unwrap(), f["data"].clone()))
+        .collect()
+}
+
+/// Waits (bounded) for a condition that the server makes true on its own schedule.
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + LIMIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// An in-process observer that never times out (for presence events).
+async fn observer(hub: &Hub) -> Connection {
+    let t = TransportInfo {
+        name: "observer",
+        pings: false,
+        client_liveness: false,
+    };
+    hub.connect(ConnectRequest::new(t, Codec::Json))
+        .await
+        .unwrap()
+}
+
+/// The observer's next frames (at least one), as JSON.
+async fn observe(conn: &mut Connection) -> Vec<Value> {
+    let mut out = Vec::new();
+    timeout(LIMIT, conn.outbox.next_batch(&mut out))
+        .await
+        .expect("observer got nothing");
+    out.into_iter()
+        .filter_map(|o| match o {
+            Outgoing::Frame(b) => Some(serde_json::from_slice(&b).unwrap()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_stream_arrives_exactly_once_in_order_despite_lost_responses() {
+    const N: u64 = 2000;
+    let hub = Hub::builder().queue_capacity(4096).history_len(10).build();
+    let poll = PollService::new(hub.clone()).batch_limit(64, 64 * 1024);
+    let addr = serve(&hub, &poll).await;
+    let mut c = Client::open(addr, "", &[]).await;
+    let reply = c
+        .request(json!({"type": "subscribe", "topic": "scores/all"}), 1)
+        .await;
+    assert_eq!(reply["type"], "reply");
+
+    let publisher = tokio::spawn({
+        let hub = hub.clone();
+        async move {
+            for n in 1..=N {
+                hub.publish("scores/all", &json!({"n": n})).unwrap();
+                if n % 8 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+    });
+
+    let deadline = Instant::now() + LIMIT;
+    let mut got: Vec<(u64, Value)> = Vec::new();
+    let mut polls = 0u32;
+    let mut lost = 0u32;
+    let mut multi = 0u32;
+    while (got.len() as u64) < N {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {N} arrived",
+            got.len()
+        );
+        polls += 1;
+        let first = c.poll_at(&c.cursor.clone(), 2000).await;
+        assert_eq!(first.status, StatusCode::OK);
+        let batch = if polls % 3 == 0 && !first.frames.is_empty() {
+            // This response "is lost": ask again with the same cursor. The same frames come
+            // back, first and in the same order (newer ones may follow).
+            lost += 1;
+            let again = c.poll_at(&c.cursor.clone(), 2000).await;
+            assert!(again.frames.len() >= first.frames.len());
+            assert_eq!(&again.frames[..first.frames.len()], &first.frames[..]);
+            again
+        } else {
+            first
+        };
+        if batch.frames.len() > 1 {
+            multi += 1;
+        }
+        assert!(batch.frames.len() <= 64, "batch over the frame cap");
+        c.cursor = batch.cursor;
+        got.extend(messages(&batch.frames, "scores/all"));
+    }
+    timeout(LIMIT, publisher).await.unwrap().unwrap();
+    // Nothing more is pending.
+    let rest = c.poll(0).await;
+    assert!(rest.is_empty(), "extra frames: {rest:?}");
+    let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, (1..=N).collect::<Vec<_>>());
+    for (o, data) in &got {
+        assert_eq!(data["n"], json!(o));
+    }
+    assert!(lost > 0, "no response was lost");
+    assert!(multi > 0, "never more than one frame per response");
+}
+
+#[tokio::test]
+async fn repeated_poll_after_a_dropped_response_returns_the_same_batch() {
+    let hub = Hub::builder().build();
+    let poll = PollService::new(hub.clone());
+    let addr = serve(&hub, &poll).await;
+    let mut c = Client::open(addr, "", &[]).await;
+    c.request(json!({"type": "subscribe", "topic": "scores/m1"}), 1)
+        .await;
+    for n in 1..=5 {
+        hub.publish("scores/m1", &json!({"n": n})).unwrap();
+    }
+    let cursor = c.cursor.clone();
+    let first = c.poll_at(&cursor, 2000).await;
+    assert_eq!(messages(&first.frames, "scores/m1").len(), 5);
+    // Same cursor: byte-for-byte the same answer.
+    let again = c.poll_at(&cursor, 2000).await;
+    assert_eq!(again.raw, first.raw);
+
+    // Really lost: the client sends the poll and hangs up without reading the answer.
+    hub.publish("scores/m1", &json!({"n": 6})).unwrap();
+    let uri = format!("/poll?session={}&cursor={}", c.session, first.cursor);
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {uri} HTTP/1.1\r\nhost: {addr}\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    drop(tcp);
+    // The server answered (or not) into the void; the client asks again, same cursor.
+    let retry = c.poll_at(&first.cursor, 2000).await;
+    let got = messages(&retry.frames, "scores/m1");
+    assert_eq!(got, vec![(6, json!({"n": 6}))]);
+    c.cursor = retry.cursor;
+    // Acknowledged: nothing comes twice.
+    let empty = c.poll_at(&c.cursor.clone(), 0).await;
+    assert!(empty.frames.is_empty());
+    assert_eq!(empty.cursor, c.cursor);
+}
+
+#[tokio::test]
+async fn a_long_poll_answers_on_publish_or_empty_after_the_wait() {
+    let hub = Hub::builder().build();
+    let poll = PollService::new(hub.clone());
+    let addr = serve(&hub, &poll).await;
+    let mut c = Client::open(addr, "", &[]).await;
+    c.request(json!({"type": "subscribe", "topic": "scores/all"}), 1)
+        .await;
+
+    let t0 = Instant::now();
+    let b = c.poll_at(&c.cursor.clone(), 300).await;
+    assert!(b.frames.is_empty());
+    assert_eq!(b.cursor, c.cursor, "an empty answer keeps the cursor");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(250),
+        "answered too early"
+    );
+
+    let waiting = tokio::spawn({
+        let cursor = c.cursor.clone();
+        let c = c_clone(&c);
+        async move { (Instant::now(), c.poll_at(&cursor, 10_000).await) }
+    });
+    wait_until("the poll to wait", || poll.waiting_polls() == 1).await;
+    hub.publish("scores/all", &json!({"goal": true})).unwrap();
+    let (started, b) = timeout(LIMIT, waiting).await.unwrap().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "answered late");
+    assert_eq!(
+        messages(&b.frames, "scores/all"),
+        vec![(1, json!({"goal": true}))]
+    );
+}
+
+fn c_clone(c: &Client) -> Client {
+    Client {
+        addr: c.addr,
+        session: c.session.clone(),
+        cursor: c.cursor.clone(),
+        codec: c.codec,
+        auth: c.auth.clone(),
+    }
+}
+
+#[tokio::test]
+async fn two_polls_at_once_the_older_is_answered_empty_the_newer_waits() {
+    let hub = Hub::builder().build();
+    let poll = PollService::new(hub.clone());
+    let addr = serve(&hub, &poll).await;
+    let mut c = Client::open(addr, "", &[]).await;
+    c.request(json!({"type": "subscribe", "topic": "scores/all"}), 1)
+        .await;
+    let cursor = c.cursor.clone();
+
+    let older = tokio::spawn({
+        let (c, cursor) = (c_clone(&c), cursor.clone());
+        async move { c.poll_at(&cursor, 10_000).await }
+    });
+    wait_until("the older poll to wait", || poll.waiting_polls() == 1).await;
+    let t0 = Instant::now();
+    let newer = tokio::spawn({
+        let (c, cursor) = (c_clone(&c), cursor.clone());
+        async move { c.poll_at(&cursor, 10_000).await }
+    });
+    let old = timeout(LIMIT, older).await.unwrap().unwrap();
+    assert_eq!(old.status, StatusCode::OK);
+    assert!(old.frames.is_empty(), "the older poll got {:?}", old.frames);
+    assert_eq!(old.cursor, cursor);
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "older poll not released"
+    );
+    // The newer one is the one waiting now.
+    wait_until("the newer poll to wait", || poll.waiting_polls() == 1).await;
+    assert!(!newer.is_finished());
+    hub.publish("scores/all", &json!({"n": 1})).unwrap();
+    let new = timeout(LIMIT, newer).await.unwrap().unwrap();
+    assert_eq!(
+        messages(&new.frames, "scores/all"),
+        vec![(1, json!({"n": 1}))]
+    );
+}
+
+#[tokio::test]
+async fn an_expired_session_leaves_presence_exactly_once() {
+    let hub = Hub::builder()
+        .heartbeat(Duration::from_millis(50), Duration::from_millis(400))
+        .build();
+    let poll = PollService::new(hub.clone());
+    let addr = serve(&hub, &poll).await;
+    let mut obs = observer(&hub).await;
+    obs.session
+        .handle(r#"{"type":"subscribe","topic":"chat/lobby","presence":true,"id":1}"#.into())
+        .await;
+    let mut c = Client::open(addr, "", &[]).await;
+    let welcome = c.poll(1000).await;
+    assert_eq!(welcome[0]["type"], "welcome");
+    assert_eq!(welcome[0]["session"], json!(c.public_id()));
+    c.request(json!({"type": "subscribe", "topic": "chat/lobby"}), 1)
+        .await;
+    let id = c.public_id();
+
+    // While it polls, it lives: several timeouts' worth of polling (each poll waits < timeout).
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(1200) {
+        let b = c.poll_at(&c.cursor.clone(), 100).await;
+        assert_eq!(b.status, StatusCode::OK, "expired while polling");
+        c.cursor = b.cursor;
+    }
+
+    // Then it goes silent: the leave comes, once.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + LIMIT;
+    while !seen
+        .iter()
+        .any(|f: &Value| f["type"] == "leave" && f["member"]["session"] == json!(id))
+    {
+        assert!(Instant::now() < deadline, "no leave; saw {seen:?}");
+        seen.extend(observe(&mut obs).await);
+    }
+    // The session is gone from the transport too.
+    wait_until("the poll session to be dropped", || {
+        poll.session_count() == 0
+    })
+    .await;
+    let b = c.poll_at(&c.cursor.clone(), 0).await;
+    assert_eq!(b.status, StatusCode::NOT_FOUND);
+    let err: Value = serde_json::from_slice(&b.raw).unwrap();
+    assert_eq!(err["code"], "unknown_session");
+    // A marker after everything: no second leave before it.
+    hub.publish("chat/lobby", &json!("marker")).unwrap();
+    while !seen.iter().any(|f| f["data"] == json!("marker")) {
+        seen.extend(observe(&mut obs).await);
+    }
+    let joins = seen
+        .iter()
+        .filter(|f| f["type"] == "join" && f["member"]["session"] == json!(id))
+        .count();
+    let leaves = seen
+        .iter()
+        .filter(|f| f["type"] == "leave" && f["member"]["session"] == json!(id))
+        .count();
+    assert_eq!((joins, leaves), (1, 1), "{seen:?}");
+    let stats = hub.stats();
+    assert_eq!(stats.sessions.get("poll").copied().unwrap_or(0), 0);
+}
+
+#[tokio::test]
+async fn msgpack_sessions_get_batches_under_the_size_cap() {
+    let hub = Hub::builder().build();
+    let poll = PollService::new(hub.clone()).batch_limit(1000, 2048);
+    let addr = serve(&hub, &poll).await;
+    let mut c = Client::open(addr, "", &[("accept", "application/msgpack")]).await;
+    assert_eq!(c.codec, Codec::MsgPack);
+    let reply = c
+        .request(json!({"type": "subscribe", "topic": "scores/all"}), 7)
+        .await;
+    assert_eq!(reply["type"], "reply");
+    let text = "x".repeat(150);
+    for n in 1..=60u64 {
+        hub.publish("scores/all", &json!({"n": n, "text": text}))
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    let mut responses = 0;
+    let mut multi = 0;
+    let deadline = Instant::now() + LIMIT;
+    while got.len() < 60 {
+        assert!(Instant::now() < deadline);
+        let b = c.poll_at(&c.cursor.clone(), 1000).await;
+        assert_eq!(b.status, StatusCode::OK);
+        responses += 1;
+        if b.frames.len() > 1 {
+            multi += 1;
+            // Frames of ~190 bytes each: the cap holds (plus the envelope).
+            assert!(b.body_len <= 2048 + 32, "batch of {} bytes", b.body_len);
+        }
+        c.cursor = b.cursor;
+        got.extend(messages(&b.frames, "scores/all"));
+    }
+    let ns: Vec<u64> = got.iter().map(|(_, d)| d["n"].as_u64().unwrap()).collect();
+    assert_eq!(ns, (1..=60).collect::<Vec<_>>());
+    assert!(multi > 0, "no response carried several frames");
+    assert!(
+        responses >= 6,
+        "60 x ~190 bytes cannot fit in {responses} capped batches"
+    );
+
+    // `?encoding=msgpack` works too, and the open answer is MessagePack.
+    let c2 = Client::open(addr, "?encoding=msgpack", &[]).await;
+    assert_eq!(c2.codec, Codec::MsgPack);
+}
+
+#[tokio::test]
+async fn ws_sse_and_poll_clients_on_one_topic_see_the_same_sequence() {
+    const N: u64 = 300;
+    let hub = Hub::builder().queue_capacity(2048).history_len(5).build();
+    let poll = PollService::new(hub.clone());
+    let addr = serve(&hub, &poll).await;
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    ws.send(Message::text(
+        r#"{"type":"subscribe","topic":"scores/all","id":1}"#,
+    ))
+    .await
+    .unwrap();
+    let mut json_poll = Client::open(addr, "", &[]).await;
+    json_poll
+        .request(json!({"type": "subscribe", "topic": "scores/all"}), 1)
+        .await;
+    let mut mp_poll = Client::open(addr, "?encoding=msgpack", &[]).await;
+    mp_poll
+        .request(json!({"type": "subscribe", "topic": "scores/all"}), 1)
+        .await;
+    // The WebSocket client's reply first, so that it is subscribed before publishing.
+    let mut ws_frames: Vec<Value> = Vec::new();
+    while !ws_frames.iter().any(|f| f["type"] == "reply") {
+        let msg = timeout(LIMIT, ws.next()).await.unwrap().unwrap().unwrap();
+        if let Message::Text(t) = msg {
+            ws_frames.push(serde_json::from_str(&t).unwrap());
+        }
+    }
+
+    let mut sse = sse_stream(addr, "/sse?topic=scores/all").await;
+    // The stream's first frame is `welcome`: by then it follows the topic.
+    let first = timeout(LIMIT, sse.recv()).await.unwrap().unwrap();
+    assert_eq!(first["type"], "welcome");
+
+    for n in 1..=N {
+        let home = n / 7;
+        hub.publish(
+            "scores/all",
+            &json!({"id": format!("m{}", n % 4), "home_score": home, "minute": n % 90}),
+        )
+        .unwrap();
+    }
+
+    let mut ws_got = Vec::new();
+    while (ws_got.len() as u64) < N {
+        let msg = timeout(LIMIT, ws.next()).await.unwrap().unwrap().unwrap();
+        if let Message::Text(t) = msg {
+            let f: Value = serde_json::from_str(&t).unwrap();
+            ws_got.extend(messages(&[f], "scores/all"));
+        }
+    }
+    let mut poll_seqs = Vec::new();
+    for c in [&mut json_poll, &mut mp_poll] {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + LIMIT;
+        while (got.len() as u64) < N {
+            assert!(Instant::now() < deadline);
+            let frames = c.poll(1000).await;
+            got.extend(messages(&frames, "scores/all"));
+        }
+        poll_seqs.push(got);
+    }
+    assert_eq!(ws_got.len() as u64, N);
+    assert_eq!(
+        ws_got.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+        (1..=N).collect::<Vec<_>>()
+    );
+    let mut sse_got = Vec::new();
+    while (sse_got.len() as u64) < N {
+        let f = timeout(LIMIT, sse.recv())
+            .await
+            .unwrap()
+            .expect("SSE stream ended");
+        sse_got.extend(messages(&[f], "scores/all"));
+    }
+    assert_eq!(sse_got, ws_got, "SSE differs from WebSocket");
+    assert_eq!(poll_seqs[0], ws_got, "JSON poll differs from WebSocket");
+    assert_eq!(
+        poll_seqs[1], ws_got,
+        "MessagePack poll differs from WebSocket"
+    );
+}
+
+/// An SSE reader: the frames (`data:` of each event) of a `text/event-stream`, as they come.
+async fn sse_stream(addr: SocketAddr, uri: &str) -> tokio::sync::mpsc::Receiver<Value> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(uri)
+        .header("host", addr.to_string())
+        .header("accept", "text/event-stream")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = timeout(LIMIT, sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (tx, rx) = tokio::sync::mpsc::channel(16 * 1024);
+    let mut body = resp.into_body();
+    tokio::spawn(async move {
+        let mut buf = String::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buf.push_str(&String::from_utf8_lossy(&data));
+            while let Some(end) = buf.find("\n\n") {
+                let event: String = buf.drain(..end + 2).collect();
+                let data: Vec<&str> = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                    .collect();
+                if data.is_empty() {
+                    continue;
+                }
+                let Ok(v) = serde_json::from_str::<Value>(&data.join("\n")) else {
+                    continue;
+                };
+                if tx.send(v).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+struct TestHooks;
+
+#[async_trait]
+impl Hooks for TestHooks {
+    async fn authenticate(&self, req: &ConnectRequest) -> Result<Identity, Rejection> {
+        match req.bearer_token() {
+            Some("ana-token") => Ok(Identity::user("ana")),
+            Some("bob-token") => Ok(Identity::user("bob")),
+            Some(_) => Err(Rejection::forbidden("bad token")),
+            None => Err(Rejection::unauthorized("token required")),
+        }
+    }
+
+    async fn authorize(&self, _who: &Identity, action: Action<'_>) -> bool {
+        matches!(action, Action::Subscribe(_) | Action::Publish(_))
+    }
+}
+
+#[tokio::test]
+async fn commands_are_answered_in_order_in_the_poll_stream() {
+    let hub = Hub::builder()
+        .hooks(TestHooks)
+        .on_event(
+            "echo",
+            |_ctx: hub_core::EventContext, data: Payload| async move {
+                let v: Value = data.decode()?;
+                Ok(Some(Payload::from_value(&json!({"echo": v}))?))
+            },
+        )
+        .build();
+    let poll = PollService::new(hub.clone());
+    let addr = serve(&hub, &poll).await;
+    let auth = [("authorization", "Bearer ana-token")];
+    let mut c = Client::open(addr, "", &auth).await;
+
+    let r = c
+        .request(json!({"type": "subscribe", "topic": "chat/lobby"}), 1)
+        .await;
+    assert_eq!(r["type"], "reply");
+    assert_eq!(r["data"]["offset"], 0);
+    let r = c
+        .request(
+            json!({"type": "publish", "topic": "chat/lobby", "data": {"text": "hi"}}),
+            2,
+        )
+        .await;
+    assert_eq!(r["data"]["offset"], 1);
+    let r = c
+        .request(json!({"type": "event", "event": "echo", "data": [1, 2]}), 3)
+        .await;
+    assert_eq!(
+        r,
+        json!({"type": "reply", "id": 3, "data": {"echo": [1, 2]}})
+    );
+    let r = c
+        .request(json!({"type": "event", "event": "nope"}), 4)
+        .await;
+    assert_eq!(r["code"], "unknown_event");
+    let r = c
+        .request(json!({"type": "unsubscribe", "topic": "chat/lobby"}), 5)
+        .await;
+    assert_eq!(r, json!({"type": "reply", "id": 5, "data": null}));
+    let r = c.request(json!({"type": "dance"}), 6).await;
+    assert_eq!(r["code"], "unknown_type");
+
+    // Everything in order: the published message came between its reply and the event's.
+    let mut d = Client::open(addr, "", &auth).await;
+    d.send(json!({"type": "subscribe", "topic": "t1", "id": 1}))
+        .await;
+    d.send(json!({"type": "publish", "topic": "t1", "data": 1, "id": 2}))
+        .await;
+    d.send(json!({"type": "ping", "id": 3})).await;
+    let frames = d.poll_until(|f| f["type"] == "pong").await;
+    let kinds: Vec<String> = frames
+        .iter()
+        .map(|f| f["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["welcome", "reply", "message", "reply", "pong"]);
+}
+
+#[tokio::test]
+async fn sessions_are_bound_to_their_secret_and_credentials() {
+    let hub = Hub::builder().hooks(TestHooks).build();
+    let poll = PollService::new(hub.clone());
+    let addr = serve(&hub, &poll).await;
+
+    let r = http(addr, "POST", "/poll", &[], "").await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    let r = http(addr, "POST", "/poll", &[("authorization", "Bearer x")], "").await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
+
+    let ana = [("authorization", "Bearer ana-token")];
+    let mut c = Client::open(addr, "", &ana).await;
+    let welcome = c.poll(1000).await;
+    assert_eq!(welcome[0]["type"], "welcome");
+    let cursor = c.cursor.clone();
+    let id = c.public_id();
+    let secret = c.session.split('.').nth(1).unwrap().to_owned();
+    let get = |session: String, headers: Vec<(&'static str, &'static str)>| async move {
+        let uri = format!("/poll?session={session}&cursor=0&wait=0");
+        http(addr, "GET", &uri, &headers, "").await
+    };
+
+    // The right session with someone else's credentials, or none.
+    let bob = vec![("authorization", "Bearer bob-token")];
+    let r = get(c.session.clone(), bob).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
+    let r = get(c.session.clone(), vec![]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // A known public id with a forged secret.
+    let forged = format!("{id}.{}", "0".repeat(32));
+    let r = get(forged, ana.to_vec()).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
+    let r = get(format!("{id}.zz"), ana.to_vec()).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // Unknown sessions, and garbage.
+    let r = get(format!("0123456789abcdef.{secret}"), ana.to_vec()).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::NOT_FOUND, "unknown_session")
+    );
+    let r = get("nonsense".into(), ana.to_vec()).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::NOT_FOUND, "unknown_session")
+    );
+    // None of that acknowledged anything or hurt the session.
+    let b = c.poll_at("0", 0).await;
+    assert_eq!(b.status, StatusCode::OK);
+    assert_eq!(b.cursor, cursor);
+    assert_eq!(b.frames[0]["type"], "welcome");
+
+    // Closing: 204, then the session is unknown and its presence is gone.
+    let uri = format!("/poll?session={}", c.session);
+    let r = http(addr, "DELETE", &uri, &ana, "").await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = get(c.session.clone(), ana.to_vec()).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::NOT_FOUND, "unknown_session")
+    );
+    assert_eq!(poll.session_count(), 0);
+    wait_until("the hub to drop the session", || hub.session_count() == 0).await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_loses_nothing() {
+    let hub = Hub::builder().max_frame_size(1024).build();
+    let poll = PollService::new(hub.clone());
+    let addr = serve(&hub, &poll).await;
+    let mut c = Client::open(addr, "", &[]).await;
+    c.request(json!({"type": "subscribe", "topic": "scores/all"}), 1)
+        .await;
+    hub.publish("scores/all", &json!({"n": 1})).unwrap();
+    let good = c.cursor.clone();
+    let b = c.poll_at(&good, 1000).await;
+    assert_eq!(messages(&b.frames, "scores/all").len(), 1);
+    let handed_out: u64 = b.cursor.parse().unwrap();
+
+    // Cursors from the future, from before the acknowledged point, and garbage: 400, and
+    // nothing acknowledged (the same batch is still there).
+    for bad in [
+        (handed_out + 1).to_string(),
+        "99999999999999999999".into(),
+        "0".into(),
+        "abc".into(),
+        "-1".into(),
+        "".into(),
+        "1.5".into(),
+    ] {
+        let r = c.poll_at(&bad, 0).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "cursor {bad:?}");
+        let err: Value = serde_json::from_slice(&r.raw).unwrap();
+        assert_eq!(err["code"], "bad_cursor", "cursor {bad:?}");
+    }
+    let uri = format!("/poll?session={}", c.session);
+    let r = http(addr, "GET", &uri, &[], "").await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::BAD_REQUEST, "bad_cursor")
+    );
+    let again = c.poll_at(&good, 0).await;
+    assert_eq!(again.raw, b.raw, "a refused cursor acknowledged something");
+
+    // Oversize command: 413, announced or not.
+    let big = format!(
+        r#"{{"type":"publish","topic":"scores/all","data":"{}"}}"#,
+        "x".repeat(2000)
+    );
+    let r = http(addr, "POST", &uri, &[], big.clone()).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "frame_too_large")
+    );
+    let chunked = http_chunked(addr, &uri, big.as_bytes()).await;
+    assert!(chunked.starts_with("HTTP/1.1 413"), "{chunked}");
+    // Undecodable or not a map: 400 bad_frame.
+    for body in ["{\"type\":", "[1,2]", "", "\"subscribe\"", "{} {}"] {
+        let r = http(addr, "POST", &uri, &[], body).await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (StatusCode::BAD_REQUEST, "bad_frame"),
+            "{body:?}"
+        );
+    }
+    // A MessagePack session refuses JSON and garbage.
+    let m = Client::open(addr, "?encoding=msgpack", &[]).await;
+    let muri = format!("/poll?session={}", m.session);
+    for body in [&b"{\"type\":\"ping\"}"[..], &[0xc1][..], &[0x81, 0xa1][..]] {
+        let r = http(addr, "POST", &muri, &[], Bytes::copy_from_slice(body)).await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (StatusCode::BAD_REQUEST, "bad_frame")
+        );
+    }
+    // Bad encoding, bad methods, missing session.
+    let r = http(addr, "POST", "/poll?encoding=xml", &[], "").await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::BAD_REQUEST, "bad_encoding")
+    );
+    let r = http(addr, "PUT", &uri, &[], "").await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    let r = http(addr, "GET", "/poll?cursor=0", &[], "").await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
+
+    // After all that the session serves on, with nothing lost.
+    hub.publish("scores/all", &json!({"n": 2})).unwrap();
+    c.cursor = good;
+    let frames = c.poll_until(|f| f["data"]["n"] == 2).await;
+    let ns: Vec<u64> = messages(&frames, "scores/all")
+        .iter()
+        .map(|(o, _)| *o)
+        .collect();
+    assert_eq!(ns, [1, 2]);
+}
+
+/// A POST with a chunked body (no `Content-Length`); returns the raw answer's first line.
+async fn http_chunked(addr: SocketAddr, uri: &str, body: &[u8]) -> String {
+    use tokio::io::AsyncReadExt;
+    let fut = async {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST {uri} HTTP/1.1\r\nhost: {addr}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        for chunk in body.chunks(300) {
+            let mut c = format!("{:x}\r\n", chunk.len()).into_bytes();
+            c.extend_from_slice(chunk);
+            c.extend_from_slice(b"\r\n");
+            // The server may answer and close before reading it all.
+            if tcp.write_all(&c).await.is_err() {
+                break;
+            }
+        }
+        let _ = tcp.write_all(b"0\r\n\r\n").await;
+        let mut out = Vec::new();
+        let _ = tcp.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    };
+    timeout(LIMIT, fut).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_poller_too_slow_for_the_bounds_is_told_why_and_then_forgotten() {
+    let hub = Hub::builder().queue_capacity(8).build();
+    let poll = PollService::new(hub.clone()).max_pending(8);
+    let addr = serve(&hub, &poll).await;
+    let mut c = Client::open(addr, "", &[]).await;
+    c.request(json!({"type": "subscribe", "topic": "scores/all"}), 1)
+        .await;
+    // Far more than both bounds, with nobody polling.
+    // Acknowledge the welcome and the reply, so the pending buffer starts empty.
+    assert!(c.poll(0).await.is_empty());
+    // (Yielding after each lets the transport take what its bound allows.)
+    for n in 1..=100u64 {
+        hub.publish("scores/all", &json!({"n": n})).unwrap();
+        tokio::task::yield_now().await;
+    }
+    wait_until("the slow consumer to be closed", || {
+        hub.session_count() == 0
+    })
+    .await;
+    // What was held is delivered, then the close, with its reason.
+    let frames = c.poll_until(|f| f["type"] == "close").await;
+    let close = frames.last().unwrap();
+    assert_eq!(close["type"], "close");
+    assert_eq!(close["reason"], "slow_consumer");
+    let got = messages(&frames, "scores/all");
+    // At least the pending bound was held, at most that plus the hub's queue.
+    assert!((8..=16).contains(&got.len()), "held {} messages", got.len());
+    let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, (1..=got.len() as u64).collect::<Vec<_>>());
+    // Acknowledging the close ends it.
+    let b = c.poll_at(&c.cursor.clone(), 0).await;
+    assert_eq!(b.status, StatusCode::NOT_FOUND);
+    assert_eq!(poll.session_count(), 0);
+
+    // A kicked session's poller learns it too.
+    let mut k = Client::open(addr, "", &[]).await;
+    let welcome = k.poll(1000).await;
+    let id = hub_core::SessionId::parse(welcome[0]["session"].as_str().unwrap()).unwrap();
+    let waiting = tokio::spawn(async move {
+        let frames = k.poll(10_000).await;
+        (k, frames)
+    });
+    wait_until("the poll to wait", || poll.waiting_polls() == 1).await;
+    assert!(hub.disconnect(id));
+    let (_k, frames) = timeout(LIMIT, waiting).await.unwrap().unwrap();
+    assert_eq!(frames.last().unwrap()["reason"], "kicked");
+}
