@@ -303,6 +303,11 @@ where
                     let reason = match e {
                         tungstenite::Error::Capacity(_) => DisconnectReason::FrameTooLarge,
                         tungstenite::Error::Utf8(_) => DisconnectReason::BadData,
+                        // A peer that vanished (network gone, tab killed) is an ordinary end,
+                        // not a protocol violation: there is no one to send a 1002 to.
+                        tungstenite::Error::Protocol(
+                            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                        ) => DisconnectReason::Normal,
                         tungstenite::Error::Protocol(_) => DisconnectReason::ProtocolError,
                         _ => DisconnectReason::Normal,
                     };

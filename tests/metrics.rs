@@ -1,0 +1,343 @@
+//! The metrics example (`examples/metrics.rs`): its `/metrics` endpoint, scraped over HTTP
+//! from a real server on a loopback port, after real WebSocket clients (tokio-tungstenite)
+//! have connected, subscribed, published, sent a bad frame, been disconnected for an oversize
+//! frame and closed cleanly. The values are exact: each is derived in a comment from what the
+//! clients did.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[allow(dead_code)] // `main` and its helpers are for the example binary only.
+#[path = "../examples/metrics.rs"]
+mod metrics;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hub::{Hub, StatsSnapshot};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Safety net for every wait (the machine may be busy: never a timing assertion).
+const WAIT: Duration = Duration::from_secs(15);
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Serves the example's router on a free port.
+async fn serve() -> (SocketAddr, Hub) {
+    let hub = metrics::build_hub();
+    let app = metrics::router(&hub);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, hub)
+}
+
+/// A scrape, parsed: samples by series (`name{labels}`), and the families' help and types.
+#[derive(Debug)]
+struct Scrape {
+    samples: BTreeMap<String, u64>,
+    help: BTreeSet<String>,
+    types: BTreeMap<String, String>,
+}
+
+impl Scrape {
+    /// One series' value; it must be present.
+    fn get(&self, series: &str) -> u64 {
+        *self
+            .samples
+            .get(series)
+            .unwrap_or_else(|| panic!("no series {series} in {:#?}", self.samples))
+    }
+}
+
+/// `GET /metrics` over a plain HTTP/1.1 connection; checks the status, the content type and
+/// the format (every family has `# HELP` and `# TYPE`, counters end in `_total`, no series
+/// twice, integer values).
+async fn scrape(addr: SocketAddr) -> Scrape {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET /metrics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut raw))
+        .await
+        .expect("the scrape answered in time")
+        .unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let content_type = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.trim())
+        .expect("a content type");
+    assert_eq!(content_type, metrics::CONTENT_TYPE);
+
+    let mut s = Scrape {
+        samples: BTreeMap::new(),
+        help: BTreeSet::new(),
+        types: BTreeMap::new(),
+    };
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').expect("HELP has a text");
+            assert!(!help.is_empty());
+            assert!(s.help.insert(name.to_owned()), "HELP twice for {name}");
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE has a type");
+            assert!(s.help.contains(name), "HELP comes before TYPE for {name}");
+            assert!(matches!(kind, "counter" | "gauge"), "{line}");
+            assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
+            assert!(s.types.insert(name.to_owned(), kind.to_owned()).is_none());
+        } else {
+            let (series, value) = line.rsplit_once(' ').expect("a sample line");
+            let family = series.split('{').next().unwrap();
+            assert!(s.types.contains_key(family), "no TYPE before {series}");
+            let value: u64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+            assert!(
+                s.samples.insert(series.to_owned(), value).is_none(),
+                "{series} twice"
+            );
+        }
+    }
+    s
+}
+
+/// Opens a WebSocket client and reads its `welcome`.
+async fn connect(addr: SocketAddr) -> Ws {
+    let (mut ws, _) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
+    )
+    .await
+    .expect("connected in time")
+    .expect("WebSocket upgrade");
+    let welcome = recv(&mut ws).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    ws
+}
+
+/// The next JSON frame, within [`WAIT`].
+async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("the connection is open")
+            .expect("a valid frame");
+        match msg {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, frame: Value) {
+    ws.send(Message::text(frame.to_string())).await.unwrap();
+}
+
+/// Reads until the server's close frame; returns its code and reason.
+async fn close_frame(ws: &mut Ws) -> (u16, String) {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a close in time");
+        match msg {
+            Some(Ok(Message::Close(Some(f)))) => return (f.code.into(), f.reason.to_string()),
+            Some(Ok(Message::Close(None))) | None => return (1005, String::new()),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("error before the close: {e}"),
+        }
+    }
+}
+
+/// Waits until `done` holds for the hub's stats. A session's end has no event the test could
+/// wait on (the server has already answered the client when the hub counts it), so this
+/// polls the hub's own counters with a short sleep between reads, under an overall timeout,
+/// and asserts nothing about how long it took.
+async fn settle(hub: &Hub, done: impl Fn(&StatsSnapshot) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let stats = hub.stats();
+        if done(&stats) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the hub did not settle: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_idle_hub_exposes_every_series_at_zero() {
+    let (addr, _hub) = serve().await;
+    let s = scrape(addr).await;
+    let families: Vec<&str> = s.types.keys().map(String::as_str).collect();
+    assert_eq!(
+        families,
+        [
+            "hub_deliveries_total",
+            "hub_disconnects_total",
+            "hub_dropped_total",
+            "hub_encodes_total",
+            "hub_errors_sent_total",
+            "hub_frames_in_total",
+            "hub_messages_published_total",
+            "hub_rooms",
+            "hub_sessions",
+            "hub_sessions_opened_total",
+            "hub_subscriptions",
+            "hub_topics",
+        ]
+    );
+    for t in ["ws", "sse", "poll"] {
+        assert_eq!(s.get(&format!("hub_sessions{{transport=\"{t}\"}}")), 0);
+    }
+    for r in [
+        "normal",
+        "shutdown",
+        "kicked",
+        "slow_consumer",
+        "heartbeat_timeout",
+        "rate_limited",
+        "frame_too_large",
+        "bad_data",
+        "protocol_error",
+        "internal",
+    ] {
+        assert_eq!(
+            s.get(&format!("hub_disconnects_total{{reason=\"{r}\"}}")),
+            0
+        );
+    }
+    assert!(s.samples.values().all(|v| *v == 0), "{:#?}", s.samples);
+    assert_eq!(s.samples.len(), 3 + 2 + 10 + 9);
+}
+
+#[tokio::test]
+async fn metrics_count_exactly_what_websocket_clients_did() {
+    let (addr, hub) = serve().await;
+
+    // A and B subscribe to one topic; A publishes once.
+    let mut a = connect(addr).await;
+    let mut b = connect(addr).await;
+    for ws in [&mut a, &mut b] {
+        send(
+            ws,
+            json!({"type": "subscribe", "topic": "chat/room", "id": 1}),
+        )
+        .await;
+        let reply = recv(ws).await;
+        assert_eq!(reply["type"], "reply", "{reply}");
+    }
+    send(
+        &mut a,
+        json!({"type": "publish", "topic": "chat/room", "data": {"text": "hi"}, "id": 2}),
+    )
+    .await;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        got.push(recv(&mut a).await);
+    }
+    let types: BTreeSet<&str> = got.iter().map(|f| f["type"].as_str().unwrap()).collect();
+    assert_eq!(types, BTreeSet::from(["message", "reply"]), "{got:?}");
+    let m = recv(&mut b).await;
+    assert_eq!(m["type"], "message", "{m}");
+    assert_eq!(m["data"], json!({"text": "hi"}));
+
+    // C sends a frame that is not JSON (an error, the session stays), then one over the
+    // frame size limit (64 KiB): it is disconnected with 1009 `frame_too_large`.
+    let mut c = connect(addr).await;
+    c.send(Message::text("this is not json")).await.unwrap();
+    let e = recv(&mut c).await;
+    assert_eq!(e["type"], "error", "{e}");
+    assert_eq!(e["code"], "bad_frame", "{e}");
+    let oversize = format!(
+        r#"{{"type":"publish","topic":"chat/room","data":"{}"}}"#,
+        "x".repeat(70 * 1024)
+    );
+    c.send(Message::text(oversize)).await.unwrap();
+    assert_eq!(
+        close_frame(&mut c).await,
+        (1009, "frame_too_large".to_owned())
+    );
+
+    // B leaves cleanly: close handshake.
+    b.send(Message::Close(None)).await.unwrap();
+    tokio::time::timeout(WAIT, async { while let Some(Ok(_)) = b.next().await {} })
+        .await
+        .expect("closed in time");
+
+    settle(&hub, |s| {
+        s.sessions_total() == 1 && s.disconnects.values().sum::<u64>() == 2
+    })
+    .await;
+    let s = scrape(addr).await;
+
+    // Only A is left.
+    assert_eq!(s.get(r#"hub_sessions{transport="ws"}"#), 1);
+    assert_eq!(s.get(r#"hub_sessions{transport="sse"}"#), 0);
+    assert_eq!(s.get(r#"hub_sessions{transport="poll"}"#), 0);
+    assert_eq!(s.get("hub_sessions_opened_total"), 3);
+    assert_eq!(s.get("hub_subscriptions"), 1);
+    assert_eq!(s.get("hub_topics"), 1);
+    assert_eq!(s.get("hub_rooms"), 0);
+    // A: subscribe, publish; B: subscribe; C: the bad frame (the oversize one never reached
+    // the hub: the transport refused it).
+    assert_eq!(s.get("hub_frames_in_total"), 4);
+    assert_eq!(s.get("hub_messages_published_total"), 1);
+    // 3 welcomes + 2 subscribe replies + the message to A and to B + A's publish reply
+    // + C's error.
+    assert_eq!(s.get("hub_deliveries_total"), 9);
+    // The same frames, but the message encoded once for both subscribers.
+    assert_eq!(s.get(r#"hub_encodes_total{encoding="json"}"#), 8);
+    assert_eq!(s.get(r#"hub_encodes_total{encoding="msgpack"}"#), 0);
+    assert_eq!(s.get("hub_errors_sent_total"), 1);
+    assert_eq!(s.get("hub_dropped_total"), 0);
+    assert_eq!(s.get(r#"hub_disconnects_total{reason="normal"}"#), 1);
+    assert_eq!(
+        s.get(r#"hub_disconnects_total{reason="frame_too_large"}"#),
+        1
+    );
+    let others: u64 = s
+        .samples
+        .iter()
+        .filter(|(k, _)| k.starts_with("hub_disconnects_total"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(others, 2, "no other disconnect reason");
+
+    // The scrape is the hub's own view.
+    let stats = hub.stats();
+    assert_eq!(stats.deliveries, s.get("hub_deliveries_total"));
+    assert_eq!(stats.published, s.get("hub_messages_published_total"));
+    drop(a);
+}
+
+// Regression: a client whose TCP connection ends without a close handshake (a dropped network,
+// a killed tab) was counted as `protocol_error` (tungstenite reports that end as
+// `Error::Protocol(ResetWithoutClosingHandshake)`), so the series counted network drops and hid
+// real protocol violations. Over SSE and long-polling the same client ends as `normal`.
+#[tokio::test]
+async fn an_abruptly_dropped_websocket_counts_as_a_normal_disconnect() {
+    let (addr, hub) = serve().await;
+    let ws = connect(addr).await;
+    drop(ws); // the TCP connection closes, with no close frame
+    settle(&hub, |s| s.sessions_total() == 0).await;
+    let s = scrape(addr).await;
+    assert_eq!(s.get(r#"hub_disconnects_total{reason="normal"}"#), 1);
+    assert_eq!(
+        s.get(r#"hub_disconnects_total{reason="protocol_error"}"#),
+        0
+    );
+}
