@@ -38,14 +38,27 @@
 //!   timeout is closed by the hub (`heartbeat_timeout`) and its presence leaves once. The
 //!   longest wait is clamped below half the hub's timeout. A session the hub ended for another
 //!   reason keeps its last frames and its `close` frame until the client acknowledges them or
-//!   the timeout passes.
+//!   the timeout passes (once the hub is shutting down, the short bound below).
 //! - **Two polls at once** on one session: the older one is answered at once, with no frames
 //!   and its own cursor; the newer one waits. A retry after a response was lost is therefore
 //!   never blocked by the dead request.
 //! - **Binding**: the `session` token is `<public id>.<128-bit secret>` (from the OS's random
-//!   source) and must come with every request; it is also bound to the `Authorization` header
-//!   seen at open (a keyed hash of it must match). Unknown or expired session: 404
-//!   `unknown_session`; a known id with the wrong secret or credentials: 403 `forbidden`.
+//!   source) and must come with every request, and so must the credentials of the session's
+//!   user: every poll, command and close is authenticated with the hub's hooks
+//!   ([`Hub::authenticate`]: origin allow-list, then the authenticate hook, on that request's
+//!   headers, cookies, query and peer) and must come from the user who opened the session.
+//!   Whatever the hook reads is bound: a bearer token, a cookie, a query parameter (a renewed
+//!   token of the same user is fine). Unknown or expired session: 404 `unknown_session`; a
+//!   known id with the wrong secret, or another user's credentials: 403 `forbidden`;
+//!   credentials the hook refuses: its 401/403. A request repeated verbatim (same secret, same
+//!   credentials) is the owner's as far as the server can tell: keeping them from being
+//!   captured and replayed is TLS's job.
+//! - **Shutdown** ([`Hub::shutdown`]): a session's last frames and its `close` frame
+//!   (`{"type":"close","code":1001,"reason":"shutdown"}`) answer its waiting poll (or the next
+//!   one); the session is let go once the client acknowledges the `close` (its next poll) or
+//!   after a short bound (at most 5 s, and at most the poll wait) if it never does, so a
+//!   shutdown completes without forcing anyone when clients poll as they should. New sessions
+//!   are refused with 503 `shutting_down`.
 //! - **Commands** are answered in the poll stream (`reply` / `error` frames), in order with
 //!   everything else; the `POST` itself says only whether the frame was accepted: 413
 //!   `frame_too_large` over the hub's frame size limit, 400 `bad_frame` if it is not one
@@ -91,7 +104,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -121,6 +133,14 @@ pub const TRANSPORT: TransportInfo = TransportInfo {
 /// The response body of [`PollService`].
 pub type Body = Full<Bytes>;
 
+/// The longest a session ended by a shutdown waits for its client to acknowledge the `close`
+/// (bounded by the poll wait too): a client that polls as it should does so at once.
+const SHUTDOWN_LINGER: Duration = Duration::from_secs(5);
+
+/// How often an ended session that waits for its client looks whether the hub has begun
+/// shutting down (hub-core has no event for it; such sessions are few and short-lived).
+const SHUTDOWN_CHECK: Duration = Duration::from_secs(1);
+
 /// Media type of MessagePack responses.
 const MSGPACK_TYPE: &str = "application/msgpack";
 const JSON_TYPE: &str = "application/json";
@@ -142,8 +162,6 @@ struct Settings {
 struct Table {
     sessions: Mutex<HashMap<SessionId, Arc<Entry>>>,
     waiting: AtomicUsize,
-    /// Keys the hash that binds a session to its credentials.
-    cred_key: std::collections::hash_map::RandomState,
 }
 
 impl Table {
@@ -158,25 +176,12 @@ impl Table {
             t.remove(&entry.id);
         }
     }
-
-    fn cred_hash<B>(&self, req: &Request<B>) -> u64 {
-        let mut h = self.cred_key.build_hasher();
-        match req.headers().get(header::AUTHORIZATION) {
-            Some(v) => {
-                h.write_u8(1);
-                h.write(v.as_bytes());
-            }
-            None => h.write_u8(0),
-        }
-        h.finish()
-    }
 }
 
 /// One poll session.
 struct Entry {
     id: SessionId,
     secret: [u8; 16],
-    cred: u64,
     codec: Codec,
     session: Session,
     state: Mutex<State>,
@@ -242,7 +247,6 @@ impl PollService {
             table: Arc::new(Table {
                 sessions: Mutex::new(HashMap::new()),
                 waiting: AtomicUsize::new(0),
-                cred_key: std::collections::hash_map::RandomState::new(),
             }),
         };
         let wait = svc.settings.poll_wait;
@@ -334,7 +338,17 @@ impl PollService {
         if !matches!(method, Method::GET | Method::POST | Method::DELETE) {
             return method_not_allowed();
         }
-        let entry = match self.find(&token, &req) {
+        // What authenticates the request, taken before any `.await` (the body need not be Sync).
+        let credentials = ConnectRequest {
+            transport: TRANSPORT,
+            codec: Codec::Json,
+            headers: req.headers().clone(),
+            uri: req.uri().clone(),
+            peer: self
+                .peer
+                .or_else(|| req.extensions().get::<SocketAddr>().copied()),
+        };
+        let entry = match self.find(&token, credentials).await {
             Ok(entry) => entry,
             Err(resp) => return resp,
         };
@@ -390,7 +404,6 @@ impl PollService {
         let peer = self
             .peer
             .or_else(|| req.extensions().get::<SocketAddr>().copied());
-        let cred = self.table.cred_hash(&req);
         let connect = ConnectRequest {
             transport: TRANSPORT,
             codec,
@@ -406,7 +419,6 @@ impl PollService {
         let entry = Arc::new(Entry {
             id,
             secret,
-            cred,
             codec,
             session: conn.session,
             state: Mutex::new(State {
@@ -436,12 +448,16 @@ impl PollService {
         let span = tracing::debug_span!("session", id = %id, transport = "poll", peer = ?peer);
         tokio::spawn(tracing::Instrument::instrument(
             pump(
+                self.hub.clone(),
                 entry,
                 conn.outbox,
                 Arc::downgrade(&self.table),
-                self.settings.max_pending,
-                interval,
-                timeout,
+                Limits {
+                    max_pending: self.settings.max_pending,
+                    interval,
+                    linger: timeout,
+                    shutdown_linger: SHUTDOWN_LINGER.min(self.settings.poll_wait),
+                },
             ),
             span,
         ));
@@ -478,9 +494,13 @@ impl PollService {
         ok(codec, body)
     }
 
-    /// Finds the session a token names, checking its secret and credentials.
-    #[allow(clippy::result_large_err)]
-    fn find<B>(&self, token: &str, req: &Request<B>) -> Result<Arc<Entry>, Response<Body>> {
+    /// Finds the session a token names, checking its secret, then that the request's
+    /// credentials authenticate as the session's user.
+    async fn find(
+        &self,
+        token: &str,
+        mut credentials: ConnectRequest,
+    ) -> Result<Arc<Entry>, Response<Body>> {
         let unknown = || {
             error(
                 StatusCode::NOT_FOUND,
@@ -498,15 +518,27 @@ impl PollService {
             return Err(unknown());
         };
         let secret_ok = unhex16(secret).is_some_and(|s| ct_eq(&s, &entry.secret));
-        if !secret_ok || self.table.cred_hash(req) != entry.cred {
-            tracing::debug!(session = %id, "refused a request with a wrong secret or credentials");
+        if !secret_ok {
+            tracing::debug!(session = %id, "refused a request with a wrong secret");
             return Err(error(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 "this session belongs to someone else",
             ));
         }
-        Ok(entry)
+        credentials.codec = entry.codec;
+        match self.hub.authenticate(&credentials).await {
+            Ok(who) if who.user_id() == entry.session.identity().user_id() => Ok(entry),
+            Ok(_) => {
+                tracing::debug!(session = %id, "refused a request with another user's credentials");
+                Err(error(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "this session belongs to someone else",
+                ))
+            }
+            Err(rej) => Err(refusal(&rej)),
+        }
     }
 
     /// A long poll: acknowledge up to `cursor`, then answer with what follows it.
@@ -680,16 +712,27 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// What a session's pump works with.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Frames held unacknowledged before the pump stops taking from the hub.
+    max_pending: usize,
+    /// The hub's heartbeat interval.
+    interval: Duration,
+    /// How long an ended session waits for its client to come back (the hub's timeout).
+    linger: Duration,
+    /// The same, once the hub is shutting down.
+    shutdown_linger: Duration,
+}
+
 /// Moves frames from the hub into the session's pending buffer, then, once the session is
 /// over, keeps it until the client has everything or is gone, and removes it from the table.
-async fn pump(
-    entry: Arc<Entry>,
-    mut outbox: Outbox,
-    table: Weak<Table>,
-    max_pending: usize,
-    interval: Duration,
-    linger: Duration,
-) {
+async fn pump(hub: Hub, entry: Arc<Entry>, mut outbox: Outbox, table: Weak<Table>, limits: Limits) {
+    let Limits {
+        max_pending,
+        interval,
+        ..
+    } = limits;
     let mut batch: Vec<Outgoing> = Vec::new();
     let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -741,21 +784,50 @@ async fn pump(
     };
     tracing::debug!(session = %entry.id, %reason, "poll session ended");
     // A session that timed out has no client left. Otherwise keep the last frames and the
-    // close until the client acknowledges them or stays away past the timeout.
+    // close until the client acknowledges them or stays away past the timeout. Once the hub is
+    // shutting down (it waits for this session to be let go), for a short while only; and for
+    // a session the shutdown ended, not past the hub's deadline either (its abort). (Other
+    // reasons abort at once, so the abort says nothing about them.)
     if reason != DisconnectReason::HeartbeatTimeout {
+        let abortable = reason == DisconnectReason::Shutdown;
+        let period = limits.interval.min(SHUTDOWN_CHECK);
+        let mut check = tokio::time::interval_at(Instant::now() + period, period);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut until: Option<Instant> = None;
         loop {
             let room = entry.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
+            if until.is_none() && hub.is_shutting_down() {
+                until = Some(Instant::now() + limits.shutdown_linger);
+            }
             {
                 let st = lock(&entry.state);
-                if st.pending.is_empty() || st.last_active.elapsed() > linger {
+                if st.pending.is_empty()
+                    || st.last_active.elapsed() > limits.linger
+                    || until.is_some_and(|at| Instant::now() >= at)
+                {
                     break;
                 }
             }
+            let deadline = async {
+                match until {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let aborted = async {
+                if abortable {
+                    entry.session.aborted().await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
                 _ = &mut room => {}
-                _ = tick.tick() => {}
+                _ = check.tick() => {}
+                () = deadline => {}
+                () = aborted => break,
             }
         }
     }

@@ -137,7 +137,8 @@ struct Client {
     session: String,
     cursor: String,
     codec: Codec,
-    auth: Option<String>,
+    /// The credentials it opened with (`Authorization`, `Cookie`), sent with every request.
+    creds: Vec<(String, String)>,
 }
 
 /// A poll response, decoded.
@@ -160,24 +161,27 @@ impl Client {
             resp.json()
         };
         assert_eq!(v["cursor"], "0");
-        let auth = headers
+        let creds = headers
             .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
-            .map(|(_, v)| (*v).to_owned());
+            .filter(|(k, _)| {
+                k.eq_ignore_ascii_case("authorization") || k.eq_ignore_ascii_case("cookie")
+            })
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         Client {
             addr,
             session: v["session"].as_str().unwrap().to_owned(),
             cursor: "0".into(),
             codec: if msgpack { Codec::MsgPack } else { Codec::Json },
-            auth,
+            creds,
         }
     }
 
     fn headers(&self) -> Vec<(&str, &str)> {
-        self.auth
-            .as_deref()
-            .map(|a| vec![("authorization", a)])
-            .unwrap_or_default()
+        self.creds
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
     }
 
     /// Sends one command frame; returns the status.
@@ -447,7 +451,7 @@ fn c_clone(c: &Client) -> Client {
         session: c.session.clone(),
         cursor: c.cursor.clone(),
         codec: c.codec,
-        auth: c.auth.clone(),
+        creds: c.creds.clone(),
     }
 }
 
@@ -851,7 +855,16 @@ async fn sessions_are_bound_to_their_secret_and_credentials() {
         (StatusCode::FORBIDDEN, "forbidden")
     );
     let r = get(c.session.clone(), vec![]).await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    // Credentials the hook refuses: its answer.
+    let r = get(c.session.clone(), vec![("authorization", "Bearer x")]).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
     // A known public id with a forged secret.
     let forged = format!("{id}.{}", "0".repeat(32));
     let r = get(forged, ana.to_vec()).await;
@@ -1063,4 +1076,312 @@ async fn a_poller_too_slow_for_the_bounds_is_told_why_and_then_forgotten() {
     assert!(hub.disconnect(id));
     let (_k, frames) = timeout(LIMIT, waiting).await.unwrap().unwrap();
     assert_eq!(frames.last().unwrap()["reason"], "kicked");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Binding every request to the session's user, shutdown, slow consumers.
+
+/// Credentials from a cookie, as a browser sends them: `sid=ana-cookie` (or the renewed
+/// `ana-cookie-2`) is ana, `sid=bob-cookie` is bob; an expired or missing cookie is refused
+/// with 401, any other with 403. Everyone may subscribe and publish.
+struct CookieHooks;
+
+#[async_trait]
+impl Hooks for CookieHooks {
+    async fn authenticate(&self, req: &ConnectRequest) -> Result<Identity, Rejection> {
+        match req.cookie("sid") {
+            Some("ana-cookie" | "ana-cookie-2") => Ok(Identity::user("ana")),
+            Some("bob-cookie") => Ok(Identity::user("bob")),
+            Some("expired") => Err(Rejection::unauthorized("session cookie expired")),
+            Some(_) => Err(Rejection::forbidden("unknown session cookie")),
+            None => Err(Rejection::unauthorized("no session cookie")),
+        }
+    }
+
+    async fn authorize(&self, _who: &Identity, action: Action<'_>) -> bool {
+        matches!(action, Action::Subscribe(_) | Action::Publish(_))
+    }
+}
+
+#[tokio::test]
+async fn every_request_must_come_from_the_user_whose_cookie_opened_the_session() {
+    let hub = Hub::builder()
+        .hooks(CookieHooks)
+        .allowed_origins(["http://app.example"])
+        .build();
+    let poll = PollService::new(hub.clone());
+    let addr = serve(&hub, &poll).await;
+    let mut c = Client::open(addr, "", &[("cookie", "theme=dark; sid=ana-cookie")]).await;
+    let r = c
+        .request(json!({"type": "subscribe", "topic": "a"}), 1)
+        .await;
+    assert_eq!(r["type"], "reply");
+    let cursor = c.cursor.clone();
+    hub.publish("a", &json!("one")).unwrap();
+
+    // Ana's session token with Bob's cookie, with cookies the hook refuses, with none, or with
+    // Ana's cookie from a page of an origin the hub does not allow: polls, commands and closes
+    // are all refused.
+    let session = c.session.clone();
+    let forged = json!({"type": "publish", "topic": "a", "data": "forged", "id": 9}).to_string();
+    for (creds, status, code) in [
+        (vec![("cookie", "sid=bob-cookie")], 403, "forbidden"),
+        (vec![("cookie", "sid=forged")], 403, "forbidden"),
+        (vec![("cookie", "sid=expired")], 401, "unauthorized"),
+        (vec![], 401, "unauthorized"),
+        (
+            vec![
+                ("cookie", "sid=ana-cookie"),
+                ("origin", "http://evil.example"),
+            ],
+            403,
+            "origin_not_allowed",
+        ),
+    ] {
+        for (method, uri, body) in [
+            (
+                "GET",
+                format!("/poll?session={session}&cursor={cursor}&wait=0"),
+                String::new(),
+            ),
+            ("POST", format!("/poll?session={session}"), forged.clone()),
+            ("DELETE", format!("/poll?session={session}"), String::new()),
+        ] {
+            let r = http(addr, method, &uri, &creds, body).await;
+            assert_eq!(
+                (r.status.as_u16(), r.code()),
+                (status, code.to_owned()),
+                "{method} with {creds:?}"
+            );
+        }
+    }
+
+    // Nothing changed: the session is open, nothing was acknowledged or published, and the
+    // owner's poll gets exactly what was waiting. The same poll again (a replay: same token,
+    // same cookie) is the owner's too, and gets the same answer.
+    let b = c.poll_at(&cursor, 0).await;
+    assert_eq!(b.status, StatusCode::OK);
+    assert_eq!(
+        b.frames,
+        vec![json!({"type": "message", "topic": "a",
+        "epoch": b.frames[0]["epoch"], "offset": 1, "data": "one"})]
+    );
+    let again = c.poll_at(&cursor, 0).await;
+    assert_eq!(again.raw, b.raw);
+    c.cursor = b.cursor;
+    assert_eq!(hub.stats().published, 1);
+    assert_eq!(hub.session_count(), 1);
+    // A renewed cookie of the same user is the same owner.
+    let r = http(
+        addr,
+        "POST",
+        &format!("/poll?session={session}"),
+        &[("cookie", "sid=ana-cookie-2")],
+        json!({"type": "ping", "id": 2}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let frames = c.poll_until(|f| f["type"] == "pong").await;
+    assert_eq!(frames, vec![json!({"type": "pong", "id": 2})]);
+}
+
+#[tokio::test]
+async fn shutdown_answers_polls_with_the_queued_frames_then_close_and_lets_go() {
+    let hub = Hub::builder().build();
+    // A short poll wait: it also bounds how long a shutdown waits for a silent client.
+    let poll = PollService::new(hub.clone()).poll_wait(Duration::from_millis(500));
+    let addr = serve(&hub, &poll).await;
+    let mut c = Client::open(addr, "", &[]).await;
+    c.request(json!({"type": "subscribe", "topic": "scores/all"}), 1)
+        .await;
+    // Another client that will never poll again once the shutdown begins.
+    let mut silent = Client::open(addr, "", &[]).await;
+    assert_eq!(silent.poll(0).await[0]["type"], "welcome");
+    // And one the server kicked before, which has not come back for its `close` yet.
+    let mut kicked = Client::open(addr, "", &[]).await;
+    let welcome = kicked.poll(0).await;
+    assert!(hub
+        .disconnect(hub_core::SessionId::parse(welcome[0]["session"].as_str().unwrap()).unwrap()));
+
+    // A poll waits, as a client's always does; meanwhile messages are queued, and the shutdown
+    // begins before the transport has taken them from the hub.
+    let mut waiting = c_clone(&c);
+    let waiter = tokio::spawn(async move {
+        let frames = waiting.poll(10_000).await;
+        (waiting, frames)
+    });
+    for n in 1..=3 {
+        hub.publish("scores/all", &json!({"n": n})).unwrap();
+    }
+    let shutdown = hub.shutdown(Duration::from_secs(20));
+    let client = async {
+        let (mut c, mut frames) = timeout(LIMIT, waiter).await.unwrap().unwrap();
+        if !frames.iter().any(|f| f["type"] == "close") {
+            frames.extend(c.poll_until(|f| f["type"] == "close").await);
+        }
+        // The client acknowledges the close: the session is over for it.
+        let b = c.poll_at(&c.cursor.clone(), 0).await;
+        assert_eq!(b.status, StatusCode::NOT_FOUND);
+        frames
+    };
+    let (report, frames) = timeout(Duration::from_secs(30), async {
+        tokio::join!(shutdown, client)
+    })
+    .await
+    .expect("shutdown never completed");
+    assert_eq!(
+        messages(&frames, "scores/all"),
+        (1..=3).map(|n| (n, json!({"n": n}))).collect::<Vec<_>>()
+    );
+    assert_eq!(frames.len(), 4, "{frames:?}");
+    assert_eq!(
+        frames[3],
+        json!({"type": "close", "code": 1001, "reason": "shutdown"})
+    );
+    // Every session was let go in time: the acknowledged one at once, the silent and the
+    // kicked ones after a short bound. Nothing had to be forced.
+    assert_eq!((report.sessions, report.forced), (2, 0));
+    assert_eq!(hub.stats().disconnects.get("shutdown"), Some(&2));
+    assert_eq!(hub.stats().disconnects.get("kicked"), Some(&1));
+    assert_eq!(poll.session_count(), 0);
+    for late in [&silent, &kicked] {
+        let r = late.poll_at(&late.cursor.clone(), 0).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+    }
+    // New sessions are refused.
+    let r = http(addr, "POST", "/poll", &[], "").await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
+    );
+}
+
+/// One keep-alive HTTP/1.1 connection, for a client that polls in a loop.
+struct KeepAlive {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
+}
+
+impl KeepAlive {
+    async fn new(addr: SocketAddr) -> KeepAlive {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        KeepAlive { sender, addr }
+    }
+
+    async fn get(&mut self, uri: &str) -> Value {
+        let fut = async {
+            self.sender.ready().await.unwrap();
+            let req = Request::get(uri)
+                .header("host", self.addr.to_string())
+                .body(Full::default())
+                .unwrap();
+            let resp = self.sender.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice(&body).unwrap()
+        };
+        timeout(LIMIT, fut).await.expect("request timed out")
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_poller_is_cut_off_while_an_active_one_gets_every_message_in_order() {
+    const TOTAL: u64 = 20_000;
+    const QUEUE: usize = 64;
+    const MAX_PENDING: usize = 256;
+    /// How far the publisher may run ahead of the active poller: less than the hub's queue
+    /// holds, so that the active poller never overflows, whatever the scheduling.
+    const WINDOW: u64 = 48;
+    // A heartbeat timeout far away: only the slow-consumer policy may end anything here.
+    let hub = Hub::builder()
+        .queue_capacity(QUEUE)
+        .heartbeat(Duration::from_secs(30), Duration::from_secs(600))
+        .build();
+    let poll = PollService::new(hub.clone()).max_pending(MAX_PENDING);
+    let addr = serve(&hub, &poll).await;
+    let mut active = Client::open(addr, "", &[]).await;
+    active
+        .request(json!({"type": "subscribe", "topic": "load"}), 1)
+        .await;
+    // The stalled client subscribes, then stops polling.
+    let mut stalled = Client::open(addr, "", &[]).await;
+    let r = stalled
+        .send(json!({"type": "subscribe", "topic": "load", "id": 1}))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+
+    let (progress_tx, mut progress) = tokio::sync::watch::channel(0u64);
+    let mut reader = tokio::spawn(async move {
+        let mut conn = KeepAlive::new(addr).await;
+        let mut next = 1u64;
+        let mut cursor = active.cursor.clone();
+        // Every poll brings at least one frame or ends the loop by its wait: bounded.
+        for _ in 0..TOTAL {
+            if next > TOTAL {
+                break;
+            }
+            let uri = format!("/poll?session={}&cursor={cursor}&wait=5000", active.session);
+            let batch = conn.get(&uri).await;
+            cursor = batch["cursor"].as_str().unwrap().to_owned();
+            let frames = batch["frames"].as_array().unwrap();
+            assert!(!frames.is_empty(), "nothing for 5 s at message {next}");
+            for f in frames {
+                assert_eq!(
+                    (&f["type"], &f["offset"], &f["data"]["n"]),
+                    (&json!("message"), &json!(next), &json!(next)),
+                    "in order, none missing"
+                );
+                next += 1;
+            }
+            progress_tx.send_replace(next - 1);
+        }
+        assert_eq!(next, TOTAL + 1);
+    });
+    let pad = "x".repeat(200);
+    for n in 1..=TOTAL {
+        while n > *progress.borrow() + WINDOW {
+            let changed = timeout(LIMIT, progress.changed())
+                .await
+                .expect("the active poller made no progress");
+            if changed.is_err() {
+                panic!("the active poller failed: {:?}", (&mut reader).await.err());
+            }
+        }
+        hub.publish("load", &json!({"n": n, "pad": pad})).unwrap();
+    }
+    timeout(LIMIT, reader).await.unwrap().unwrap();
+
+    // The stalled session was ended as a slow consumer, alone; the active one goes on.
+    assert_eq!(hub.stats().disconnects.get("slow_consumer"), Some(&1));
+    assert_eq!(hub.stats().disconnects.values().sum::<u64>(), 1);
+    assert_eq!(hub.topic_members("load").len(), 1);
+
+    // What the transport held for it stayed bounded: when it polls again, it gets at least its
+    // pending bound and at most that plus one batch of the hub's queue (what was still in the
+    // hub's queue when it was cut off is dropped), then the `close` frame that says why.
+    let frames = stalled.poll_until(|f| f["type"] == "close").await;
+    let (close, held) = frames.split_last().unwrap();
+    assert_eq!(
+        close,
+        &json!({"type": "close", "code": 1008, "reason": "slow_consumer"})
+    );
+    assert!(
+        (MAX_PENDING..=MAX_PENDING + QUEUE).contains(&held.len()),
+        "held {} frames",
+        held.len()
+    );
+    assert_eq!(
+        (&held[0]["type"], &held[1]["type"]),
+        (&json!("welcome"), &json!("reply"))
+    );
+    let offsets: Vec<u64> = messages(held, "load").iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, (1..=held.len() as u64 - 2).collect::<Vec<_>>());
+    // Acknowledging the close ends it.
+    let b = stalled.poll_at(&stalled.cursor.clone(), 0).await;
+    assert_eq!(b.status, StatusCode::NOT_FOUND);
+    assert_eq!(poll.session_count(), 1);
 }

@@ -95,11 +95,36 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Owns one stream's session while its body lives, and renders its outbox as SSE.
+/// Keeps a stream's session alive until the stream's body is dropped or the hub aborts the
+/// session, whichever comes first; then lets go of it (the last holder's drop ends the session
+/// and tells the hub the transport is done with it).
+///
+/// Aborts matter when a client stops reading: hyper then stops polling the body (its buffers
+/// are full), so nothing inside the body could notice. A small task waits for either event.
+pub(crate) struct Held {
+    _release: tokio::sync::oneshot::Sender<Infallible>,
+}
+
+impl Held {
+    /// Hands `session` to the keeper task. The command endpoint holds it only weakly (and
+    /// strongly only while it runs a command).
+    pub(crate) fn new(session: Arc<Session>) -> Held {
+        let (release, released) = tokio::sync::oneshot::channel::<Infallible>();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = session.aborted() => {}
+                _ = released => {}
+            }
+            drop(session);
+        });
+        Held { _release: release }
+    }
+}
+
+/// Renders one stream's outbox as SSE, while its body lives.
 pub(crate) struct Writer {
-    /// Shared with the command endpoint (which only holds it while it runs a command). The last
-    /// holder's drop ends the session.
-    pub(crate) _session: Arc<Session>,
+    /// The session, kept until the body is dropped (or the session aborted).
+    pub(crate) _held: Held,
     pub(crate) outbox: Outbox,
     pub(crate) cursor: Arc<Mutex<Cursor>>,
     /// `retry:` and anything to say before the first frame.

@@ -24,15 +24,26 @@
 //!   the stream starts fresh).
 //! - **Keep-alive**: a comment line (`: ping`) at the hub's heartbeat interval. A gone client is
 //!   noticed when its connection closes or a write fails: hyper drops the body, which owns the
-//!   session, so the session ends and its presence leaves exactly once. (The body only runs
-//!   when hyper polls it, so there is no write to abort mid-way as over WebSocket; a session
-//!   the hub aborts gets its `close` event on the next poll. A peer that stops reading without
-//!   closing is the server's TCP settings' business: keepalive, or the host's timeouts.)
-//! - **Session binding**: the command endpoint needs the stream's session id *and* its
-//!   256-bit token, which only the stream's reader has; unknown ids get 404, wrong tokens 403.
-//!   The token travels in a custom header, so a cross-site form cannot send it (CSRF).
-//!   With [`SseService::authenticate_commands`] each command is also re-authenticated and must
-//!   belong to the stream's user.
+//!   session, so the session ends and its presence leaves exactly once. A peer that stops
+//!   reading while the stream has more to say fills its bounded queue and is ended by the hub's
+//!   slow-consumer policy; when the hub aborts a session (slow consumer, or the shutdown's
+//!   deadline) the transport lets go of it at once, even though hyper, stuck on the stalled
+//!   socket, still holds the body: that client gets what was already written, then its `close`
+//!   event if it ever reads again. (Closing such a connection is the host server's business:
+//!   TCP keepalive, or its timeouts.)
+//! - **Shutdown** ([`Hub::shutdown`]): each stream gets the events already queued for it, then a
+//!   last `close` event (`{"type":"close","code":1001,"reason":"shutdown"}`), then its body
+//!   ends and the session is let go, so the shutdown completes as soon as every client has
+//!   read its stream; new streams are refused with 503 `shutting_down`.
+//! - **Session binding**: a command needs the stream's session id, its 256-bit token (which
+//!   only the stream's reader has) *and* the stream's user's credentials: every command is
+//!   authenticated with the hub's hooks ([`Hub::authenticate`]: origin allow-list, then the
+//!   authenticate hook, on the `POST`'s headers, cookies, query and peer) and must come from
+//!   the user the stream belongs to. Unknown ids get 404; a wrong token 403; credentials the
+//!   hook refuses get its 401/403; another user's credentials 403. The token travels in a
+//!   custom header, so a cross-site form cannot send it (CSRF). A command repeated verbatim
+//!   (same token, same credentials) is the owner's as far as the server can tell: keeping
+//!   tokens and credentials from being captured and replayed is TLS's job.
 //! - **Encoding**: SSE is text, so JSON only; `?encoding=msgpack` is refused with 406
 //!   `bad_encoding`.
 //! - **CORS**: [`SseService::allow_origins`] lets pages of other origins open streams and send
@@ -74,7 +85,8 @@
 //! let cmd;
 //! es.addEventListener("session", (e) => { cmd = JSON.parse(e.data); });
 //! es.onmessage = (e) => { const m = JSON.parse(e.data); console.log(m.topic, m.data); };
-//! // later: subscribe to one more topic on the same stream
+//! // later: subscribe to one more topic on the same stream (the page's cookies go along: the
+//! // command must come from the stream's user)
 //! fetch(cmd.commands, { method: "POST", headers: { "Hub-Session-Token": cmd.token },
 //!   body: JSON.stringify({ type: "subscribe", topic: "metrics/db", id: 1 }) });
 //! ```
@@ -99,14 +111,14 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hub_core::{
-    Codec, CommandError, ConnectRequest, Connection, ErrorCode, Hooks, Hub, Rejection,
-    StreamPosition, TransportInfo,
+    Codec, CommandError, ConnectRequest, Connection, ErrorCode, Hub, Rejection, StreamPosition,
+    TransportInfo,
 };
 use tracing::Instrument;
 
 pub use body::Body;
 
-use body::{lock, write_event, Writer};
+use body::{lock, write_event, Held, Writer};
 use id::Cursor;
 use registry::{new_token, token_matches, token_text, Entry, Registry};
 
@@ -140,7 +152,6 @@ enum Cors {
 struct Settings {
     retry: Duration,
     cors: Cors,
-    reauth: Option<Arc<dyn Hooks>>,
 }
 
 /// A service that serves server-sent event streams of a [`Hub`] and their command endpoint.
@@ -162,7 +173,6 @@ impl fmt::Debug for SseService {
             .field("streams", &self.registry.len())
             .field("peer", &self.peer)
             .field("retry", &self.settings.retry)
-            .field("reauthenticates", &self.settings.reauth.is_some())
             .finish()
     }
 }
@@ -177,7 +187,6 @@ impl SseService {
             settings: Arc::new(Settings {
                 retry: DEFAULT_RETRY,
                 cors: Cors::SameOrigin,
-                reauth: None,
             }),
         }
     }
@@ -216,16 +225,6 @@ impl SseService {
         } else {
             Cors::List(list.into())
         };
-        self
-    }
-
-    /// Re-authenticates every command with `hooks` (normally the hub's own hooks, or a clone),
-    /// on the `POST`'s headers, query and peer: a command is refused (the hook's 401/403, or 403
-    /// `forbidden`) unless it authenticates as the stream's user. The token alone is then not
-    /// enough to drive a stream: it also takes the user's credentials.
-    #[must_use]
-    pub fn authenticate_commands(mut self, hooks: impl Hooks) -> SseService {
-        Arc::make_mut(&mut self.settings).reauth = Some(Arc::new(hooks));
         self
     }
 
@@ -489,13 +488,14 @@ impl SseService {
             id,
             Entry {
                 token,
+                user: Arc::from(session.identity().user_id()),
                 session: Arc::downgrade(&session),
                 cursor: cursor.clone(),
             },
         );
         tracing::debug!(parent: &span, topics = topics.len(), resumed = resumed_topics.len(), "stream opened");
         let writer = Writer {
-            _session: session,
+            _held: Held::new(session),
             outbox,
             cursor,
             head: Some(Bytes::from(format!("retry: {retry}\n\n"))),
@@ -556,31 +556,32 @@ impl SseService {
                 "missing or wrong Hub-Session-Token for this session",
             );
         }
+        // The token is not enough: the command must also come from the stream's user (checked
+        // as a connect would be: origin, then the authenticate hook).
+        let connect = ConnectRequest {
+            transport: TRANSPORT,
+            codec: Codec::Json,
+            headers: req.headers().clone(),
+            uri: req.uri().clone(),
+            peer: self
+                .peer
+                .or_else(|| req.extensions().get::<SocketAddr>().copied()),
+        };
+        match self.hub.authenticate(&connect).await {
+            Ok(who) if who.user_id() == &*entry.user => {}
+            Ok(_) => {
+                tracing::debug!(session = %id, "refused a command with another user's credentials");
+                return error_response(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "this stream belongs to another user",
+                );
+            }
+            Err(rej) => return refusal(&rej),
+        }
         let Some(session) = entry.session.upgrade() else {
             return unknown_session();
         };
-        if let Some(hooks) = &self.settings.reauth {
-            let connect = ConnectRequest {
-                transport: TRANSPORT,
-                codec: Codec::Json,
-                headers: req.headers().clone(),
-                uri: req.uri().clone(),
-                peer: self
-                    .peer
-                    .or_else(|| req.extensions().get::<SocketAddr>().copied()),
-            };
-            match hooks.authenticate(&connect).await {
-                Ok(who) if who.user_id() == session.identity().user_id() => {}
-                Ok(_) => {
-                    return error_response(
-                        StatusCode::FORBIDDEN,
-                        "forbidden",
-                        "this stream belongs to another user",
-                    )
-                }
-                Err(rej) => return refusal(&rej),
-            }
-        }
         let content_type = req
             .headers()
             .get(header::CONTENT_TYPE)

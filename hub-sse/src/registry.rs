@@ -16,6 +16,8 @@ pub(crate) const TOKEN_BYTES: usize = 32;
 #[derive(Clone)]
 pub(crate) struct Entry {
     pub(crate) token: [u8; TOKEN_BYTES],
+    /// The stream's user id: every command must authenticate as this user.
+    pub(crate) user: Arc<str>,
     pub(crate) session: Weak<Session>,
     pub(crate) cursor: Arc<Mutex<Cursor>>,
 }

@@ -78,14 +78,23 @@ fn hub_builder() -> hub_core::HubBuilder {
     Hub::builder().on_event("echo", |_ctx, data: Payload| async move { Ok(Some(data)) })
 }
 
-/// Serves `/events` (SSE, commands re-authenticated) and `/ws` (WebSocket) from one axum app.
+/// Serves `/events` (SSE) and `/ws` (WebSocket) from one axum app.
 async fn serve(builder: hub_core::HubBuilder, sse: impl FnOnce(Hub) -> SseService) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(listener, builder, sse).await
+}
+
+/// [`serve`] on a given listener.
+async fn serve_on(
+    listener: TcpListener,
+    builder: hub_core::HubBuilder,
+    sse: impl FnOnce(Hub) -> SseService,
+) -> Server {
     let (h, disconnects) = hooks();
     let hub = builder.hooks(h).build();
     let app = axum::Router::new()
         .route_service("/events", sse(hub.clone()))
         .route_service("/ws", WsService::new(hub.clone()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -98,11 +107,7 @@ async fn serve(builder: hub_core::HubBuilder, sse: impl FnOnce(Hub) -> SseServic
 }
 
 async fn default_server() -> Server {
-    serve(hub_builder(), |hub| {
-        let (h, _) = hooks();
-        SseService::new(hub).authenticate_commands(h)
-    })
-    .await
+    serve(hub_builder(), SseService::new).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -233,6 +238,14 @@ async fn send(
     req: Request<Full<Bytes>>,
 ) -> (StatusCode, HeaderMap, Incoming, JoinHandle<()>) {
     let tcp = TcpStream::connect(addr).await.unwrap();
+    send_on(tcp, req).await
+}
+
+/// [`send`] on a given connection.
+async fn send_on(
+    tcp: TcpStream,
+    req: Request<Full<Bytes>>,
+) -> (StatusCode, HeaderMap, Incoming, JoinHandle<()>) {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .unwrap();
@@ -248,13 +261,24 @@ async fn send(
 }
 
 async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> EventStream {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    open_on(tcp, addr, path, headers).await
+}
+
+/// [`open`] on a given connection.
+async fn open_on(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> EventStream {
     let mut req = Request::get(format!("http://{addr}{path}"))
         .header("host", addr.to_string())
         .header("accept", "text/event-stream");
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let (status, headers, body, conn) = send(addr, req.body(Full::default()).unwrap()).await;
+    let (status, headers, body, conn) = send_on(tcp, req.body(Full::default()).unwrap()).await;
     EventStream {
         status,
         headers,
@@ -888,7 +912,7 @@ async fn bad_command_bodies_get_400_or_413_with_codes() {
     .await;
     let mut s = open(srv.addr, "/events?user=ana&topic=a", &[]).await;
     let cmd = s.handshake().await;
-    let auth = [("hub-session-token", cmd.token.as_str())];
+    let auth = [("hub-session-token", cmd.token.as_str()), ("x-user", "ana")];
     for (body, status, code) in [
         ("{not json".to_owned(), 400, "bad_frame"),
         ("[1,2]".to_owned(), 400, "bad_frame"),
@@ -910,7 +934,7 @@ async fn bad_command_bodies_get_400_or_413_with_codes() {
     let (st, _, _) = post(
         srv.addr,
         &cmd.url,
-        &[auth[0], ("content-type", "application/msgpack")],
+        &[auth[0], auth[1], ("content-type", "application/msgpack")],
         vec![0x81u8, 0xa4],
     )
     .await;
@@ -995,6 +1019,7 @@ async fn cors_lets_allowed_origins_stream_and_post() {
         &cmd.url,
         &[
             ("hub-session-token", &cmd.token),
+            ("x-user", "ana"),
             ("origin", "http://dash.example"),
         ],
         r#"{"type":"ping","id":1}"#,
@@ -1097,6 +1122,7 @@ async fn streams_over_http2_and_bare_hyper() {
     // A second stream on the same HTTP/2 connection sends a command to the first.
     let req = Request::post(format!("http://{addr}{}", cmd.url))
         .header("hub-session-token", &cmd.token)
+        .header("x-user", "ana")
         .body(Full::new(Bytes::from(
             r#"{"type":"subscribe","topic":"b","id":1}"#,
         )))
@@ -1233,4 +1259,267 @@ async fn a_stalled_reader_is_disconnected_as_a_slow_consumer() {
         assert_eq!(ev.event, "message");
     }
     assert!(s.next_block().await.is_none());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Binding commands to the stream's user, shutdown, slow consumers.
+
+/// Credentials from a cookie, as a browser sends them: `sid=ana-cookie` (or the renewed
+/// `ana-cookie-2`) is ana, `sid=bob-cookie` is bob; an expired or missing cookie is refused
+/// with 401, any other with 403.
+struct CookieHooks;
+
+#[async_trait]
+impl Hooks for CookieHooks {
+    async fn authenticate(&self, req: &ConnectRequest) -> Result<Identity, Rejection> {
+        match req.cookie("sid") {
+            Some("ana-cookie" | "ana-cookie-2") => Ok(Identity::user("ana")),
+            Some("bob-cookie") => Ok(Identity::user("bob")),
+            Some("expired") => Err(Rejection::unauthorized("session cookie expired")),
+            Some(_) => Err(Rejection::forbidden("unknown session cookie")),
+            None => Err(Rejection::unauthorized("no session cookie")),
+        }
+    }
+}
+
+/// Serves `/events` for a hub built by the test.
+async fn serve_hub(hub: &Hub) -> SocketAddr {
+    let app = axum::Router::new().route_service("/events", SseService::new(hub.clone()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+#[tokio::test]
+async fn commands_must_come_from_the_user_whose_cookie_opened_the_stream() {
+    let hub = Hub::builder()
+        .hooks(CookieHooks)
+        .allowed_origins(["http://app.example"])
+        .build();
+    let addr = serve_hub(&hub).await;
+    let mut s = open(
+        addr,
+        "/events?topic=a",
+        &[("cookie", "theme=dark; sid=ana-cookie")],
+    )
+    .await;
+    assert_eq!(s.status, StatusCode::OK);
+    let cmd = s.handshake().await;
+    let token = ("hub-session-token", cmd.token.as_str());
+
+    // Ana's token with Bob's cookie, with cookies the hook refuses, with none, or with Ana's
+    // cookie from a page of an origin the hub does not allow: refused, whatever the command.
+    let sub = json!({"type":"subscribe","topic":"b","id":1}).to_string();
+    for (headers, status, code) in [
+        (vec![token, ("cookie", "sid=bob-cookie")], 403, "forbidden"),
+        (vec![token, ("cookie", "sid=forged")], 403, "forbidden"),
+        (vec![token, ("cookie", "sid=expired")], 401, "unauthorized"),
+        (vec![token], 401, "unauthorized"),
+        (
+            vec![
+                token,
+                ("cookie", "sid=ana-cookie"),
+                ("origin", "http://evil.example"),
+            ],
+            403,
+            "origin_not_allowed",
+        ),
+    ] {
+        let (st, _, body) = post(addr, &cmd.url, &headers, sub.clone()).await;
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (st.as_u16(), v["code"].as_str().unwrap()),
+            (status, code),
+            "{headers:?}"
+        );
+    }
+
+    // The owner: the cookie that opened the stream, the same request again (a replay is the
+    // owner's, as far as the server can tell), and a renewed cookie of the same user.
+    let ping = json!({"type":"ping","id":2}).to_string();
+    for cookie in ["sid=ana-cookie", "sid=ana-cookie", "sid=ana-cookie-2"] {
+        let (st, _, body) = post(addr, &cmd.url, &[token, ("cookie", cookie)], ping.clone()).await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{cookie}: {body}");
+    }
+    // Nothing refused reached the session: three pongs and no answer to `subscribe b`, which
+    // is not followed.
+    for _ in 0..3 {
+        let ev = s.next().await;
+        assert_eq!(
+            (ev.event.as_str(), ev.json()["id"].as_u64()),
+            ("pong", Some(2))
+        );
+    }
+    hub.publish("b", &json!("not followed")).unwrap();
+    hub.publish("a", &json!("marker")).unwrap();
+    assert_eq!(message("a", &s.next().await), (1, json!("marker")));
+    assert!(hub.topic_members("b").is_empty());
+}
+
+#[tokio::test]
+async fn shutdown_ends_a_stream_after_its_queued_events_with_a_close_event() {
+    let srv = default_server().await;
+    let mut disconnects = srv.disconnects.clone();
+    let mut s = open(srv.addr, "/events?user=ana&topic=a", &[]).await;
+    let cmd = s.handshake().await;
+    // Queued (or on their way) when the shutdown begins: they still arrive, before the close.
+    for n in 1..=3 {
+        srv.hub.publish("a", &json!(n)).unwrap();
+    }
+    let hub = srv.hub.clone();
+    let shutdown = tokio::spawn(async move { hub.shutdown(Duration::from_secs(20)).await });
+    for n in 1..=3u64 {
+        assert_eq!(message("a", &s.next().await), (n, json!(n)));
+    }
+    let close = s.next().await;
+    assert_eq!(close.event, "close");
+    assert_eq!(
+        close.json(),
+        json!({"type":"close","code":1001,"reason":"shutdown"})
+    );
+    assert!(s.next_block().await.is_none(), "the body ends after close");
+
+    // The transport let go of the session when its stream ended: nothing had to be forced.
+    let report = tokio::time::timeout(Duration::from_secs(30), shutdown)
+        .await
+        .expect("shutdown never completed")
+        .unwrap();
+    assert_eq!((report.sessions, report.forced), (1, 0));
+    wait_disconnects(&mut disconnects, 1).await;
+    assert_eq!(
+        disconnects.borrow().clone(),
+        vec![(cmd.session.clone(), DisconnectReason::Shutdown)]
+    );
+    // New streams are refused; the old stream's command URL leads nowhere.
+    let (status, body) = refused(srv.addr, "/events?user=ana&topic=a", &[]).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &json!("shutting_down"))
+    );
+    let (status, _, _) = post(
+        srv.addr,
+        &cmd.url,
+        &[("hub-session-token", &cmd.token), ("x-user", "ana")],
+        r#"{"type":"ping"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// A listener whose connections have small kernel send buffers (accepted sockets inherit it),
+/// so that a client that stops reading stalls the server's writes after a few KiB.
+fn small_buffer_listener() -> TcpListener {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_send_buffer_size(8 * 1024).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    socket.listen(128).unwrap()
+}
+
+/// A client connection with a small kernel receive buffer.
+async fn small_buffer_connection(addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(8 * 1024).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_stalled_reader_is_cut_off_while_an_active_one_gets_every_message_in_order() {
+    const TOTAL: u64 = 20_000;
+    /// How far the publisher may run ahead of the active reader: less than the queue holds,
+    /// so that the active reader never overflows, whatever the scheduling.
+    const WINDOW: u64 = 48;
+    let srv = serve_on(
+        small_buffer_listener(),
+        hub_builder().queue_capacity(64),
+        SseService::new,
+    )
+    .await;
+    let mut disconnects = srv.disconnects.clone();
+    let mut active = open(srv.addr, "/events?user=ana&topic=load", &[]).await;
+    active.handshake().await;
+    let tcp = small_buffer_connection(srv.addr).await;
+    let mut stalled = open_on(tcp, srv.addr, "/events?user=bob&topic=load", &[]).await;
+    // Bob reads his handshake, then stops reading (without closing).
+    let bob = stalled.handshake().await;
+
+    let (progress_tx, mut progress) = watch::channel(0u64);
+    let mut reader = tokio::spawn(async move {
+        for n in 1..=TOTAL {
+            let (offset, data) = message("load", &active.next().await);
+            assert_eq!(
+                (offset, &data["n"]),
+                (n, &json!(n)),
+                "in order, none missing"
+            );
+            progress_tx.send_replace(n);
+        }
+        active
+    });
+    let pad = "x".repeat(200);
+    for n in 1..=TOTAL {
+        while n > *progress.borrow() + WINDOW {
+            let changed = tokio::time::timeout(WAIT, progress.changed())
+                .await
+                .expect("the active reader made no progress");
+            if changed.is_err() {
+                panic!("the active reader failed: {:?}", (&mut reader).await.err());
+            }
+        }
+        srv.hub
+            .publish("load", &json!({"n": n, "pad": pad}))
+            .unwrap();
+    }
+    let mut active = tokio::time::timeout(WAIT, reader).await.unwrap().unwrap();
+
+    // Bob's session was ended as a slow consumer, alone; Ana's goes on.
+    wait_disconnects(&mut disconnects, 1).await;
+    assert_eq!(
+        disconnects.borrow().clone(),
+        vec![(bob.session.clone(), DisconnectReason::SlowConsumer)]
+    );
+    assert_eq!(srv.hub.stats().disconnects.get("slow_consumer"), Some(&1));
+    assert_eq!(srv.hub.topic_members("load").len(), 1);
+
+    // The transport let go of Bob's session when the hub aborted it, although hyper, stuck on
+    // his socket, still holds his stream: a shutdown now waits for Ana only, who reads on.
+    let hub = srv.hub.clone();
+    let shutdown = tokio::spawn(async move { hub.shutdown(Duration::from_secs(20)).await });
+    assert_eq!(active.expect("close").await.json()["reason"], "shutdown");
+    let report = tokio::time::timeout(Duration::from_secs(30), shutdown)
+        .await
+        .expect("shutdown never completed")
+        .unwrap();
+    assert_eq!((report.sessions, report.forced), (1, 0));
+
+    // What the server still held for Bob is bounded by its buffers (the session's queue,
+    // hyper's write buffer of at most 16 chunks / ~400 KiB, the sockets' few KiB), not by what
+    // was published (20,000 events of ~330 bytes): reading again, Bob gets a prefix of the
+    // stream, then `close` with the reason, then the end.
+    let (mut got, mut bytes, mut closed) = (0u64, 0usize, false);
+    for _ in 0..=TOTAL {
+        let ev = stalled.next().await;
+        if ev.event == "close" {
+            assert_eq!(
+                ev.json(),
+                json!({"type":"close","code":1008,"reason":"slow_consumer"})
+            );
+            closed = true;
+            break;
+        }
+        got += 1;
+        bytes += ev.data.len();
+        assert_eq!(message("load", &ev).0, got, "a prefix, in order");
+    }
+    assert!(closed, "no close event");
+    assert!(
+        stalled.next_block().await.is_none(),
+        "the body ends after close"
+    );
+    assert!(
+        bytes < 1024 * 1024 && got < TOTAL / 4,
+        "held {got} events ({bytes} bytes) for a stalled reader"
+    );
 }
