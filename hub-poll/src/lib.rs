@@ -1121,3 +1121,21 @@ mod tests {
         assert_eq!(&body[..], br#"{"cursor":"7","frames":[{"a":1},{}]}"#);
     }
 }
+
+/// Entry points for the fuzz targets in `fuzz/` (not part of the public API).
+#[doc(hidden)]
+pub mod fuzzing {
+    use bytes::Bytes;
+    use hub_core::Codec;
+
+    /// Parses a poll cursor.
+    pub fn cursor(s: &str) -> Option<u64> {
+        super::parse_cursor(s)
+    }
+
+    /// Checks a command body as the send endpoint does (`Err` is its 400 message).
+    pub fn command_body(msgpack: bool, body: &[u8]) -> Result<(), String> {
+        let codec = if msgpack { Codec::MsgPack } else { Codec::Json };
+        super::check_frame(codec, &Bytes::copy_from_slice(body))
+    }
+}

@@ -776,3 +776,18 @@ fn command_refusal(topic: &str, e: &CommandError) -> Response<Body> {
     };
     error_response(status, e.code.as_str(), &format!("{topic}: {}", e.message))
 }
+
+/// Entry points for the fuzz targets in `fuzz/` (not part of the public API).
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses a `Last-Event-ID`; on success, re-encodes it and checks the round trip.
+    pub fn last_event_id(id: &str) -> bool {
+        match crate::id::Cursor::parse(id) {
+            Ok(cursor) => {
+                let again = cursor.event_id();
+                crate::id::Cursor::parse(&again).is_ok()
+            }
+            Err(_) => false,
+        }
+    }
+}
