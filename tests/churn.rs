@@ -1,0 +1,868 @@
+//! Churn: hundreds of clients on all three transports come, subscribe, publish and vanish
+//! (half with a clean close, half abruptly: their task is aborted mid-way, which drops their
+//! sockets, and a dropped poll client simply stops polling), while stable clients on each
+//! transport stay subscribed to a topic the server publishes to the whole time.
+//!
+//! Afterwards the hub must hold exactly the stable clients: its session count and sessions by
+//! transport, subscriptions, rooms, the topic's and the room's presence members, and the
+//! long-polling transport's own session table; every churned session must have ended exactly
+//! once (the disconnect hook and the hub's counters agree). Every stable client must have
+//! received every message of its topic, in order, exactly once.
+//!
+//! Everything is bounded: 300 churned clients at most 30 at a time, at most
+//! [`MAX_PUBLISHED`] messages, a timeout on every wait. Short hub heartbeats (100 ms interval,
+//! 2 s timeout) make abruptly dropped poll and SSE clients go within a couple of seconds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use hub::poll::PollService;
+use hub::sse::SseService;
+use hub::ws::WsService;
+use hub::{
+    async_trait, Action, ConnectRequest, DisconnectReason, Hooks, Hub, Identity, Rejection,
+    SessionId, SessionInfo,
+};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Safety net for every single wait (the machine may be busy: never a timing assertion).
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Safety net for the hub's counts to settle after the churn (abrupt poll clients are noticed
+/// only after the heartbeat timeout).
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// Churned clients, in all (a third per transport, half of each closing cleanly).
+const CHURNED: usize = 300;
+
+/// Churned clients alive at once.
+const CONCURRENCY: usize = 30;
+
+/// Stable clients per transport.
+const STABLE_PER_KIND: usize = 4;
+
+/// The server stops publishing after this many messages even if the churn is not over.
+const MAX_PUBLISHED: u64 = 3000;
+
+/// The topic the server publishes to and every stable client follows.
+const FEED: &str = "feed/stable";
+
+/// A topic churned clients subscribe and publish to.
+const CHAT: &str = "churn/chat";
+
+/// The room the server puts every client in.
+const LOBBY: &str = "lobby";
+
+/// The three transports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Ws,
+    Sse,
+    Poll,
+}
+
+const KINDS: [Kind; 3] = [Kind::Ws, Kind::Sse, Kind::Poll];
+
+impl Kind {
+    /// The transport's name in the hub's counters.
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Ws => "ws",
+            Kind::Sse => "sse",
+            Kind::Poll => "poll",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server.
+
+/// `?user=<name>` names the user; clients may subscribe and publish anywhere (never join a
+/// room by request); every disconnect is recorded.
+struct ChurnHooks {
+    disconnects: Arc<Mutex<Vec<(String, DisconnectReason)>>>,
+}
+
+#[async_trait]
+impl Hooks for ChurnHooks {
+    async fn authenticate(&self, req: &ConnectRequest) -> Result<Identity, Rejection> {
+        match req.query("user") {
+            Some(u) if !u.is_empty() => Ok(Identity::user(u.into_owned())),
+            _ => Err(Rejection::unauthorized("?user= required")),
+        }
+    }
+
+    async fn authorize(&self, _who: &Identity, action: Action<'_>) -> bool {
+        matches!(action, Action::Subscribe(_) | Action::Publish(_))
+    }
+
+    fn on_disconnect(&self, session: &SessionInfo, reason: DisconnectReason) {
+        let mut d = self.disconnects.lock().unwrap_or_else(|e| e.into_inner());
+        d.push((session.identity.user_id().to_owned(), reason));
+    }
+}
+
+struct Server {
+    addr: SocketAddr,
+    hub: Hub,
+    poll: PollService,
+    disconnects: Arc<Mutex<Vec<(String, DisconnectReason)>>>,
+}
+
+async fn serve() -> Server {
+    let disconnects = Arc::new(Mutex::new(Vec::new()));
+    let hub = Hub::builder()
+        .hooks(ChurnHooks {
+            disconnects: disconnects.clone(),
+        })
+        .heartbeat(Duration::from_millis(100), Duration::from_secs(2))
+        .build();
+    let poll = PollService::new(hub.clone());
+    let app = axum::Router::new()
+        .route_service("/ws", WsService::new(hub.clone()))
+        .route_service("/sse", SseService::new(hub.clone()))
+        .route_service("/poll", poll.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Server {
+        addr,
+        hub,
+        poll,
+        disconnects,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/1.1: one request per connection, written and parsed by hand (the facade's dev-dependencies
+// have hyper's server side only), chunked bodies included.
+
+/// A response whose body has been read.
+struct Resp {
+    status: StatusCode,
+    body: Bytes,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// How a response body is delimited.
+enum Framing {
+    Chunked,
+    Length(usize),
+    Eof,
+}
+
+/// A response body, read as it arrives (an event stream never ends by itself).
+struct HttpBody {
+    tcp: TcpStream,
+    raw: Vec<u8>,
+    framing: Framing,
+}
+
+impl HttpBody {
+    /// Reads more bytes; `false` at the end of the connection.
+    async fn fill(&mut self) -> bool {
+        let mut buf = [0u8; 8192];
+        let n = tokio::time::timeout(WAIT, self.tcp.read(&mut buf))
+            .await
+            .expect("timed out reading a response")
+            .unwrap_or(0);
+        self.raw.extend_from_slice(&buf[..n]);
+        n > 0
+    }
+
+    /// The next piece of the body, or `None` at its end.
+    async fn next_data(&mut self) -> Option<Vec<u8>> {
+        loop {
+            match &mut self.framing {
+                Framing::Length(0) => return None,
+                Framing::Length(left) if !self.raw.is_empty() => {
+                    let n = (*left).min(self.raw.len());
+                    *left -= n;
+                    return Some(self.raw.drain(..n).collect());
+                }
+                Framing::Eof if !self.raw.is_empty() => return Some(std::mem::take(&mut self.raw)),
+                Framing::Chunked => {
+                    if let Some(pos) = self.raw.windows(2).position(|w| w == b"\r\n") {
+                        let line = String::from_utf8_lossy(&self.raw[..pos]).into_owned();
+                        let hex = line.split(';').next().unwrap_or("").trim();
+                        let size = usize::from_str_radix(hex, 16).expect("a chunk size");
+                        if size == 0 {
+                            return None;
+                        }
+                        if self.raw.len() >= pos + 2 + size + 2 {
+                            let data = self.raw[pos + 2..pos + 2 + size].to_vec();
+                            self.raw.drain(..pos + 2 + size + 2);
+                            return Some(data);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    /// The rest of the body.
+    async fn collect(mut self) -> Bytes {
+        let mut out = Vec::new();
+        while let Some(d) = self.next_data().await {
+            out.extend_from_slice(&d);
+        }
+        Bytes::from(out)
+    }
+}
+
+/// Sends one request on a fresh connection (`Connection: close`); returns the status, the
+/// headers (lowercase names) and the body, unread.
+async fn send_request(
+    addr: SocketAddr,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (StatusCode, Vec<(String, String)>, HttpBody) {
+    let mut tcp = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("timed out connecting")
+        .unwrap();
+    let mut req = format!("{method} {uri} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    tcp.write_all(&bytes).await.unwrap();
+    let mut b = HttpBody {
+        tcp,
+        raw: Vec::new(),
+        framing: Framing::Eof,
+    };
+    let end = loop {
+        if let Some(pos) = b.raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos;
+        }
+        assert!(
+            b.fill().await,
+            "the connection ended before the response head"
+        );
+    };
+    let head = String::from_utf8(b.raw.drain(..end + 4).collect()).unwrap();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    b.framing = if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        Framing::Chunked
+    } else if let Some(n) = header("content-length") {
+        Framing::Length(n.parse().unwrap())
+    } else {
+        Framing::Eof
+    };
+    (StatusCode::from_u16(status).unwrap(), headers, b)
+}
+
+/// One whole request and response.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, String)],
+    body: impl AsRef<[u8]>,
+) -> Resp {
+    let (status, _, body) = send_request(addr, method, uri, headers, body.as_ref()).await;
+    Resp {
+        status,
+        body: body.collect().await,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients: one type over the three transports, speaking JSON frames.
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// An open SSE stream and its parser. Dropping it closes the connection.
+struct EventStream {
+    body: HttpBody,
+    buf: Vec<u8>,
+}
+
+impl EventStream {
+    /// The next event with data, as `(event name, data)`; comments and `retry:` skipped.
+    async fn next(&mut self) -> (String, String) {
+        loop {
+            if let Some(pos) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..pos + 2).collect();
+                let text = String::from_utf8(block).expect("SSE is UTF-8");
+                let (mut event, mut data) = (String::new(), Vec::new());
+                for line in text.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim_start().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+                    }
+                }
+                if !data.is_empty() {
+                    return (event, data.join("\n"));
+                }
+                continue;
+            }
+            let data = self.body.next_data().await.expect("the event stream ended");
+            self.buf.extend_from_slice(&data);
+        }
+    }
+}
+
+enum Conn {
+    Ws(Box<Ws>),
+    Sse {
+        stream: EventStream,
+        /// The command URL (`/sse?session=<id>`).
+        url: String,
+        /// The stream's secret command token.
+        token: String,
+    },
+    Poll {
+        session: String,
+        cursor: String,
+        buffered: VecDeque<Value>,
+    },
+}
+
+/// A client on any transport, as user `user` (sent as `?user=` with every request).
+struct Client {
+    addr: SocketAddr,
+    kind: Kind,
+    user: String,
+    conn: Conn,
+    /// The session's public id, from `welcome`.
+    session: SessionId,
+}
+
+/// `path` with `user=<user>` added to its query.
+fn with_user(path: &str, user: &str) -> String {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    format!("{path}{sep}user={user}")
+}
+
+impl Client {
+    /// Connects and reads `welcome` (and, over SSE, the `session` event). An SSE stream
+    /// follows `sse_topics` from its URL.
+    async fn open(addr: SocketAddr, kind: Kind, user: &str, sse_topics: &[&str]) -> Client {
+        let conn = match kind {
+            Kind::Ws => {
+                let url = format!("ws://{addr}{}", with_user("/ws", user));
+                let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+                    .await
+                    .expect("timed out connecting")
+                    .expect("WebSocket connect");
+                Conn::Ws(Box::new(ws))
+            }
+            Kind::Sse => {
+                let query: Vec<String> = sse_topics.iter().map(|t| format!("topic={t}")).collect();
+                let path = with_user(&format!("/sse?{}", query.join("&")), user);
+                let headers = [("accept", "text/event-stream".to_owned())];
+                let (status, _, body) = send_request(addr, "GET", &path, &headers, b"").await;
+                assert_eq!(status, StatusCode::OK, "SSE open for {user}");
+                Conn::Sse {
+                    stream: EventStream {
+                        body,
+                        buf: Vec::new(),
+                    },
+                    url: String::new(),
+                    token: String::new(),
+                }
+            }
+            Kind::Poll => {
+                let resp = http(addr, "POST", &with_user("/poll", user), &[], "").await;
+                assert_eq!(resp.status, StatusCode::OK, "{:?}", resp.body);
+                let open = resp.json();
+                Conn::Poll {
+                    session: open["session"].as_str().unwrap().to_owned(),
+                    cursor: "0".into(),
+                    buffered: VecDeque::new(),
+                }
+            }
+        };
+        let mut c = Client {
+            addr,
+            kind,
+            user: user.to_owned(),
+            conn,
+            session: SessionId::parse("0000000000000000").unwrap(),
+        };
+        let welcome = c.recv().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        c.session = SessionId::parse(welcome["session"].as_str().unwrap()).unwrap();
+        if let Conn::Sse { stream, url, token } = &mut c.conn {
+            let (event, data) = tokio::time::timeout(WAIT, stream.next())
+                .await
+                .expect("timed out waiting for the session event");
+            assert_eq!(event, "session");
+            let s: Value = serde_json::from_str(&data).unwrap();
+            *url = s["commands"].as_str().unwrap().to_owned();
+            *token = s["token"].as_str().unwrap().to_owned();
+        }
+        c
+    }
+
+    /// Sends one client frame (SSE and poll: a `POST` that must be accepted with 202).
+    async fn send(&mut self, frame: Value) {
+        match &mut self.conn {
+            Conn::Ws(ws) => ws.send(Message::text(frame.to_string())).await.unwrap(),
+            Conn::Sse { url, token, .. } => {
+                let headers = [
+                    ("hub-session-token", token.clone()),
+                    ("content-type", "application/json".to_owned()),
+                ];
+                let uri = with_user(url, &self.user);
+                let resp = http(self.addr, "POST", &uri, &headers, frame.to_string()).await;
+                assert_eq!(resp.status, StatusCode::ACCEPTED, "{:?}", resp.body);
+            }
+            Conn::Poll { session, .. } => {
+                let uri = with_user(&format!("/poll?session={session}"), &self.user);
+                let resp = http(self.addr, "POST", &uri, &[], frame.to_string()).await;
+                assert_eq!(resp.status, StatusCode::ACCEPTED, "{:?}", resp.body);
+            }
+        }
+    }
+
+    /// The next frame from the hub, however long it takes (each read is bounded on its own:
+    /// SSE pings and long-poll answers keep coming).
+    async fn next_frame(&mut self) -> Value {
+        match &mut self.conn {
+            Conn::Ws(ws) => loop {
+                let msg = ws
+                    .next()
+                    .await
+                    .expect("the connection ended")
+                    .expect("read error");
+                match msg {
+                    Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                    other => panic!("unexpected {other:?}"),
+                }
+            },
+            Conn::Sse { stream, .. } => {
+                let (event, data) = stream.next().await;
+                let v: Value = serde_json::from_str(&data).unwrap();
+                assert_eq!(v["type"], event.as_str(), "event name is the frame's type");
+                v
+            }
+            Conn::Poll {
+                session,
+                cursor,
+                buffered,
+            } => {
+                while buffered.is_empty() {
+                    let uri = with_user(
+                        &format!("/poll?session={session}&cursor={cursor}&wait=5000"),
+                        &self.user,
+                    );
+                    let resp = http(self.addr, "GET", &uri, &[], "").await;
+                    assert_eq!(resp.status, StatusCode::OK, "{:?}", resp.body);
+                    let batch = resp.json();
+                    *cursor = batch["cursor"].as_str().unwrap().to_owned();
+                    buffered.extend(batch["frames"].as_array().unwrap().iter().cloned());
+                }
+                buffered.pop_front().unwrap()
+            }
+        }
+    }
+
+    /// The next frame, within [`WAIT`].
+    async fn recv(&mut self) -> Value {
+        tokio::time::timeout(WAIT, self.next_frame())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{:?} {}: timed out waiting for a frame",
+                    self.kind, self.user
+                )
+            })
+    }
+
+    /// Sends `frame` with `id`; returns once its `reply` arrives (other frames are skipped).
+    async fn request(&mut self, mut frame: Value, id: u64) {
+        frame["id"] = json!(id);
+        self.send(frame).await;
+        loop {
+            let f = self.recv().await;
+            if f["id"] == id {
+                assert_eq!(f["type"], "reply", "{:?} {}: {f}", self.kind, self.user);
+                return;
+            }
+        }
+    }
+
+    /// Follows [`FEED`] (SSE streams already do, from their URL) and [`CHAT`].
+    async fn subscribe(&mut self) {
+        if self.kind != Kind::Sse {
+            self.request(json!({"type": "subscribe", "topic": FEED}), 1)
+                .await;
+        }
+        self.request(json!({"type": "subscribe", "topic": CHAT}), 2)
+            .await;
+    }
+
+    /// Ends the session the clean way: a WebSocket close handshake, closing the event stream
+    /// (what `EventSource.close()` does), or `DELETE` for long-polling.
+    async fn close(self) {
+        match self.conn {
+            Conn::Ws(mut ws) => {
+                ws.send(Message::Close(None)).await.unwrap();
+                // Read until the server's close answer and the end of the stream.
+                tokio::time::timeout(WAIT, async { while let Some(Ok(_)) = ws.next().await {} })
+                    .await
+                    .expect("timed out closing");
+            }
+            Conn::Sse { stream, .. } => drop(stream),
+            Conn::Poll { session, .. } => {
+                let uri = with_user(&format!("/poll?session={session}"), &self.user);
+                let resp = http(self.addr, "DELETE", &uri, &[], "").await;
+                assert_eq!(resp.status, StatusCode::NO_CONTENT, "{:?}", resp.body);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The actors: stable clients, churned clients, the server's publisher.
+
+/// A stable client: follows [`FEED`], is put in [`LOBBY`], says when it is ready and when it
+/// has seen the last message, and keeps reading (answering pings, polling) until `stop`.
+/// Returns every [`FEED`] message it got.
+async fn stable_client(
+    addr: SocketAddr,
+    hub: Hub,
+    kind: Kind,
+    user: String,
+    ready: oneshot::Sender<()>,
+    last: oneshot::Sender<()>,
+    mut stop: watch::Receiver<bool>,
+) -> Vec<Value> {
+    let mut c = Client::open(addr, kind, &user, &[FEED]).await;
+    if kind != Kind::Sse {
+        c.request(json!({"type": "subscribe", "topic": FEED}), 1)
+            .await;
+    }
+    hub.join(c.session, LOBBY).unwrap();
+    ready.send(()).unwrap();
+    let mut last = Some(last);
+    let mut got = Vec::new();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return got,
+            f = c.next_frame() => {
+                assert!(
+                    !matches!(f["type"].as_str(), Some("error" | "close" | "gap" | "dropped")),
+                    "{kind:?} {user}: {f}"
+                );
+                if f["type"] == "message" && f["topic"] == FEED {
+                    if f["data"]["last"] == true {
+                        if let Some(tx) = last.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    got.push(f);
+                }
+            }
+        }
+    }
+}
+
+/// Churned client `i`: a third per transport; of each, half close cleanly after subscribing
+/// and publishing, the other half vanish at one of three stages (right after `welcome`,
+/// after subscribing, or with its publish in flight): their task is aborted, which drops
+/// their sockets (a poll client is left with a poll in flight, then never polls again).
+async fn churned_client(addr: SocketAddr, hub: Hub, i: usize) {
+    let (kind, clean) = churned_kind(i);
+    let stage = (i / (2 * KINDS.len())) % 3;
+    let user = churned_user(i);
+    if clean {
+        let mut c = Client::open(addr, kind, &user, &[FEED]).await;
+        let _ = hub.join(c.session, LOBBY);
+        c.subscribe().await;
+        c.request(
+            json!({"type": "publish", "topic": CHAT, "data": {"from": user}}),
+            3,
+        )
+        .await;
+        c.close().await;
+        return;
+    }
+    let (reached, at_stage) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut c = Client::open(addr, kind, &user, &[FEED]).await;
+        let _ = hub.join(c.session, LOBBY);
+        if stage >= 1 {
+            c.subscribe().await;
+        }
+        if stage >= 2 {
+            let frame = json!({"type": "publish", "topic": CHAT, "data": {"from": user}, "id": 3});
+            if let Conn::Ws(ws) = &mut c.conn {
+                ws.send(Message::text(frame.to_string())).await.unwrap();
+            } else {
+                c.send(frame).await;
+            }
+        }
+        let _ = reached.send(());
+        match kind {
+            // A poll in flight when the task is aborted.
+            Kind::Poll => loop {
+                c.next_frame().await;
+            },
+            // A socket held open, unread, until the task is aborted.
+            Kind::Ws | Kind::Sse => std::future::pending::<()>().await,
+        }
+    });
+    let got_there = tokio::time::timeout(WAIT, at_stage).await;
+    task.abort();
+    let joined = task.await;
+    if let Err(e) = &joined {
+        assert!(e.is_cancelled(), "churned client {i} failed: {e}");
+    }
+    got_there
+        .expect("a churned client reached its stage in time")
+        .expect("a churned client reached its stage");
+}
+
+/// Churned client `i`'s transport, and whether it closes cleanly.
+fn churned_kind(i: usize) -> (Kind, bool) {
+    (KINDS[i % KINDS.len()], (i / KINDS.len()) % 2 == 0)
+}
+
+fn churned_user(i: usize) -> String {
+    format!("churn-{}-{i}", KINDS[i % KINDS.len()].name())
+}
+
+fn stable_user(kind: Kind, i: usize) -> String {
+    format!("stable-{}-{i}", kind.name())
+}
+
+/// The server's publisher: a numbered message to [`FEED`] every few milliseconds until `done`
+/// (or [`MAX_PUBLISHED`]), then one marked `last`. Returns how many it published.
+async fn publish_feed(hub: Hub, done: watch::Receiver<bool>) -> u64 {
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    let mut n = 0;
+    while n + 1 < MAX_PUBLISHED && !*done.borrow() {
+        tick.tick().await;
+        n += 1;
+        let pos = hub.publish(FEED, &json!({"n": n})).unwrap();
+        assert_eq!(pos.offset, n);
+    }
+    n += 1;
+    let pos = hub.publish(FEED, &json!({"n": n, "last": true})).unwrap();
+    assert_eq!(pos.offset, n);
+    n
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test.
+
+/// What the hub holds, in the terms the test checks.
+#[derive(Debug, PartialEq, Eq)]
+struct View {
+    session_count: usize,
+    sessions: BTreeMap<&'static str, u64>,
+    subscriptions: u64,
+    rooms: u64,
+    feed_members: BTreeSet<String>,
+    chat_members: BTreeSet<String>,
+    lobby_members: BTreeSet<String>,
+    poll_table: usize,
+    disconnects: usize,
+}
+
+fn view(s: &Server) -> View {
+    let stats = s.hub.stats();
+    let users = |members: Vec<hub::Member>| members.into_iter().map(|m| m.user).collect();
+    View {
+        session_count: s.hub.session_count(),
+        sessions: stats.sessions,
+        subscriptions: stats.subscriptions,
+        rooms: stats.rooms,
+        feed_members: users(s.hub.topic_members(FEED)),
+        chat_members: users(s.hub.topic_members(CHAT)),
+        lobby_members: users(s.hub.room_members(LOBBY)),
+        poll_table: s.poll.session_count(),
+        disconnects: s.disconnects.lock().unwrap().len(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churned_clients_leave_nothing_behind_and_stable_clients_miss_nothing() {
+    let s = serve().await;
+
+    // Stable clients, all following the feed before the first message.
+    let (stop, stop_rx) = watch::channel(false);
+    let mut stable = Vec::new();
+    let mut stable_users = BTreeSet::new();
+    for kind in KINDS {
+        for i in 0..STABLE_PER_KIND {
+            let user = stable_user(kind, i);
+            let (ready, is_ready) = oneshot::channel();
+            let (last, saw_last) = oneshot::channel();
+            let task = tokio::spawn(stable_client(
+                s.addr,
+                s.hub.clone(),
+                kind,
+                user.clone(),
+                ready,
+                last,
+                stop_rx.clone(),
+            ));
+            tokio::time::timeout(WAIT, is_ready)
+                .await
+                .expect("a stable client ready in time")
+                .expect("a stable client ready");
+            stable_users.insert(user.clone());
+            stable.push((user, task, saw_last));
+        }
+    }
+    let stable_count = stable.len();
+    let expected = View {
+        session_count: stable_count,
+        sessions: KINDS
+            .iter()
+            .map(|k| (k.name(), STABLE_PER_KIND as u64))
+            .collect(),
+        subscriptions: stable_count as u64,
+        rooms: 1,
+        feed_members: stable_users.clone(),
+        chat_members: BTreeSet::new(),
+        lobby_members: stable_users.clone(),
+        poll_table: STABLE_PER_KIND,
+        disconnects: 0,
+    };
+    assert_eq!(view(&s), expected);
+
+    // The server publishes all along; the churn runs, at most CONCURRENCY clients at a time.
+    let (done, done_rx) = watch::channel(false);
+    let publisher = tokio::spawn(publish_feed(s.hub.clone(), done_rx));
+    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut churn = tokio::task::JoinSet::new();
+    for i in 0..CHURNED {
+        let permit = permits.clone().acquire_owned().await.unwrap();
+        let (addr, hub) = (s.addr, s.hub.clone());
+        churn.spawn(async move {
+            churned_client(addr, hub, i).await;
+            drop(permit);
+        });
+    }
+    while let Some(joined) = churn.join_next().await {
+        joined.expect("a churned client failed");
+    }
+    done.send(true).unwrap();
+    let published = tokio::time::timeout(WAIT, publisher)
+        .await
+        .expect("the publisher stops in time")
+        .unwrap();
+
+    // Every stable client gets to the last message.
+    let mut tasks = Vec::new();
+    for (user, task, saw_last) in stable {
+        tokio::time::timeout(WAIT, saw_last)
+            .await
+            .unwrap_or_else(|_| panic!("{user} did not get the last message in time"))
+            .unwrap_or_else(|_| panic!("{user} failed"));
+        tasks.push((user, task));
+    }
+
+    // Wait for the hub to let go of every churned session. Nothing signals "the last abrupt
+    // poll client has been reaped by the heartbeat sweeper" (nor "the poll transport has
+    // dropped its table entry"), so this polls the hub's own state, with a short sleep between
+    // reads and an overall timeout; it asserts nothing about how long it took.
+    let mut churned_gone = expected;
+    churned_gone.disconnects = CHURNED;
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    let mut now = view(&s);
+    while now != churned_gone && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        now = view(&s);
+    }
+    assert_eq!(
+        now, churned_gone,
+        "the hub holds exactly the stable clients"
+    );
+
+    // Every churned session was opened once and ended once; no stable one ended.
+    let stats = s.hub.stats();
+    assert_eq!(stats.sessions_opened, (stable_count + CHURNED) as u64);
+    assert_eq!(stats.disconnects.values().sum::<u64>(), CHURNED as u64);
+    let ended = s.disconnects.lock().unwrap().clone();
+    let ended_users: BTreeSet<&str> = ended.iter().map(|(u, _)| u.as_str()).collect();
+    let churned_users: Vec<String> = (0..CHURNED).map(churned_user).collect();
+    assert_eq!(
+        ended_users.len(),
+        CHURNED,
+        "each churned session ended once"
+    );
+    assert!(churned_users
+        .iter()
+        .all(|u| ended_users.contains(u.as_str())));
+    // Clean closes end as `normal`; so do dropped event streams; long-polling clients that
+    // vanish are reaped by the heartbeat. (Abruptly dropped WebSockets are not checked here:
+    // see `tests/metrics.rs`, `an_abruptly_dropped_websocket_counts_as_a_normal_disconnect`.)
+    for i in 0..CHURNED {
+        let user = churned_user(i);
+        let reason = ended.iter().find(|(u, _)| *u == user).map(|(_, r)| *r);
+        let (kind, clean) = churned_kind(i);
+        let want = match (kind, clean) {
+            (_, true) | (Kind::Sse, false) => DisconnectReason::Normal,
+            (Kind::Poll, false) => DisconnectReason::HeartbeatTimeout,
+            (Kind::Ws, false) => continue,
+        };
+        assert_eq!(reason, Some(want), "{user} (clean: {clean})");
+    }
+
+    // Every stable client got every message, in order, exactly once.
+    stop.send(true).unwrap();
+    for (user, task) in tasks {
+        let got = tokio::time::timeout(WAIT, task)
+            .await
+            .expect("a stable client stops in time")
+            .unwrap();
+        let offsets: Vec<u64> = got.iter().map(|m| m["offset"].as_u64().unwrap()).collect();
+        let want: Vec<u64> = (1..=published).collect();
+        assert_eq!(offsets, want, "{user}: offsets");
+        for m in &got {
+            assert_eq!(m["data"]["n"], m["offset"], "{user}: {m}");
+        }
+    }
+}
