@@ -58,7 +58,8 @@ pub struct Position {
 pub struct ShutdownReport {
     /// Sessions that were open and were told to close.
     pub sessions: usize,
-    /// Sessions whose transports had not finished writing by the deadline and were aborted.
+    /// Transports that had not finished by the deadline and were aborted (this can include
+    /// sessions that had ended before the shutdown but were still writing their last frames).
     pub forced: usize,
 }
 
@@ -232,7 +233,7 @@ impl HubBuilder {
                 shutting_down: AtomicBool::new(false),
                 open: AtomicUsize::new(0),
                 per_ip: DashMap::new(),
-                attached: AtomicUsize::new(0),
+                attached: DashMap::new(),
                 detached: tokio::sync::Notify::new(),
             }),
         }
@@ -285,8 +286,9 @@ pub(crate) struct Inner {
     open: AtomicUsize,
     /// Sessions open now per client address (for `max_connections_per_ip`).
     per_ip: DashMap<IpAddr, usize>,
-    /// Transport handles (`Session`) alive: shutdown waits for them to finish.
-    attached: AtomicUsize,
+    /// Sessions whose transport handle (`Session`) is alive, open or already closed: shutdown
+    /// waits for them to finish and aborts those left at the deadline.
+    attached: DashMap<SessionId, Arc<SessionState>>,
     detached: tokio::sync::Notify,
 }
 
@@ -460,8 +462,9 @@ impl Inner {
     }
 
     /// A transport handle ended.
-    pub(crate) fn detach(&self) {
-        if self.attached.fetch_sub(1, Ordering::AcqRel) == 1 {
+    pub(crate) fn detach(&self, id: SessionId) {
+        self.attached.remove(&id);
+        if self.attached.is_empty() {
             self.detached.notify_waiters();
         }
     }
@@ -472,7 +475,7 @@ impl Inner {
             let notified = self.detached.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.attached.load(Ordering::Acquire) == 0 {
+            if self.attached.is_empty() {
                 return;
             }
             notified.await;
@@ -977,7 +980,7 @@ impl Hub {
         );
         tracing::debug!(session = %state.id, transport = state.transport.name, "session opened");
         inner.config.hooks.on_connect(&state.info());
-        inner.attached.fetch_add(1, Ordering::AcqRel);
+        inner.attached.insert(state.id, state.clone());
         Ok(Connection {
             outbox: Outbox::new(inner.clone(), state.clone()),
             session: Session {
@@ -1356,8 +1359,12 @@ impl Hub {
             .is_ok();
         let mut forced = 0;
         if !flushed {
-            forced = inner.attached.load(Ordering::Acquire);
-            for s in &sessions {
+            // Every transport still holding a session, including sessions that had ended
+            // before the shutdown and were still flushing.
+            let left: Vec<Arc<SessionState>> =
+                inner.attached.iter().map(|e| e.value().clone()).collect();
+            forced = left.len();
+            for s in &left {
                 s.abort();
             }
             // Aborted transports stop at once; give them a moment to drop their handles.

@@ -457,6 +457,11 @@ impl Session {
         self.state.is_closed()
     }
 
+    /// Why the session ended, once it has (the first reason given wins).
+    pub fn close_reason(&self) -> Option<DisconnectReason> {
+        lock(&self.state.queue.state).closing
+    }
+
     /// Completes when the session must stop at once (slow consumer, heartbeat timeout, shutdown
     /// deadline): a transport races its writes against it so that a stalled socket cannot hold
     /// the session open.
@@ -487,7 +492,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         let inner = &self.hub.inner;
         inner.close_session(&self.state, DisconnectReason::Normal);
-        inner.detach();
+        inner.detach(self.state.id);
     }
 }
 

@@ -814,3 +814,19 @@ async fn connection_limits_total_and_per_address() {
     drop(a1);
     assert!(hub.connect(from("10.0.0.1")).await.is_ok());
 }
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_also_aborts_transports_of_sessions_that_ended_before_it() {
+    let hub = open_hub();
+    // A session kicked before the shutdown whose transport never finishes writing.
+    let lingering = Mem::connect(&hub, Codec::Json).await;
+    assert!(hub.disconnect(lingering.id()));
+    assert_eq!(
+        lingering.conn.session.close_reason(),
+        Some(DisconnectReason::Kicked)
+    );
+    let (report, ()) = tokio::join!(hub.shutdown(Duration::from_secs(2)), async {
+        lingering.conn.session.aborted().await;
+    });
+    assert_eq!((report.sessions, report.forced), (0, 1));
+}

@@ -246,7 +246,7 @@ where
             biased;
             _ = session.aborted() => {
                 // Stalled or gone: try to say why, briefly, then drop the socket.
-                let reason = drain_close_reason(&mut outbox, &mut batch).await;
+                let reason = session.close_reason().unwrap_or(DisconnectReason::Normal);
                 let _ = tokio::time::timeout(Duration::from_millis(100), ws.send(close_msg(reason))).await;
                 return;
             }
@@ -321,22 +321,6 @@ where
             }
         }
     }
-}
-
-/// After an abort, finds the reason the session ended (it is the last item of the outbox).
-async fn drain_close_reason(
-    outbox: &mut hub_core::Outbox,
-    batch: &mut Vec<Outgoing>,
-) -> DisconnectReason {
-    batch.clear();
-    let _ = tokio::time::timeout(Duration::from_millis(10), outbox.next_batch(batch)).await;
-    batch
-        .iter()
-        .find_map(|o| match o {
-            Outgoing::Close(r) => Some(*r),
-            _ => None,
-        })
-        .unwrap_or(DisconnectReason::Normal)
 }
 
 fn frame_msg(bytes: Bytes, binary: bool) -> Message {
