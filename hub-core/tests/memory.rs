@@ -830,3 +830,43 @@ async fn shutdown_also_aborts_transports_of_sessions_that_ended_before_it() {
     });
     assert_eq!((report.sessions, report.forced), (0, 1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn room_limit_per_session_and_bad_room_names() {
+    let hub = Hub::builder()
+        .hooks(Open::default())
+        .max_rooms_per_session(2)
+        .build();
+    let mut a = Mem::connect(&hub, Codec::Json).await;
+    hub.join(a.id(), "r1").unwrap();
+    a.send(json!({"type": "join", "room": "r2", "id": 1})).await;
+    assert_eq!(
+        a.recv().await,
+        json!({"type": "reply", "id": 1, "data": null})
+    );
+    a.send(json!({"type": "join", "room": "r3", "id": 2})).await;
+    let e = a.recv().await;
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_u64()),
+        (Some("too_many_rooms"), Some(2))
+    );
+    assert_eq!(
+        hub.join(a.id(), "r3"),
+        Err(hub_core::RoomError::TooManyRooms)
+    );
+    assert_eq!(
+        hub.join(a.id(), "bad room"),
+        Err(hub_core::RoomError::BadRoom)
+    );
+    a.send(json!({"type": "join", "room": "", "id": 3})).await;
+    assert_eq!(a.recv().await["code"], "bad_room");
+    // Joining again is idempotent, and leaving frees a place.
+    hub.join(a.id(), "r1").unwrap();
+    a.send(json!({"type": "leave", "room": "r1", "id": 4}))
+        .await;
+    assert_eq!(a.recv().await["type"], "reply");
+    hub.join(a.id(), "r3").unwrap();
+    let mut rooms = hub.rooms_of(a.id());
+    rooms.sort();
+    assert_eq!(rooms, vec!["r2".to_owned(), "r3".to_owned()]);
+}
