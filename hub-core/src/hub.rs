@@ -115,6 +115,13 @@ impl HubBuilder {
         self
     }
 
+    /// Payload bytes kept per topic for resuming clients (the oldest messages go first when
+    /// either this or [`HubBuilder::history_len`] is exceeded). Default 1 MiB.
+    pub fn history_bytes(mut self, bytes: usize) -> Self {
+        self.config.history_bytes = bytes;
+        self
+    }
+
     /// What to do with a session whose queue is full. Default [`SlowConsumerPolicy::Disconnect`].
     pub fn slow_consumer(mut self, policy: SlowConsumerPolicy) -> Self {
         self.config.slow_consumer = policy;
@@ -250,6 +257,8 @@ pub(crate) struct Topic {
 struct TopicState {
     last_offset: u64,
     history: VecDeque<Arc<Shared>>,
+    /// Payload bytes held in `history`.
+    history_bytes: usize,
     subs: HashMap<SessionId, Sub>,
     /// Removed from the hub's table: whoever finds it dead looks the topic up again.
     dead: bool,
@@ -500,6 +509,7 @@ impl Inner {
                     state: Mutex::new(TopicState {
                         last_offset: 0,
                         history: VecDeque::new(),
+                        history_bytes: 0,
                         subs: HashMap::new(),
                         dead: false,
                     }),
@@ -542,9 +552,17 @@ impl Inner {
                 data: data.take().unwrap_or_default(),
             });
             if self.config.history_len > 0 {
+                st.history_bytes += message_size(&frame);
                 st.history.push_back(frame.clone());
-                while st.history.len() > self.config.history_len {
-                    st.history.pop_front();
+                // Oldest first, until both bounds hold: the history stays a contiguous suffix
+                // of the stream, which is what recovery relies on.
+                while st.history.len() > self.config.history_len
+                    || st.history_bytes > self.config.history_bytes
+                {
+                    match st.history.pop_front() {
+                        Some(old) => st.history_bytes -= message_size(&old),
+                        None => break,
+                    }
                 }
             }
             // Fan-out under the topic lock: every subscriber gets the topic's messages in
@@ -850,6 +868,14 @@ impl Inner {
         let weak = Arc::downgrade(self);
         let interval = self.config.heartbeat_interval;
         tokio::spawn(sweep(weak, interval));
+    }
+}
+
+/// The payload size of a history entry (what the history byte bound counts).
+fn message_size(frame: &Shared) -> usize {
+    match &frame.frame {
+        Frame::Message { data, .. } => data.as_bytes().len(),
+        _ => 0,
     }
 }
 

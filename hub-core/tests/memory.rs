@@ -870,3 +870,36 @@ async fn room_limit_per_session_and_bad_room_names() {
     rooms.sort();
     assert_eq!(rooms, vec!["r2".to_owned(), "r3".to_owned()]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn history_is_bounded_in_bytes_too() {
+    let hub = Hub::builder()
+        .hooks(Open::default())
+        .history_len(100)
+        .history_bytes(250)
+        .build();
+    let mut a = Mem::connect(&hub, Codec::Json).await;
+    a.send(json!({"type": "subscribe", "topic": "t", "id": 1}))
+        .await;
+    let epoch = a.recv().await["data"]["epoch"].as_str().unwrap().to_owned();
+    drop(a);
+    // Payloads of 102 bytes (a 100-character JSON string): only the last two fit in 250.
+    for _ in 1..=5 {
+        hub.publish("t", &"x".repeat(100)).unwrap();
+    }
+    let mut back = Mem::connect(&hub, Codec::Json).await;
+    back.send(json!({"type": "subscribe", "topic": "t", "since": {"epoch": epoch, "offset": 0}}))
+        .await;
+    let gap = back.recv().await;
+    assert_eq!(
+        (
+            gap["reason"].as_str(),
+            gap["from"].as_u64(),
+            gap["to"].as_u64()
+        ),
+        (Some("history"), Some(1), Some(3))
+    );
+    assert_eq!(back.recv().await["offset"], 4);
+    assert_eq!(back.recv().await["offset"], 5);
+    assert!(back.nothing_pending().await);
+}
