@@ -45,7 +45,8 @@ pub struct SessionId(pub(crate) u64);
 impl SessionId {
     /// Parses the id's text form (16 hex digits), as clients see it.
     pub fn parse(s: &str) -> Option<SessionId> {
-        if s.len() != 16 {
+        // Exactly 16 hex digits: from_str_radix alone would accept a sign (`+123...`).
+        if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         u64::from_str_radix(s, 16).ok().map(SessionId)

@@ -903,3 +903,11 @@ async fn history_is_bounded_in_bytes_too() {
     assert_eq!(back.recv().await["offset"], 5);
     assert!(back.nothing_pending().await);
 }
+
+#[test]
+fn session_ids_parse_only_as_16_hex_digits() {
+    assert!(hub_core::SessionId::parse("0123456789abcdef").is_some());
+    // Regression (found while fuzzing): from_str_radix alone accepted a sign.
+    assert!(hub_core::SessionId::parse("+123456789abcdef").is_none());
+    assert!(hub_core::SessionId::parse("0123456789abcdeg").is_none());
+}

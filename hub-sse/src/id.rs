@@ -154,6 +154,10 @@ fn unescape(s: &str) -> Option<String> {
         if b == b'%' {
             let hex = bytes.get(i + 1..i + 3)?;
             let hex = std::str::from_utf8(hex).ok()?;
+            // Exactly two hex digits: from_str_radix alone would accept a sign (`%+0`).
+            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else if plain(b) {
@@ -200,6 +204,8 @@ mod tests {
             "t=e",
             "t=e:x",
             "t=e:-1",
+            "%+0=5:7",
+            "t%+1=e:1",
             "t=e:99999999999999999999999",
             "=e:1",
             "t=:1",
