@@ -9,7 +9,7 @@
 //! | --- | --- | --- |
 //! | `POST <path>` (no `session`) | opens a session | `200` `{"session", "cursor", "encoding", "wait_ms", "timeout_ms"}` |
 //! | `GET <path>?session=S&cursor=C[&wait=ms]` | long-poll | `200` `{"cursor", "frames": [..]}` |
-//! | `POST <path>?session=S`, body = one client frame | a command | `202`, empty body |
+//! | `POST <path>?session=S` (+ `Hub-Command-Seq: <n>`), body = one client frame | a command | `202`, empty body |
 //! | `DELETE <path>?session=S` | closes the session | `204` |
 //!
 //! (`S` may come in a `Hub-Session` header instead; unknown query parameters are ignored.)
@@ -50,9 +50,10 @@
 //!   Whatever the hook reads is bound: a bearer token, a cookie, a query parameter (a renewed
 //!   token of the same user is fine). Unknown or expired session: 404 `unknown_session`; a
 //!   known id with the wrong secret, or another user's credentials: 403 `forbidden`;
-//!   credentials the hook refuses: its 401/403. A request repeated verbatim (same secret, same
-//!   credentials) is the owner's as far as the server can tell: keeping them from being
-//!   captured and replayed is TLS's job.
+//!   credentials the hook refuses: its 401/403. A replayed command (same secret, same
+//!   credentials) is refused if the session numbers its commands (below). Polls need no
+//!   number: a repeated poll acknowledges nothing its original did not (cursors); a repeated
+//!   close finds the session gone. Keeping requests from being captured at all is TLS's job.
 //! - **Shutdown** ([`Hub::shutdown`]): a session's last frames and its `close` frame
 //!   (`{"type":"close","code":1001,"reason":"shutdown"}`) answer its waiting poll (or the next
 //!   one); the session is let go once the client acknowledges the `close` (its next poll) or
@@ -63,6 +64,21 @@
 //!   everything else; the `POST` itself says only whether the frame was accepted: 413
 //!   `frame_too_large` over the hub's frame size limit, 400 `bad_frame` if it is not one
 //!   well-formed map in the session's encoding.
+//! - **Command numbers**: a command may carry `Hub-Command-Seq: <n>` ([`COMMAND_SEQ_HEADER`];
+//!   or the query parameter `seq=<n>`), 1, 2, 3, ... per session, one more for each new
+//!   command. The session keeps one entry: the last number that ran, a keyed hash of its body
+//!   and its answer. `last + 1` runs (to the end, even if the client drops the request) and
+//!   answers 202 with `Hub-Command-Seq: <n>`; `last` again with the same body does not run
+//!   again and gets the same answer plus `Hub-Command-Duplicate: 1` (a safe retry after a lost
+//!   answer; a retry that arrives while the first try runs waits for it); any other number,
+//!   or a malformed one, is refused with 409 `bad_seq` and a JSON body
+//!   `{"code", "message", "expected"}`, and nothing runs. Numbered commands of one session run
+//!   one at a time. Without a number, a command runs as before on a session that has never
+//!   numbered one, and is refused with 409 `bad_seq` on a session that has (stripping the
+//!   header does not make a command replayable); [`PollService::require_command_seq`]
+//!   refuses unnumbered commands on every session. Requests refused for other reasons consume
+//!   no number. Polls (idempotent by cursor) and closes (the first closes, a repeat gets 404)
+//!   take no number.
 //!
 //! # Example: bare hyper
 //!
@@ -101,6 +117,8 @@
 
 #![warn(missing_docs)]
 
+mod seq;
+
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
@@ -121,6 +139,16 @@ use hub_core::{
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use seq::{Answer, Sequencer, Verdict};
+
+/// The request header that numbers a command (`1`, `2`, ... per session): see "Command
+/// numbers" in the crate docs. The query parameter `seq` may carry it instead.
+pub const COMMAND_SEQ_HEADER: &str = seq::SEQ_HEADER;
+
+/// The answer header (`1`) of a retried command that was not run again: its first answer,
+/// repeated.
+pub const COMMAND_DUPLICATE_HEADER: &str = seq::DUPLICATE_HEADER;
 
 /// The transport's description for the hub: no pings (polls have their own rhythm), and the
 /// client's polls prove it alive.
@@ -156,6 +184,7 @@ struct Settings {
     batch_frames: usize,
     batch_bytes: usize,
     max_sessions: usize,
+    require_seq: bool,
 }
 
 /// The sessions of one service (shared by all its clones).
@@ -189,6 +218,8 @@ struct Entry {
     frames: Notify,
     /// Frames acknowledged: the pump may take more.
     room: Notify,
+    /// The session's command numbering (one entry: the last numbered command and its answer).
+    commands: Arc<Sequencer>,
 }
 
 struct State {
@@ -243,6 +274,7 @@ impl PollService {
                 batch_frames: 1024,
                 batch_bytes: 256 * 1024,
                 max_sessions: 100_000,
+                require_seq: false,
             }),
             table: Arc::new(Table {
                 sessions: Mutex::new(HashMap::new()),
@@ -296,6 +328,17 @@ impl PollService {
     #[must_use]
     pub fn max_sessions(mut self, n: usize) -> PollService {
         Arc::make_mut(&mut self.settings).max_sessions = n;
+        self
+    }
+
+    /// Whether every command must be numbered (`Hub-Command-Seq`). Off by default: an
+    /// unnumbered command is run on a session that has never numbered one (clients written
+    /// before numbers existed keep working), and refused with 409 `bad_seq` on a session that
+    /// has. On, unnumbered commands are always refused, so that no command of any session can
+    /// be replayed.
+    #[must_use]
+    pub fn require_command_seq(mut self, required: bool) -> PollService {
+        Arc::make_mut(&mut self.settings).require_seq = required;
         self
     }
 
@@ -432,6 +475,7 @@ impl PollService {
             }),
             frames: Notify::new(),
             room: Notify::new(),
+            commands: Arc::default(),
         });
         {
             let mut t = lock(&self.table.sessions);
@@ -634,6 +678,7 @@ impl PollService {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let presented = seq::presented(req.headers(), req.uri());
         let max = self.hub.max_frame_size();
         let too_large = || {
             error(
@@ -671,12 +716,57 @@ impl PollService {
                 "the session is closed",
             );
         }
+        // The command's number, if it has one: a replay or a retry stops here.
+        let digest = entry.commands.digest(&bytes);
+        let verdict = entry
+            .commands
+            .admit(presented, digest, self.settings.require_seq)
+            .await;
+        let ticket = match verdict {
+            Verdict::Unsequenced => None,
+            Verdict::Run(ticket) => Some(ticket),
+            Verdict::Duplicate { seq, answer } => {
+                tracing::debug!(session = %entry.id, seq, "a retried command, answered again");
+                lock(&entry.state).last_active = Instant::now();
+                return answered(seq, answer, true);
+            }
+            Verdict::Refuse { message, expected } => {
+                tracing::debug!(session = %entry.id, expected, "refused a command's number");
+                return bad_seq(message, expected);
+            }
+        };
         lock(&entry.state).last_active = Instant::now();
-        entry.session.handle(bytes).await;
-        let mut resp = Response::new(Full::new(Bytes::new()));
-        *resp.status_mut() = StatusCode::ACCEPTED;
-        no_store(&mut resp);
-        resp
+        let Some(ticket) = ticket else {
+            entry.session.handle(bytes).await;
+            let mut resp = Response::new(Full::new(Bytes::new()));
+            *resp.status_mut() = StatusCode::ACCEPTED;
+            no_store(&mut resp);
+            return resp;
+        };
+        // A numbered command runs to the end even if this request is dropped (the client gave
+        // up on it): its retry then gets its answer, and it never runs half or twice.
+        let seq = ticket.seq();
+        let accepted = Answer {
+            status: StatusCode::ACCEPTED,
+            body: Bytes::new(),
+        };
+        let done = accepted.clone();
+        let id = entry.id;
+        let task = tokio::spawn(async move {
+            entry.session.handle(bytes).await;
+            ticket.finish(done);
+        });
+        match task.await {
+            Ok(()) => answered(seq, accepted, false),
+            Err(e) => {
+                tracing::warn!(session = %id, seq, "a command failed: {e}");
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the command failed on the server",
+                )
+            }
+        }
     }
 
     /// Ends the session at the client's request.
@@ -989,6 +1079,39 @@ fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> 
     let body = serde_json::json!({"code": code, "message": message.into()}).to_string();
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_TYPE));
+    no_store(&mut resp);
+    resp
+}
+
+/// The answer to a numbered command: the first time, or again (`duplicate`) for a retry.
+fn answered(seq: u64, answer: Answer, duplicate: bool) -> Response<Body> {
+    let json = !answer.body.is_empty();
+    let mut resp = Response::new(Full::new(answer.body));
+    *resp.status_mut() = answer.status;
+    no_store(&mut resp);
+    let h = resp.headers_mut();
+    if json {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_TYPE));
+    }
+    h.insert(COMMAND_SEQ_HEADER, HeaderValue::from(seq));
+    if duplicate {
+        h.insert(COMMAND_DUPLICATE_HEADER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+/// 409 `bad_seq`: nothing ran; `expected` is the number the next new command must carry.
+fn bad_seq(message: String, expected: u64) -> Response<Body> {
+    let body = serde_json::json!({
+        "code": seq::BAD_SEQ,
+        "message": message,
+        "expected": expected,
+    })
+    .to_string();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = StatusCode::CONFLICT;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_TYPE));
     no_store(&mut resp);

@@ -194,6 +194,16 @@ impl Client {
         http(self.addr, "POST", &uri, &self.headers(), body).await
     }
 
+    /// Sends one command frame numbered `seq` (a `Hub-Command-Seq` header), or unnumbered.
+    async fn send_numbered(&self, frame: &Value, seq: Option<&str>) -> Resp {
+        let uri = format!("/poll?session={}", self.session);
+        let mut headers = self.headers();
+        if let Some(seq) = seq {
+            headers.push(("hub-command-seq", seq));
+        }
+        http(self.addr, "POST", &uri, &headers, frame.to_string()).await
+    }
+
     /// Polls with an explicit cursor, without moving this client's cursor.
     async fn poll_at(&self, cursor: &str, wait_ms: u64) -> Batch {
         let uri = format!(
@@ -1384,4 +1394,206 @@ async fn a_stalled_poller_is_cut_off_while_an_active_one_gets_every_message_in_o
     let b = stalled.poll_at(&stalled.cursor.clone(), 0).await;
     assert_eq!(b.status, StatusCode::NOT_FOUND);
     assert_eq!(poll.session_count(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Numbered commands: a replay is refused, a retry is answered again without running twice.
+
+/// Asserts a 409 `bad_seq` that expects `expected` next.
+#[track_caller]
+fn assert_bad_seq(r: &Resp, expected: u64) {
+    assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
+    assert_eq!(r.headers["content-type"], "application/json");
+    let v = r.json();
+    assert_eq!(v["code"], "bad_seq", "{v}");
+    assert_eq!(v["expected"], expected, "{v}");
+    assert!(v["message"]
+        .as_str()
+        .unwrap()
+        .contains(&expected.to_string()));
+    assert!(r.headers.get("hub-command-duplicate").is_none());
+}
+
+#[tokio::test]
+async fn a_numbered_publish_runs_once_however_often_it_is_replayed() {
+    let hub = Hub::builder().hooks(TestHooks).build();
+    let poll = PollService::new(hub.clone());
+    let addr = serve(&hub, &poll).await;
+    let mut ana = Client::open(addr, "", &[("authorization", "Bearer ana-token")]).await;
+    let mut bob = Client::open(addr, "", &[("authorization", "Bearer bob-token")]).await;
+    bob.request(json!({"type": "subscribe", "topic": "t"}), 1)
+        .await;
+    let publish = |n: u64| json!({"type": "publish", "topic": "t", "data": n, "id": n});
+
+    // Command 1 runs: 202, numbered, not a duplicate.
+    let r = ana.send_numbered(&publish(1), Some("1")).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert!(r.body.is_empty());
+    assert_eq!(r.headers["hub-command-seq"], "1");
+    assert!(r.headers.get("hub-command-duplicate").is_none());
+    // The same request again (a retry after a lost answer, or a replay): the same answer,
+    // marked as a duplicate, and it does not run again.
+    for _ in 0..2 {
+        let r = ana.send_numbered(&publish(1), Some("1")).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED);
+        assert!(r.body.is_empty());
+        assert_eq!(r.headers["hub-command-seq"], "1");
+        assert_eq!(r.headers["hub-command-duplicate"], "1");
+    }
+    let r = ana.send_numbered(&publish(2), Some("2")).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert!(r.headers.get("hub-command-duplicate").is_none());
+    // Replays of older commands, skips, malformed numbers, a number reused for another
+    // command, and no number on a session that numbers its commands: 409, nothing runs.
+    assert_bad_seq(&ana.send_numbered(&publish(1), Some("1")).await, 3);
+    assert_bad_seq(&ana.send_numbered(&publish(4), Some("4")).await, 3);
+    for bad in ["0", "-1", "abc", "3.0", "99999999999999999999", ""] {
+        assert_bad_seq(&ana.send_numbered(&publish(3), Some(bad)).await, 3);
+    }
+    assert_bad_seq(&ana.send_numbered(&publish(9), Some("2")).await, 3);
+    assert_bad_seq(&ana.send_numbered(&publish(9), None).await, 3);
+    // The query parameter numbers a command too.
+    let uri = format!("/poll?session={}&seq=3", ana.session);
+    let r = http(addr, "POST", &uri, &ana.headers(), publish(3).to_string()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(r.headers["hub-command-seq"], "3");
+
+    // Exactly three publishes ran: Bob got each once, in order, then the marker.
+    hub.publish("t", &json!("marker")).unwrap();
+    let frames = bob.poll_until(|f| f["data"] == "marker").await;
+    assert_eq!(
+        messages(&frames, "t"),
+        [
+            (1, json!(1)),
+            (2, json!(2)),
+            (3, json!(3)),
+            (4, json!("marker"))
+        ]
+    );
+    assert_eq!(hub.stats().published, 4);
+    // Ana got one reply per command that ran, and nothing for the refused or repeated
+    // requests.
+    let frames = ana.poll_until(|f| f["id"] == 3).await;
+    let kinds: Vec<String> = frames
+        .iter()
+        .map(|f| format!("{} {}", f["type"].as_str().unwrap(), f["id"]))
+        .collect();
+    assert_eq!(kinds, ["welcome null", "reply 1", "reply 2", "reply 3"]);
+    let more = ana.poll(0).await;
+    assert!(more.is_empty(), "{more:?}");
+}
+
+#[tokio::test]
+async fn unnumbered_commands_work_until_a_session_numbers_one_or_the_server_requires_it() {
+    // By default: a session that never numbered a command runs unnumbered ones (older
+    // clients), the same request twice included: it cannot tell a replay from a repeat.
+    let hub = Hub::builder().build();
+    let poll = PollService::new(hub.clone());
+    let addr = serve(&hub, &poll).await;
+    let mut c = Client::open(addr, "", &[]).await;
+    let ping = |id: u64| json!({"type": "ping", "id": id});
+    for _ in 0..2 {
+        let r = c.send_numbered(&ping(1), None).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED);
+        assert!(r.headers.get("hub-command-seq").is_none());
+    }
+    // Numbering starts at 1, whatever ran before; from then on a number is required.
+    assert_bad_seq(&c.send_numbered(&ping(3), Some("3")).await, 1);
+    let r = c.send_numbered(&ping(2), Some("1")).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_bad_seq(&c.send_numbered(&ping(9), None).await, 2);
+    let r = c.send_numbered(&ping(3), Some("2")).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let frames = c.poll_until(|f| f["id"] == 3).await;
+    assert_eq!(frames[0]["type"], "welcome");
+    assert_eq!(
+        frames[1..],
+        [
+            ping_answer(1),
+            ping_answer(1),
+            ping_answer(2),
+            ping_answer(3)
+        ]
+    );
+    // Each session numbers on its own: another one may still go unnumbered.
+    let d = Client::open(addr, "", &[]).await;
+    let r = d.send_numbered(&ping(1), None).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+
+    // A server that requires numbers refuses unnumbered commands on every session.
+    let poll = PollService::new(hub.clone()).require_command_seq(true);
+    let addr = serve(&hub, &poll).await;
+    let mut c = Client::open(addr, "", &[]).await;
+    assert_bad_seq(&c.send_numbered(&ping(1), None).await, 1);
+    let r = c.send_numbered(&ping(1), Some("1")).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let frames = c.poll_until(|f| f["type"] == "pong").await;
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    assert_eq!(frames[1], ping_answer(1));
+}
+
+fn ping_answer(id: u64) -> Value {
+    json!({"type": "pong", "id": id})
+}
+
+#[tokio::test]
+async fn a_command_whose_client_gave_up_runs_once_and_its_retry_gets_the_answer() {
+    // `slow` events wait until the test lets them finish; runs are counted.
+    let (entered_tx, mut entered) = tokio::sync::watch::channel(0u32);
+    let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let gate = release.clone();
+    let hub = Hub::builder()
+        .on_event(
+            "slow",
+            move |_ctx: hub_core::EventContext, data: Payload| {
+                let (entered, gate) = (entered_tx.clone(), gate.clone());
+                async move {
+                    entered.send_modify(|n| *n += 1);
+                    let _permit = gate.acquire().await;
+                    Ok(Some(data))
+                }
+            },
+        )
+        .build();
+    let poll = PollService::new(hub.clone());
+    let addr = serve(&hub, &poll).await;
+    let mut c = Client::open(addr, "", &[]).await;
+    let frame = json!({"type": "event", "event": "slow", "data": "once", "id": 1});
+
+    // The first try starts running; then its client gives up (the connection closes).
+    let (session, first_frame) = (c.session.clone(), frame.to_string());
+    let first = tokio::spawn(async move {
+        let uri = format!("/poll?session={session}");
+        http(addr, "POST", &uri, &[("hub-command-seq", "1")], first_frame).await
+    });
+    timeout(LIMIT, entered.wait_for(|n| *n == 1))
+        .await
+        .expect("the command never ran")
+        .unwrap();
+    first.abort();
+    let _ = first.await;
+    // The retry waits for the run (or finds it done), and gets its answer, as a duplicate.
+    let (session, retry_frame) = (c.session.clone(), frame.to_string());
+    let retry = tokio::spawn(async move {
+        let uri = format!("/poll?session={session}");
+        http(addr, "POST", &uri, &[("hub-command-seq", "1")], retry_frame).await
+    });
+    release.add_permits(1);
+    let r = timeout(LIMIT, retry).await.unwrap().unwrap();
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(r.headers["hub-command-duplicate"], "1");
+    // It ran once: one reply, then the next command's answer right after it.
+    let r = c
+        .send_numbered(&json!({"type": "ping", "id": 2}), Some("2"))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let frames = c.poll_until(|f| f["type"] == "pong").await;
+    assert_eq!(
+        frames[1..],
+        [
+            json!({"type": "reply", "id": 1, "data": "once"}),
+            ping_answer(2)
+        ]
+    );
+    assert_eq!(*entered.borrow(), 1);
 }

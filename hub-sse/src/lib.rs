@@ -6,7 +6,7 @@
 //! | request | does |
 //! | --- | --- |
 //! | `GET <path>?topic=a&topic=b` | opens a `text/event-stream` following topics `a` and `b` |
-//! | `POST <path>?session=<id>` + header `Hub-Session-Token: <token>` | sends one client frame (JSON, as in PROTOCOL.md) to that stream's session; `202 Accepted`, the answer arrives on the stream |
+//! | `POST <path>?session=<id>` + header `Hub-Session-Token: <token>` (+ `Hub-Command-Seq: <n>`) | sends one client frame (JSON, as in PROTOCOL.md) to that stream's session; `202 Accepted`, the answer arrives on the stream |
 //! | `OPTIONS <path>` | CORS preflight for the POST |
 //!
 //! - **Events**: every hub frame is one SSE event, `event: <frame type>` (`message`, `reply`,
@@ -41,9 +41,23 @@
 //!   authenticate hook, on the `POST`'s headers, cookies, query and peer) and must come from
 //!   the user the stream belongs to. Unknown ids get 404; a wrong token 403; credentials the
 //!   hook refuses get its 401/403; another user's credentials 403. The token travels in a
-//!   custom header, so a cross-site form cannot send it (CSRF). A command repeated verbatim
-//!   (same token, same credentials) is the owner's as far as the server can tell: keeping
-//!   tokens and credentials from being captured and replayed is TLS's job.
+//!   custom header, so a cross-site form cannot send it (CSRF). A replayed command (same
+//!   token, same credentials) is refused if the stream numbers its commands (below); an
+//!   unnumbered one is the owner's as far as the server can tell.
+//! - **Command numbers**: a command may carry `Hub-Command-Seq: <n>` ([`COMMAND_SEQ_HEADER`];
+//!   or the query parameter `seq=<n>`), 1, 2, 3, ... per stream, one more for each new
+//!   command. The stream keeps one entry: the last number that ran, a keyed hash of its body
+//!   and its answer. `last + 1` runs (to the end, even if the client drops the request) and
+//!   answers 202 with `Hub-Command-Seq: <n>`; `last` again with the same body does not run
+//!   again and gets the same answer plus `Hub-Command-Duplicate: 1` (a safe retry after a lost
+//!   answer; a retry that arrives while the first try runs waits for it); any other number,
+//!   or a malformed one, is refused with 409 `bad_seq` and a JSON body
+//!   `{"code", "message", "expected"}`, and nothing runs. Numbered commands of one stream run
+//!   one at a time. Without a number, a command runs as before on a stream that has never
+//!   numbered one, and is refused with 409 `bad_seq` on a stream that has (stripping the
+//!   header does not make a command replayable); [`SseService::require_command_seq`] refuses
+//!   unnumbered commands on every stream. Requests refused for other reasons consume no
+//!   number. Each stream (each reconnection) starts again at 1.
 //! - **Encoding**: SSE is text, so JSON only; `?encoding=msgpack` is refused with 406
 //!   `bad_encoding`.
 //! - **CORS**: [`SseService::allow_origins`] lets pages of other origins open streams and send
@@ -87,7 +101,9 @@
 //! es.onmessage = (e) => { const m = JSON.parse(e.data); console.log(m.topic, m.data); };
 //! // later: subscribe to one more topic on the same stream (the page's cookies go along: the
 //! // command must come from the stream's user)
-//! fetch(cmd.commands, { method: "POST", headers: { "Hub-Session-Token": cmd.token },
+//! // (numbered: a retry after a lost answer does not run it twice; start at 1 per stream)
+//! fetch(cmd.commands, { method: "POST",
+//!   headers: { "Hub-Session-Token": cmd.token, "Hub-Command-Seq": "1" },
 //!   body: JSON.stringify({ type: "subscribe", topic: "metrics/db", id: 1 }) });
 //! ```
 
@@ -96,6 +112,7 @@
 mod body;
 mod id;
 mod registry;
+mod seq;
 
 use std::convert::Infallible;
 use std::fmt;
@@ -121,6 +138,7 @@ pub use body::Body;
 use body::{lock, write_event, Held, Writer};
 use id::Cursor;
 use registry::{new_token, token_matches, token_text, Entry, Registry};
+use seq::{Answer, Verdict};
 
 /// The transport's description for the hub: one-way, with comment-line pings; a gone client is
 /// noticed when its connection closes, not by the heartbeat timeout.
@@ -132,6 +150,14 @@ pub const TRANSPORT: TransportInfo = TransportInfo {
 
 /// The request header that carries a stream's command token on `POST`.
 pub const TOKEN_HEADER: &str = "hub-session-token";
+
+/// The request header that numbers a command (`1`, `2`, ... per stream): see "Command
+/// numbers" in the crate docs. The query parameter `seq` may carry it instead.
+pub const COMMAND_SEQ_HEADER: &str = seq::SEQ_HEADER;
+
+/// The answer header (`1`) of a retried command that was not run again: its first answer,
+/// repeated.
+pub const COMMAND_DUPLICATE_HEADER: &str = seq::DUPLICATE_HEADER;
 
 /// The default reconnection delay sent in `retry:`.
 pub const DEFAULT_RETRY: Duration = Duration::from_secs(3);
@@ -152,6 +178,7 @@ enum Cors {
 struct Settings {
     retry: Duration,
     cors: Cors,
+    require_seq: bool,
 }
 
 /// A service that serves server-sent event streams of a [`Hub`] and their command endpoint.
@@ -187,6 +214,7 @@ impl SseService {
             settings: Arc::new(Settings {
                 retry: DEFAULT_RETRY,
                 cors: Cors::SameOrigin,
+                require_seq: false,
             }),
         }
     }
@@ -203,6 +231,17 @@ impl SseService {
     #[must_use]
     pub fn retry(mut self, delay: Duration) -> SseService {
         Arc::make_mut(&mut self.settings).retry = delay;
+        self
+    }
+
+    /// Whether every command must be numbered (`Hub-Command-Seq`). Off by default: an
+    /// unnumbered command is run on a stream that has never numbered one (clients written
+    /// before numbers existed keep working), and refused with 409 `bad_seq` on a stream that
+    /// has. On, unnumbered commands are always refused, so that no command of any stream can
+    /// be replayed.
+    #[must_use]
+    pub fn require_command_seq(mut self, required: bool) -> SseService {
+        Arc::make_mut(&mut self.settings).require_seq = required;
         self
     }
 
@@ -273,6 +312,7 @@ impl SseService {
                     header::ACCESS_CONTROL_ALLOW_ORIGIN,
                     HeaderValue::from_static("*"),
                 );
+                h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose_headers());
             }
             (Cors::List(_), Some(origin)) => {
                 h.append(header::VARY, HeaderValue::from_static("Origin"));
@@ -282,6 +322,7 @@ impl SseService {
                         header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
                         HeaderValue::from_static("true"),
                     );
+                    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose_headers());
                 }
             }
         }
@@ -304,7 +345,7 @@ impl SseService {
         h.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             HeaderValue::from_static(
-                "content-type, authorization, last-event-id, hub-session-token",
+                "content-type, authorization, last-event-id, hub-session-token, hub-command-seq",
             ),
         );
         h.insert(
@@ -491,6 +532,7 @@ impl SseService {
                 user: Arc::from(session.identity().user_id()),
                 session: Arc::downgrade(&session),
                 cursor: cursor.clone(),
+                commands: Arc::default(),
             },
         );
         tracing::debug!(parent: &span, topics = topics.len(), resumed = resumed_topics.len(), "stream opened");
@@ -582,6 +624,7 @@ impl SseService {
         let Some(session) = entry.session.upgrade() else {
             return unknown_session();
         };
+        let presented = seq::presented(req.headers(), req.uri());
         let content_type = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -650,20 +693,77 @@ impl SseService {
         let topic = map.get("topic").and_then(|t| t.as_str());
         let request_id = map.get("id").and_then(|i| i.as_u64());
         // Keep the event id in step with subscriptions made and dropped by command.
-        if let ("subscribe", Some(topic), Some(rid)) = (kind, topic, request_id) {
-            let since = map.get("since").and_then(|s| {
-                let epoch = s.get("epoch")?.as_str()?.to_owned();
-                Some((epoch, s.get("offset")?.as_u64()?))
-            });
-            lock(&entry.cursor).expect_subscribe_reply(rid, topic, since);
+        let subscribing = match (kind, topic, request_id) {
+            ("subscribe", Some(topic), Some(rid)) => {
+                let since = map.get("since").and_then(|s| {
+                    let epoch = s.get("epoch")?.as_str()?.to_owned();
+                    Some((epoch, s.get("offset")?.as_u64()?))
+                });
+                Some((rid, topic.to_owned(), since))
+            }
+            _ => None,
+        };
+        let unsubscribing = match (kind, topic) {
+            ("unsubscribe", Some(topic)) => Some(topic.to_owned()),
+            _ => None,
+        };
+        // The command's number, if it has one: a replay or a retry stops here.
+        let digest = entry.commands.digest(&bytes);
+        let ticket = match entry
+            .commands
+            .admit(presented, digest, self.settings.require_seq)
+            .await
+        {
+            Verdict::Unsequenced => None,
+            Verdict::Run(ticket) => Some(ticket),
+            Verdict::Duplicate { seq, answer } => {
+                tracing::debug!(session = %id, seq, "a retried command, answered again");
+                return answered(seq, answer, true);
+            }
+            Verdict::Refuse { message, expected } => {
+                tracing::debug!(session = %id, expected, "refused a command's number");
+                return bad_seq(&message, expected);
+            }
+        };
+        let cursor = entry.cursor.clone();
+        let run = async move {
+            if let Some((rid, topic, since)) = subscribing {
+                lock(&cursor).expect_subscribe_reply(rid, &topic, since);
+            }
+            session.handle(bytes).await;
+            if let Some(topic) = unsubscribing {
+                lock(&cursor).remove(&topic);
+            }
+        };
+        let Some(ticket) = ticket else {
+            run.await;
+            let mut resp = Response::new(Body::empty());
+            *resp.status_mut() = StatusCode::ACCEPTED;
+            return resp;
+        };
+        // A numbered command runs to the end even if this request is dropped (the client gave
+        // up on it): its retry then gets its answer, and it never runs half or twice.
+        let seq = ticket.seq();
+        let accepted = Answer {
+            status: StatusCode::ACCEPTED,
+            body: Bytes::new(),
+        };
+        let done = accepted.clone();
+        let task = tokio::spawn(async move {
+            run.await;
+            ticket.finish(done);
+        });
+        match task.await {
+            Ok(()) => answered(seq, accepted, false),
+            Err(e) => {
+                tracing::warn!(session = %id, seq, "a command failed: {e}");
+                error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the command failed on the server",
+                )
+            }
         }
-        session.handle(bytes).await;
-        if let ("unsubscribe", Some(topic)) = (kind, topic) {
-            lock(&entry.cursor).remove(topic);
-        }
-        let mut resp = Response::new(Body::empty());
-        *resp.status_mut() = StatusCode::ACCEPTED;
-        resp
     }
 }
 
@@ -753,9 +853,50 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Bod
     resp
 }
 
+/// The answer headers a cross-origin page may read: the command numbering's.
+fn expose_headers() -> HeaderValue {
+    HeaderValue::from_static("hub-command-seq, hub-command-duplicate")
+}
+
 fn refusal(rej: &Rejection) -> Response<Body> {
     let status = StatusCode::from_u16(rej.status()).unwrap_or(StatusCode::FORBIDDEN);
     error_response(status, rej.code(), rej.message())
+}
+
+/// The answer to a numbered command: the first time, or again (`duplicate`) for a retry.
+fn answered(seq: u64, answer: Answer, duplicate: bool) -> Response<Body> {
+    let json = !answer.body.is_empty();
+    let mut resp = Response::new(Body::full(answer.body));
+    *resp.status_mut() = answer.status;
+    let h = resp.headers_mut();
+    if json {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    h.insert(COMMAND_SEQ_HEADER, HeaderValue::from(seq));
+    if duplicate {
+        h.insert(COMMAND_DUPLICATE_HEADER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+/// 409 `bad_seq`: nothing ran; `expected` is the number the next new command must carry.
+fn bad_seq(message: &str, expected: u64) -> Response<Body> {
+    let body = serde_json::json!({
+        "code": seq::BAD_SEQ,
+        "message": message,
+        "expected": expected,
+    })
+    .to_string();
+    let mut resp = Response::new(Body::full(body));
+    *resp.status_mut() = StatusCode::CONFLICT;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 fn unknown_session() -> Response<Body> {

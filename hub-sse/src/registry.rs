@@ -7,6 +7,7 @@ use hub_core::{Session, SessionId};
 
 use crate::body::lock;
 use crate::id::Cursor;
+use crate::seq::Sequencer;
 
 /// Bytes of randomness in a command token.
 pub(crate) const TOKEN_BYTES: usize = 32;
@@ -20,6 +21,8 @@ pub(crate) struct Entry {
     pub(crate) user: Arc<str>,
     pub(crate) session: Weak<Session>,
     pub(crate) cursor: Arc<Mutex<Cursor>>,
+    /// The stream's command numbering (one entry: the last numbered command and its answer).
+    pub(crate) commands: Arc<Sequencer>,
 }
 
 /// One entry per open stream (so it is bounded by the hub's session limits), removed when the

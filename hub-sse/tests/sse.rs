@@ -999,6 +999,7 @@ async fn cors_lets_allowed_origins_stream_and_post() {
         .contains("POST"));
     let allowed = h["access-control-allow-headers"].to_str().unwrap();
     assert!(allowed.contains("hub-session-token") && allowed.contains("content-type"));
+    assert!(allowed.contains("hub-command-seq"), "{allowed}");
     let (status, h, _, _c) = send(srv.addr, opts("http://evil.example")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(h.get("access-control-allow-origin").is_none());
@@ -1021,12 +1022,20 @@ async fn cors_lets_allowed_origins_stream_and_post() {
             ("hub-session-token", &cmd.token),
             ("x-user", "ana"),
             ("origin", "http://dash.example"),
+            ("hub-command-seq", "1"),
         ],
         r#"{"type":"ping","id":1}"#,
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(h["access-control-allow-origin"], "http://dash.example");
+    // The page may read the numbering's answer headers.
+    assert_eq!(h["hub-command-seq"], "1");
+    let exposed = h["access-control-expose-headers"].to_str().unwrap();
+    assert!(
+        exposed.contains("hub-command-seq") && exposed.contains("hub-command-duplicate"),
+        "{exposed}"
+    );
     assert_eq!(s.next().await.event, "pong");
     // Another origin's page gets no CORS grant (its browser will not let it read).
     let other = open(
@@ -1522,4 +1531,229 @@ async fn a_stalled_reader_is_cut_off_while_an_active_one_gets_every_message_in_o
         bytes < 1024 * 1024 && got < TOTAL / 4,
         "held {got} events ({bytes} bytes) for a stalled reader"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Numbered commands: a replay is refused, a retry is answered again without running twice.
+
+/// POSTs `frame` as ana, with the stream's token, numbered by `seq` (a `Hub-Command-Seq`
+/// header) unless it is `None`. Returns status, headers and the JSON body (`null` if empty).
+async fn numbered(
+    addr: SocketAddr,
+    cmd: &Cmd,
+    seq: Option<&str>,
+    frame: &Value,
+) -> (StatusCode, HeaderMap, Value) {
+    let mut headers = vec![("hub-session-token", cmd.token.as_str()), ("x-user", "ana")];
+    if let Some(seq) = seq {
+        headers.push(("hub-command-seq", seq));
+    }
+    let (status, headers, body) = post(addr, &cmd.url, &headers, frame.to_string()).await;
+    let body = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&body).unwrap()
+    };
+    (status, headers, body)
+}
+
+/// Asserts a 409 `bad_seq` that expects `expected` next.
+#[track_caller]
+fn assert_bad_seq(answer: &(StatusCode, HeaderMap, Value), expected: u64) {
+    let (status, headers, body) = answer;
+    assert_eq!(*status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(body["code"], "bad_seq", "{body}");
+    assert_eq!(body["expected"], expected, "{body}");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains(&expected.to_string()));
+    assert!(headers.get("hub-command-duplicate").is_none());
+}
+
+#[tokio::test]
+async fn a_numbered_publish_runs_once_however_often_it_is_replayed() {
+    let srv = default_server().await;
+    // Ana sends; Bob only listens.
+    let mut ana = open(srv.addr, "/events?user=ana&topic=chat/x", &[]).await;
+    let cmd = ana.handshake().await;
+    let mut bob = open(srv.addr, "/events?user=bob&topic=chat/x", &[]).await;
+    bob.handshake().await;
+    let publish = |n: u64| json!({"type":"publish","topic":"chat/x","data":n,"id":n});
+
+    // Command 1 runs: 202, numbered, not a duplicate.
+    let (status, h, body) = numbered(srv.addr, &cmd, Some("1"), &publish(1)).await;
+    assert_eq!((status, body), (StatusCode::ACCEPTED, Value::Null));
+    assert_eq!(h["hub-command-seq"], "1");
+    assert!(h.get("hub-command-duplicate").is_none());
+    // The same request again (a retry after a lost answer, or a replay): the same answer,
+    // marked as a duplicate, and it does not run again.
+    for _ in 0..2 {
+        let (status, h, body) = numbered(srv.addr, &cmd, Some("1"), &publish(1)).await;
+        assert_eq!((status, body), (StatusCode::ACCEPTED, Value::Null));
+        assert_eq!(h["hub-command-seq"], "1");
+        assert_eq!(h["hub-command-duplicate"], "1");
+    }
+    // Command 2 runs.
+    let (status, h, _) = numbered(srv.addr, &cmd, Some("2"), &publish(2)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert!(h.get("hub-command-duplicate").is_none());
+    // Replays of older commands, skips, malformed numbers, a number reused for another
+    // command, and no number at all on a stream that numbers its commands: 409, nothing runs.
+    assert_bad_seq(&numbered(srv.addr, &cmd, Some("1"), &publish(1)).await, 3);
+    assert_bad_seq(&numbered(srv.addr, &cmd, Some("4"), &publish(4)).await, 3);
+    for bad in ["0", "-1", "abc", "3.0", "99999999999999999999", ""] {
+        assert_bad_seq(&numbered(srv.addr, &cmd, Some(bad), &publish(3)).await, 3);
+    }
+    assert_bad_seq(&numbered(srv.addr, &cmd, Some("2"), &publish(9)).await, 3);
+    assert_bad_seq(&numbered(srv.addr, &cmd, None, &publish(9)).await, 3);
+    // The query parameter numbers a command too (for clients that cannot set headers), and
+    // must agree with the header when both are given.
+    let url = format!("{}&seq=3", cmd.url);
+    let auth = [("hub-session-token", cmd.token.as_str()), ("x-user", "ana")];
+    let (status, _, body) = post(
+        srv.addr,
+        &url,
+        &[auth[0], auth[1], ("hub-command-seq", "4")],
+        publish(3).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, h, _) = post(srv.addr, &url, &auth, publish(3).to_string()).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(h["hub-command-seq"], "3");
+
+    // Exactly three publishes ran: Bob got each once, in order, then the marker.
+    srv.hub.publish("chat/x", &json!("marker")).unwrap();
+    for (offset, data) in [
+        (1, json!(1)),
+        (2, json!(2)),
+        (3, json!(3)),
+        (4, json!("marker")),
+    ] {
+        assert_eq!(message("chat/x", &bob.next().await), (offset, data));
+    }
+    assert_eq!(srv.hub.stats().published, 4);
+    // Ana, subscribed too, got each message and one reply per command that ran, and nothing
+    // for the refused or repeated requests.
+    let mut seen = Vec::new();
+    loop {
+        let ev = ana.next().await;
+        let v = ev.json();
+        match ev.event.as_str() {
+            "message" => seen.push(format!("message {}", v["data"])),
+            other => seen.push(format!("{other} {}", v["id"])),
+        }
+        if v["data"] == "marker" {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "message 1",
+            "reply 1",
+            "message 2",
+            "reply 2",
+            "message 3",
+            "reply 3",
+            "message \"marker\""
+        ]
+    );
+}
+
+#[tokio::test]
+async fn unnumbered_commands_work_until_a_stream_numbers_one_or_the_server_requires_it() {
+    // By default: a stream that never numbered a command runs unnumbered ones (older clients),
+    // the same request twice included: it cannot tell a replay from a repeat.
+    let srv = default_server().await;
+    let mut s = open(srv.addr, "/events?user=ana", &[]).await;
+    let cmd = s.handshake().await;
+    let ping = json!({"type":"ping","id":1});
+    for _ in 0..2 {
+        let (status, h, _) = numbered(srv.addr, &cmd, None, &ping).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert!(h.get("hub-command-seq").is_none());
+    }
+    for _ in 0..2 {
+        assert_eq!(s.next().await.json(), json!({"type":"pong","id":1}));
+    }
+    // Numbering starts at 1, whatever ran before; from then on a number is required.
+    assert_bad_seq(&numbered(srv.addr, &cmd, Some("3"), &ping).await, 1);
+    let (status, _, _) = numbered(srv.addr, &cmd, Some("1"), &ping).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_bad_seq(&numbered(srv.addr, &cmd, None, &ping).await, 2);
+    // Each stream numbers on its own: another stream of the same user starts at 1 and may
+    // still go unnumbered.
+    let mut t = open(srv.addr, "/events?user=ana", &[]).await;
+    let other = t.handshake().await;
+    let (status, _, _) = numbered(srv.addr, &other, None, &json!({"type":"ping","id":7})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(t.next().await.json(), json!({"type":"pong","id":7}));
+    // The first stream got exactly one more pong (command 1).
+    let (status, _, _) = numbered(srv.addr, &cmd, Some("2"), &json!({"type":"ping","id":2})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(s.next().await.json(), json!({"type":"pong","id":1}));
+    assert_eq!(s.next().await.json(), json!({"type":"pong","id":2}));
+
+    // A server that requires numbers refuses unnumbered commands on every stream.
+    let strict = serve(hub_builder(), |hub| {
+        SseService::new(hub).require_command_seq(true)
+    })
+    .await;
+    let mut s = open(strict.addr, "/events?user=ana", &[]).await;
+    let cmd = s.handshake().await;
+    assert_bad_seq(&numbered(strict.addr, &cmd, None, &ping).await, 1);
+    let (status, _, _) = numbered(strict.addr, &cmd, Some("1"), &ping).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(s.next().await.json(), json!({"type":"pong","id":1}));
+}
+
+#[tokio::test]
+async fn a_command_whose_client_gave_up_runs_once_and_its_retry_gets_the_answer() {
+    // `slow` events wait until the test lets them finish; runs are counted.
+    let (entered_tx, mut entered) = watch::channel(0u32);
+    let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let gate = release.clone();
+    let builder = hub_builder().on_event("slow", move |_ctx, data: Payload| {
+        let (entered, gate) = (entered_tx.clone(), gate.clone());
+        async move {
+            entered.send_modify(|n| *n += 1);
+            let _permit = gate.acquire().await;
+            Ok(Some(data))
+        }
+    });
+    let srv = serve(builder, SseService::new).await;
+    let mut s = open(srv.addr, "/events?user=ana", &[]).await;
+    let cmd = s.handshake().await;
+    let frame = json!({"type":"event","event":"slow","data":"once","id":1});
+
+    // The first try starts running; then its client gives up (the connection closes).
+    let (addr, first_cmd, first_frame) = (srv.addr, cmd.clone(), frame.clone());
+    let first =
+        tokio::spawn(async move { numbered(addr, &first_cmd, Some("1"), &first_frame).await });
+    tokio::time::timeout(WAIT, entered.wait_for(|n| *n == 1))
+        .await
+        .expect("the command never ran")
+        .unwrap();
+    first.abort();
+    let _ = first.await;
+    // The retry waits for the run (or finds it done), and gets its answer, as a duplicate.
+    let (addr, retry_cmd, retry_frame) = (srv.addr, cmd.clone(), frame.clone());
+    let retry =
+        tokio::spawn(async move { numbered(addr, &retry_cmd, Some("1"), &retry_frame).await });
+    release.add_permits(1);
+    let (status, h, _) = tokio::time::timeout(WAIT, retry).await.unwrap().unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(h["hub-command-duplicate"], "1");
+    // It ran once: one reply, then the next command's answer right after it.
+    let (status, _, _) = numbered(srv.addr, &cmd, Some("2"), &json!({"type":"ping","id":2})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        s.next().await.json(),
+        json!({"type":"reply","id":1,"data":"once"})
+    );
+    assert_eq!(s.next().await.json(), json!({"type":"pong","id":2}));
+    assert_eq!(*entered.borrow(), 1);
 }
