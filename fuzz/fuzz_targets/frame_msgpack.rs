@@ -1,0 +1,4 @@
+//! Fuzz target `frame_msgpack`: see `hub_fuzz` (fuzz/src/lib.rs) and fuzz/README.md.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hub_fuzz::frames(hub_core::Codec::MsgPack, data));
