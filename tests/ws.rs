@@ -217,6 +217,73 @@ async fn server_publish_reaches_subscribers_in_order_over_hyper_and_axum() {
     assert!(body.ends_with("ok"), "{body}");
 }
 
+/// hub-ws writes frames itself (vectored, never copied): every length class of the WebSocket
+/// header (7-bit, 16-bit, 64-bit), batches larger than one `writev` can carry, and pings among
+/// them must reach a strict client (tungstenite) whole and in order, in both encodings.
+#[tokio::test]
+async fn frames_of_every_length_class_and_huge_batches_arrive_whole_and_in_order() {
+    let hub = test_hub()
+        .queue_capacity(4096)
+        .heartbeat(Duration::from_millis(20), Duration::from_secs(5))
+        .build();
+    let addr = serve_hyper(hub.clone()).await;
+    for url in [
+        format!("ws://{addr}/?user=ana"),
+        format!("ws://{addr}/?user=bo&encoding=msgpack"),
+    ] {
+        let topic = format!("sizes/{}", url.len());
+        let mut c = Client::connect(&url).await;
+        c.subscribe(&topic).await;
+        // The hub's ping frames (written by hub-ws, not tungstenite) are valid to the client.
+        loop {
+            let msg = tokio::time::timeout(WAIT, c.ws.next()).await.unwrap();
+            if let Some(Ok(Message::Ping(p))) = msg {
+                assert!(p.is_empty());
+                break;
+            }
+        }
+        // Payload lengths that put the encoded frame on each side of the 125/126 and
+        // 65,535/65,536 boundaries, then 1,500 small frames queued while the client does not
+        // read (one batch of more than 512 frames), then more large ones.
+        let mut sent: Vec<String> = Vec::new();
+        for n in [
+            0, 60, 61, 62, 63, 64, 65, 200, 65_400, 65_500, 65_600, 70_000, 300_000,
+        ] {
+            sent.push("z".repeat(n));
+        }
+        for i in 0..1_500 {
+            sent.push(format!("small {i}"));
+        }
+        sent.push("w".repeat(200_000));
+        for data in &sent {
+            hub.publish(&topic, data).unwrap();
+        }
+        let mut got = 0;
+        while got < sent.len() {
+            let msg = tokio::time::timeout(WAIT, c.ws.next())
+                .await
+                .expect("timed out")
+                .expect("ended")
+                .expect("read error");
+            let v: Value = match msg {
+                Message::Text(t) if !c.binary => serde_json::from_str(&t).unwrap(),
+                Message::Binary(b) if c.binary => rmp_serde::from_slice(&b).unwrap(),
+                Message::Ping(_) => continue,
+                other => panic!("unexpected {other:?}"),
+            };
+            assert_eq!(v["type"], "message");
+            assert_eq!(v["offset"], got as u64 + 1, "order");
+            assert_eq!(v["data"].as_str().unwrap(), sent[got], "frame {got} intact");
+            got += 1;
+        }
+        assert!(c.quiet().await, "nothing after the last message");
+        // The session is still alive and answering.
+        c.send(json!({"type": "ping", "id": 9})).await;
+        assert_eq!(c.recv().await["type"], "pong");
+    }
+    assert_eq!(hub.stats().disconnects.get("slow_consumer"), None);
+}
+
 #[tokio::test]
 async fn json_and_msgpack_clients_on_one_topic_see_the_same_messages() {
     let hub = test_hub().build();

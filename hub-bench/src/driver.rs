@@ -66,7 +66,7 @@ pub(crate) struct Env {
     per_child: usize,
     timeout: f64,
     threads: Option<usize>,
-    /// Extra `--name value` options for our server (`ws-write-buffer`, `ws-read-buffer`).
+    /// Extra `--name value` options for our server (`ws-read-buffer`).
     server_extra: Vec<String>,
 }
 
@@ -98,7 +98,7 @@ impl Env {
             per_child: opts.get("per-child", 5000)?,
             timeout: opts.get("timeout", 120.0)?,
             threads: opts.str("threads").and_then(|t| t.parse().ok()),
-            server_extra: ["ws-write-buffer", "ws-read-buffer"]
+            server_extra: ["ws-read-buffer"]
                 .iter()
                 .filter_map(|k| opts.str(k).map(|v| [format!("--{k}"), v.to_owned()]))
                 .flatten()

@@ -48,7 +48,7 @@ COMMON OPTIONS (suite, run, smoke):
   --timeout S         bound of every phase (default 120)
   --threads N         the server's tokio worker threads (default: CPUs it may use)
   --peer-dir DIR      where the Node peer lives (default hub-bench/peer)
-  --ws-write-buffer N, --ws-read-buffer N   hub-ws buffer settings for our server
+  --ws-read-buffer N  hub-ws's read buffer (bytes) for our server
 
 Each run prints one JSON line on stdout and a table on stderr; suite adds a table of medians.
 ";

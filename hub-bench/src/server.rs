@@ -55,8 +55,7 @@ async fn serve(opts: &Opts) -> Res<()> {
             "transport {transport:?} is not supported (ws, sse)"
         )));
     }
-    // hub-ws's buffer settings, to measure their effect on memory (defaults: hub-ws's own).
-    let write_buffer: Option<usize> = opts.str("ws-write-buffer").and_then(|v| v.parse().ok());
+    // hub-ws's read buffer, to measure its effect on memory (default: hub-ws's own).
     let read_buffer: Option<usize> = opts.str("ws-read-buffer").and_then(|v| v.parse().ok());
     let hub = Hub::builder()
         .queue_capacity(queue)
@@ -113,9 +112,6 @@ async fn serve(opts: &Opts) -> Res<()> {
         };
         let _ = tcp.set_nodelay(true);
         let mut service = WsService::new(hub.clone()).with_peer(peer);
-        if let Some(n) = write_buffer {
-            service = service.write_buffer_size(n);
-        }
         if let Some(n) = read_buffer {
             service = service.read_buffer_size(n);
         }

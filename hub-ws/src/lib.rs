@@ -14,8 +14,9 @@
 //! - **Close codes**: 1009 for a frame over the hub's size limit, 1007 for a text frame that
 //!   is not UTF-8, 1008 for policy (kicked, slow consumer), 4000 for heartbeat timeout, 1001 on
 //!   shutdown (PROTOCOL.md, "Closing").
-//! - **Batched writes**: everything queued for the session is fed to the socket, then flushed
-//!   once, so a busy session writes many frames per system call.
+//! - **Batched, vectored writes**: everything queued for the session goes out in one `writev`
+//!   of `[header, payload]` pairs (up to 512 frames per call); the payload is the hub's encoding
+//!   of the frame, shared by every subscriber and never copied into a per-connection buffer.
 //!
 //! # Example: bare hyper
 //!
@@ -61,7 +62,8 @@ use hub_core::{
     Codec, ConnectRequest, Connection, DisconnectReason, Hub, Outgoing, Rejection, TransportInfo,
 };
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::io::{self, IoSlice};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -86,7 +88,6 @@ pub type Body = Full<Bytes>;
 #[derive(Debug, Clone)]
 struct WsSettings {
     read_buffer_size: usize,
-    write_buffer_size: usize,
 }
 
 /// A service that accepts WebSocket connections into a [`Hub`].
@@ -107,7 +108,6 @@ impl WsService {
             peer: None,
             settings: Arc::new(WsSettings {
                 read_buffer_size: 512,
-                write_buffer_size: 64 * 1024,
             }),
         }
     }
@@ -126,13 +126,6 @@ impl WsService {
     #[must_use]
     pub fn read_buffer_size(mut self, bytes: usize) -> WsService {
         Arc::make_mut(&mut self.settings).read_buffer_size = bytes.max(256);
-        self
-    }
-
-    /// Bytes of encoded frames gathered before a write is issued mid-batch. Default 64 KiB.
-    #[must_use]
-    pub fn write_buffer_size(mut self, bytes: usize) -> WsService {
-        Arc::make_mut(&mut self.settings).write_buffer_size = bytes;
         self
     }
 
@@ -166,7 +159,9 @@ impl WsService {
         let on_upgrade = hyper::upgrade::on(&mut req);
         let config = WebSocketConfig::default()
             .read_buffer_size(self.settings.read_buffer_size)
-            .write_buffer_size(self.settings.write_buffer_size)
+            // Only control frames (pongs, the close handshake) go through tungstenite's
+            // writer: out at once, no buffer kept.
+            .write_buffer_size(0)
             .max_message_size(Some(self.hub.max_frame_size()))
             .max_frame_size(Some(self.hub.max_frame_size()));
         let span = tracing::debug_span!(
@@ -232,6 +227,11 @@ impl<B: Send + 'static> hyper::service::Service<Request<B>> for WsService {
 }
 
 /// Moves frames between one socket and its session until either side ends.
+///
+/// Reading (and the answers the protocol requires: pongs, the close handshake) is
+/// tungstenite's. Writing the session's frames is not: the hub's frames are already encoded and
+/// shared by every subscriber, so they go to the socket as `[header, shared payload]` pairs in
+/// vectored writes, never copied into a per-connection buffer (see [`FrameWriter`]).
 async fn run<S>(mut ws: WebSocketStream<S>, conn: Connection)
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -240,12 +240,19 @@ where
         session,
         mut outbox,
     } = conn;
-    let binary = outbox.codec().is_binary();
+    let opcode = if outbox.codec().is_binary() {
+        OPCODE_BINARY
+    } else {
+        OPCODE_TEXT
+    };
     let mut batch: Vec<Outgoing> = Vec::new();
+    // Armed once for the session's life, not once per loop.
+    let aborted = session.aborted();
+    tokio::pin!(aborted);
     loop {
         tokio::select! {
             biased;
-            _ = session.aborted() => {
+            _ = &mut aborted => {
                 // Stalled or gone: try to say why, briefly, then drop the socket.
                 let reason = session.close_reason().unwrap_or(DisconnectReason::Normal);
                 let _ = tokio::time::timeout(Duration::from_millis(100), ws.send(close_msg(reason))).await;
@@ -255,32 +262,34 @@ where
                 if !more {
                     return;
                 }
-                let mut closing = None;
+                let closing = match batch.last() {
+                    Some(Outgoing::Close(reason)) => Some(*reason),
+                    _ => None,
+                };
                 let write = async {
-                    for item in batch.drain(..) {
-                        let msg = match item {
-                            Outgoing::Frame(bytes) => frame_msg(bytes, binary),
-                            Outgoing::Ping => Message::Ping(Bytes::new()),
-                            Outgoing::Close(reason) => {
-                                closing = Some(reason);
-                                close_msg(reason)
-                            }
-                        };
-                        ws.feed(msg).await?;
-                    }
-                    ws.flush().await
+                    // Whatever tungstenite has queued (a pong, a close reply) goes first and
+                    // whole, so that our frames never interleave with half of one of its own.
+                    ws.flush().await.map_err(io::Error::other)?;
+                    FrameWriter::new(opcode).write(ws.get_mut(), &batch).await
                 };
                 let written = tokio::select! {
                     biased;
-                    _ = session.aborted() => continue,
+                    // The write may have stopped halfway through a frame: nothing more can be
+                    // said on this socket, not even a close frame.
+                    _ = &mut aborted => return,
                     r = write => r,
                 };
                 batch.clear();
+                if batch.capacity() > MAX_IDLE_BATCH {
+                    // A burst is over: give its memory back rather than keep it per session.
+                    batch = Vec::new();
+                }
                 if written.is_err() {
                     session.close(DisconnectReason::Normal);
                     return;
                 }
-                if closing.is_some() {
+                if let Some(reason) = closing {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, ws.send(close_msg(reason))).await;
                     // Wait briefly for the client's close frame, then drop the socket.
                     let _ = tokio::time::timeout(CLOSE_GRACE, async {
                         while let Some(Ok(_)) = ws.next().await {}
@@ -324,15 +333,119 @@ where
     }
 }
 
-fn frame_msg(bytes: Bytes, binary: bool) -> Message {
-    if binary {
-        return Message::Binary(bytes);
+/// A batch's capacity kept between bursts; a larger one is given back after its write.
+const MAX_IDLE_BATCH: usize = 64;
+
+const OPCODE_TEXT: u8 = 0x1;
+const OPCODE_BINARY: u8 = 0x2;
+const OPCODE_PING: u8 = 0x9;
+
+/// Slices per `writev` call: Linux's `IOV_MAX`.
+const MAX_SLICES: usize = 1024;
+
+/// Payloads up to this size are copied next to their header rather than given their own slice:
+/// for small frames the kernel's per-slice cost is larger than the copy.
+const SMALL_FRAME: usize = 512;
+
+/// Bytes of small frames gathered for one system call. The buffer lives only for the batch's
+/// write, so an idle session holds none of it; a stalled one holds at most this much.
+const GATHER_MAX: usize = 16 * 1024;
+
+/// One slice of a write: a range of the gather buffer, or a shared payload.
+enum Part<'a> {
+    Gathered(usize, usize),
+    Shared(&'a [u8]),
+}
+
+/// Writes a batch of encoded frames as WebSocket frames with vectored writes.
+///
+/// Small frames (most of a pub/sub hub's traffic) are gathered with their headers into one
+/// buffer of at most [`GATHER_MAX`] bytes; a large frame's payload goes out as its own slice,
+/// straight from the hub's shared encoding, never copied. Server frames are not masked
+/// (RFC 6455, 5.1), so payloads go out as they are. One `writev` per [`GATHER_MAX`] bytes of
+/// small frames or [`MAX_SLICES`] slices, whichever comes first.
+struct FrameWriter {
+    opcode: u8,
+}
+
+impl FrameWriter {
+    fn new(opcode: u8) -> FrameWriter {
+        FrameWriter { opcode }
     }
-    match Utf8Bytes::try_from(bytes.clone()) {
-        Ok(text) => Message::Text(text),
-        // Never happens (the hub only emits UTF-8 JSON); keep the bytes rather than lose them.
-        Err(_) => Message::Binary(bytes),
+
+    /// Writes every `Frame` and `Ping` of `batch`, in order, completely. (`Close` is left to the
+    /// caller: tungstenite keeps the close handshake's state.)
+    async fn write<W: AsyncWrite + Unpin>(&self, io: &mut W, batch: &[Outgoing]) -> io::Result<()> {
+        let mut next = 0;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut parts: Vec<Part<'_>> = Vec::new();
+        while next < batch.len() {
+            buf.clear();
+            parts.clear();
+            while next < batch.len() && buf.len() < GATHER_MAX && parts.len() + 2 <= MAX_SLICES {
+                let (opcode, payload): (u8, &[u8]) = match &batch[next] {
+                    Outgoing::Frame(bytes) => (self.opcode, bytes),
+                    Outgoing::Ping => (OPCODE_PING, &[]),
+                    Outgoing::Close(_) => {
+                        next += 1;
+                        continue;
+                    }
+                };
+                next += 1;
+                let start = buf.len();
+                push_header(&mut buf, opcode, payload.len());
+                let large = payload.len() > SMALL_FRAME;
+                if !large {
+                    buf.extend_from_slice(payload);
+                }
+                match parts.last_mut() {
+                    Some(Part::Gathered(_, end)) if *end == start => *end = buf.len(),
+                    _ => parts.push(Part::Gathered(start, buf.len())),
+                }
+                if large {
+                    parts.push(Part::Shared(payload));
+                }
+            }
+            let mut slices: Vec<IoSlice<'_>> = parts
+                .iter()
+                .map(|p| match *p {
+                    Part::Gathered(from, to) => IoSlice::new(&buf[from..to]),
+                    Part::Shared(payload) => IoSlice::new(payload),
+                })
+                .collect();
+            write_all_vectored(io, &mut slices).await?;
+        }
+        io.flush().await
     }
+}
+
+/// A server frame's header: FIN, the opcode, the payload length, no mask.
+fn push_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
+    out.push(0x80 | opcode);
+    if len < 126 {
+        out.push(len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        out.push(126);
+        out.extend_from_slice(&len.to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+}
+
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    slices: &mut [IoSlice<'_>],
+) -> io::Result<()> {
+    let mut rest = slices;
+    while !rest.is_empty() {
+        let n = io.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
 }
 
 fn close_msg(reason: DisconnectReason) -> Message {
@@ -408,4 +521,119 @@ fn bad_encoding(what: &str) -> Rejection {
         "bad_encoding",
         format!("unknown encoding {what:?}: use json or msgpack"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+
+    /// What tungstenite itself would write for the frame: header and payload.
+    fn reference(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        WsFrame::message(payload.to_vec(), opcode, true)
+            .format(&mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn headers_match_tungstenite_at_every_length_boundary() {
+        for len in [0, 1, 125, 126, 127, 65_535, 65_536, 70_000] {
+            let payload = vec![b'x'; len];
+            for (ours, theirs) in [
+                (OPCODE_TEXT, OpCode::Data(Data::Text)),
+                (OPCODE_BINARY, OpCode::Data(Data::Binary)),
+            ] {
+                let mut head = Vec::new();
+                push_header(&mut head, ours, len);
+                head.extend_from_slice(&payload);
+                assert_eq!(head, reference(theirs, &payload), "length {len}");
+            }
+        }
+    }
+
+    /// A writer that takes at most `step` bytes per call, so every write is partial.
+    struct Trickle {
+        out: Vec<u8>,
+        step: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.step);
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let mut left = self.step;
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(left);
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+                left -= take;
+                if left == 0 {
+                    break;
+                }
+            }
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn partial_writes_and_batches_over_iov_max_come_out_whole_and_in_order() {
+        // 1,500 frames of varied sizes (about 450 KB: many gather buffers, some large payloads
+        // in slices of their own), with pings among them and a close at the end (which the
+        // writer leaves to tungstenite).
+        let mut batch = Vec::new();
+        let mut expected = Vec::new();
+        for i in 0..1_500usize {
+            // Mostly small frames (gathered), some large ones (their own slices).
+            let pad = if i % 97 == 0 { 3_000 + i } else { i % 600 };
+            let payload = Bytes::from(format!("{i}:{}", "y".repeat(pad)));
+            expected.extend(reference(OpCode::Data(Data::Text), &payload));
+            batch.push(Outgoing::Frame(payload));
+            if i % 100 == 0 {
+                expected.extend([0x89, 0x00]);
+                batch.push(Outgoing::Ping);
+            }
+        }
+        batch.push(Outgoing::Close(DisconnectReason::Normal));
+        for step in [7, 1000, usize::MAX] {
+            let mut io = Trickle {
+                out: Vec::new(),
+                step,
+            };
+            FrameWriter::new(OPCODE_TEXT)
+                .write(&mut io, &batch)
+                .await
+                .unwrap();
+            assert!(io.out == expected, "step {step}: bytes differ");
+        }
+    }
 }
