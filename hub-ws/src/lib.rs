@@ -121,8 +121,9 @@ impl WsService {
     }
 
     /// Bytes allocated up front to read each connection's frames (grows for larger frames).
-    /// Default 512 bytes: small, so that idle connections stay cheap (measured: 3.9 KB of
-    /// server memory per idle connection, against 5.7 KB with 2 KiB).
+    /// Default 512 bytes: small, so that idle connections stay cheap (each 1.5 KiB more adds
+    /// about as much server memory per idle connection, which is 3.3 KB in all by default; see
+    /// BENCHMARKS.md).
     #[must_use]
     pub fn read_buffer_size(mut self, bytes: usize) -> WsService {
         Arc::make_mut(&mut self.settings).read_buffer_size = bytes.max(256);
@@ -177,7 +178,9 @@ impl WsService {
                         let io = TokioIo::new(upgraded);
                         let ws =
                             WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-                        run(ws, conn).await;
+                        // A task of its own, sized for the connection's life (the upgrade's
+                        // state is not carried along): ~200 bytes less per connection.
+                        tokio::spawn(run(ws, conn).instrument(tracing::Span::current()));
                     }
                     // Dropping `conn` ends the session: its presence leaves once.
                     Err(e) => tracing::debug!(error = %e, "upgrade failed"),
@@ -232,9 +235,13 @@ impl<B: Send + 'static> hyper::service::Service<Request<B>> for WsService {
 /// tungstenite's. Writing the session's frames is not: the hub's frames are already encoded and
 /// shared by every subscriber, so they go to the socket as `[header, shared payload]` pairs in
 /// vectored writes, never copied into a per-connection buffer (see [`FrameWriter`]).
-async fn run<S>(mut ws: WebSocketStream<S>, conn: Connection)
+///
+/// Not an `async fn`: an async fn keeps its arguments and the locals moved out of them in
+/// separate slots of its state, which made every connection's task about 500 bytes larger. The
+/// `async move` block below uses what it captures in place.
+fn run<S>(mut ws: WebSocketStream<S>, conn: Connection) -> impl Future<Output = ()> + Send
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let Connection {
         session,
@@ -245,92 +252,147 @@ where
     } else {
         OPCODE_TEXT
     };
-    let mut batch: Vec<Outgoing> = Vec::new();
-    // Armed once for the session's life, not once per loop.
-    let aborted = session.aborted();
-    tokio::pin!(aborted);
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut aborted => {
-                // Stalled or gone: try to say why, briefly, then drop the socket.
-                let reason = session.close_reason().unwrap_or(DisconnectReason::Normal);
-                let _ = tokio::time::timeout(Duration::from_millis(100), ws.send(close_msg(reason))).await;
-                return;
-            }
-            more = outbox.next_batch(&mut batch) => {
-                if !more {
+    async move {
+        let mut batch: Vec<Outgoing> = Vec::new();
+        // Armed once for the session's life, not once per loop.
+        let aborted = session.aborted();
+        tokio::pin!(aborted);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut aborted => {
+                    // Stalled or gone: try to say why, briefly, then drop the socket.
+                    let reason = session.close_reason().unwrap_or(DisconnectReason::Normal);
+                    Box::pin(send_close(&mut ws, reason, Duration::from_millis(100))).await;
                     return;
                 }
-                let closing = match batch.last() {
-                    Some(Outgoing::Close(reason)) => Some(*reason),
-                    _ => None,
-                };
-                let write = async {
-                    // Whatever tungstenite has queued (a pong, a close reply) goes first and
-                    // whole, so that our frames never interleave with half of one of its own.
-                    ws.flush().await.map_err(io::Error::other)?;
-                    FrameWriter::new(opcode).write(ws.get_mut(), &batch).await
-                };
-                let written = tokio::select! {
-                    biased;
-                    // The write may have stopped halfway through a frame: nothing more can be
-                    // said on this socket, not even a close frame.
-                    _ = &mut aborted => return,
-                    r = write => r,
-                };
-                batch.clear();
-                if batch.capacity() > MAX_IDLE_BATCH {
-                    // A burst is over: give its memory back rather than keep it per session.
-                    batch = Vec::new();
-                }
-                if written.is_err() {
-                    session.close(DisconnectReason::Normal);
-                    return;
-                }
-                if let Some(reason) = closing {
-                    let _ = tokio::time::timeout(CLOSE_GRACE, ws.send(close_msg(reason))).await;
-                    // Wait briefly for the client's close frame, then drop the socket.
-                    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-                        while let Some(Ok(_)) = ws.next().await {}
-                    })
-                    .await;
-                    return;
-                }
-            }
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Text(text))) => session.handle(Bytes::from(text)).await,
-                Some(Ok(Message::Binary(bytes))) => session.handle(bytes).await,
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => session.touch(),
-                Some(Ok(Message::Frame(_))) => {}
-                Some(Ok(Message::Close(_))) | None => {
-                    session.close(DisconnectReason::Normal);
-                    // tungstenite has queued its answer to the client's close: send it.
-                    let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
-                    return;
-                }
-                Some(Err(e)) => {
-                    let reason = match e {
-                        tungstenite::Error::Capacity(_) => DisconnectReason::FrameTooLarge,
-                        tungstenite::Error::Utf8(_) => DisconnectReason::BadData,
-                        // A peer that vanished (network gone, tab killed) is an ordinary end,
-                        // not a protocol violation: there is no one to send a 1002 to.
-                        tungstenite::Error::Protocol(
-                            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-                        ) => DisconnectReason::Normal,
-                        tungstenite::Error::Protocol(_) => DisconnectReason::ProtocolError,
-                        _ => DisconnectReason::Normal,
-                    };
-                    if reason != DisconnectReason::Normal {
-                        tracing::debug!(error = %e, %reason, "closing on bad input");
-                        let _ = tokio::time::timeout(CLOSE_GRACE, ws.send(close_msg(reason))).await;
+                more = outbox.next_batch(&mut batch) => {
+                    if !more {
+                        return;
                     }
-                    session.close(reason);
-                    return;
+                    let closing = match batch.last() {
+                        Some(Outgoing::Close(reason)) => Some(*reason),
+                        _ => None,
+                    };
+                    let write = async {
+                        // Whatever tungstenite has queued (a pong, a close reply) goes first and
+                        // whole, so that our frames never interleave with half of one of its own.
+                        ws.flush().await.map_err(io::Error::other)?;
+                        FrameWriter::new(opcode).write(ws.get_mut(), &batch).await
+                    };
+                    let written = tokio::select! {
+                        biased;
+                        // The write may have stopped halfway through a frame: nothing more can be
+                        // said on this socket, not even a close frame.
+                        _ = &mut aborted => return,
+                        // Boxed for the same reason as the command handling below.
+                        r = Box::pin(write) => r,
+                    };
+                    batch.clear();
+                    if batch.capacity() > MAX_IDLE_BATCH {
+                        // A burst is over: give its memory back rather than keep it per session.
+                        batch = Vec::new();
+                    }
+                    if written.is_err() {
+                        session.close(DisconnectReason::Normal);
+                        return;
+                    }
+                    if let Some(reason) = closing {
+                        Box::pin(close_handshake(&mut ws, reason)).await;
+                        return;
+                    }
+                }
+                msg = ws.next() => match Read::from(msg) {
+                    // Boxed: the hub's command handling is a large future, and kept inline it
+                    // would make every connection's task that much larger for its whole life
+                    // (measured: 624 bytes of each idle connection). Clients send rarely.
+                    Read::Frame(bytes) => Box::pin(session.handle(bytes)).await,
+                    Read::Alive => session.touch(),
+                    Read::Nothing => {}
+                    Read::Closed => {
+                        session.close(DisconnectReason::Normal);
+                        // tungstenite has queued its answer to the client's close: send it.
+                        Box::pin(tokio::time::timeout(CLOSE_GRACE, ws.flush())).await.ok();
+                        return;
+                    }
+                    Read::Bad(reason) => {
+                        if reason != DisconnectReason::Normal {
+                            Box::pin(send_close(&mut ws, reason, CLOSE_GRACE)).await;
+                        }
+                        session.close(reason);
+                        return;
+                    }
                 }
             }
         }
     }
+}
+
+/// What one read from the socket means for the session. (Taken apart at once, so that
+/// tungstenite's large message and error types never live across an await in the task.)
+enum Read {
+    /// A frame for the hub.
+    Frame(Bytes),
+    /// A ping or pong: the client is alive.
+    Alive,
+    /// Nothing for the session.
+    Nothing,
+    /// The client closed, or the stream ended.
+    Closed,
+    /// The connection failed: close with this reason (`Normal`: there is no one to tell).
+    Bad(DisconnectReason),
+}
+
+impl From<Option<Result<Message, tungstenite::Error>>> for Read {
+    fn from(msg: Option<Result<Message, tungstenite::Error>>) -> Read {
+        match msg {
+            Some(Ok(Message::Text(text))) => Read::Frame(Bytes::from(text)),
+            Some(Ok(Message::Binary(bytes))) => Read::Frame(bytes),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Read::Alive,
+            Some(Ok(Message::Frame(_))) => Read::Nothing,
+            Some(Ok(Message::Close(_))) | None => Read::Closed,
+            Some(Err(e)) => {
+                let reason = match e {
+                    tungstenite::Error::Capacity(_) => DisconnectReason::FrameTooLarge,
+                    tungstenite::Error::Utf8(_) => DisconnectReason::BadData,
+                    // A peer that vanished (network gone, tab killed) is an ordinary end,
+                    // not a protocol violation: there is no one to send a 1002 to.
+                    tungstenite::Error::Protocol(
+                        tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                    ) => DisconnectReason::Normal,
+                    tungstenite::Error::Protocol(_) => DisconnectReason::ProtocolError,
+                    _ => DisconnectReason::Normal,
+                };
+                if reason != DisconnectReason::Normal {
+                    tracing::debug!(error = %e, %reason, "closing on bad input");
+                }
+                Read::Bad(reason)
+            }
+        }
+    }
+}
+
+// The closing paths run once per connection: they are called boxed, so that their futures
+// (timers, tungstenite's send) are not part of every connection's task for its whole life.
+
+/// Sends a close frame, giving up after `wait`.
+async fn send_close<S>(ws: &mut WebSocketStream<S>, reason: DisconnectReason, wait: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(wait, ws.send(close_msg(reason))).await;
+}
+
+/// Sends our close frame, then waits briefly for the client's before the socket is dropped.
+async fn close_handshake<S>(ws: &mut WebSocketStream<S>, reason: DisconnectReason)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    send_close(ws, reason, CLOSE_GRACE).await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
 }
 
 /// A batch's capacity kept between bursts; a larger one is given back after its write.
