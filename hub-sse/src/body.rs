@@ -1,6 +1,7 @@
 //! The response body, and the writer that turns a session's outbox into SSE text.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::fmt;
 use std::pin::Pin;
@@ -121,6 +122,87 @@ impl Held {
     }
 }
 
+/// Frames at least this long go to hyper as they are, in a body chunk of their own (the one
+/// allocation every subscriber shares); shorter ones are copied into the stream's chunk.
+///
+/// An extra chunk costs more than a short copy: hyper queues at most 16 chunks per write, each
+/// with its chunked-encoding frame. Measured (fan-out to 1,000 streams, deliveries per server
+/// CPU-second, copied vs shared): 180-byte frames 2.6 M vs 0.6 M; 2 KB 0.9 M vs 0.4 M; 4 KB
+/// 0.39 M vs 0.40 M; 8 KB 0.17 M vs 0.21 M. From about 4 KB sharing costs no more, and it
+/// keeps a backlog from holding a copy per stream (4 KB frames: 39 MB vs 351 MB peak RSS).
+pub(crate) const SHARE_MIN: usize = 4096;
+
+/// How many frames [`TailCache`] can remember (a power of two).
+const TAIL_SLOTS: usize = 256;
+
+/// At most this many bytes (frames and their renderings) are held by a [`TailCache`].
+const TAIL_BYTES: usize = 8 << 20;
+
+/// The `data:` part of recent frames that are long or hold raw line breaks, worked out once
+/// and shared by every stream that sends the frame. One per service.
+///
+/// A frame's `data:` part is `data: ` + the frame + a blank line, unless its JSON holds raw
+/// line breaks (JSON whitespace from a client's published payload): then each line becomes a
+/// `data:` line, rendered here once. Short frames are scanned for line breaks by each stream
+/// (a few vector compares) and come here only if they have some; long frames always come here,
+/// so that no stream scans them again.
+///
+/// Keyed by the frame's identity (address and length of its bytes): every subscriber of a
+/// message gets the same [`Bytes`] from the hub, and a slot holds on to its frame, so the
+/// address cannot be reused by another frame while the slot lives. One slot per address hash
+/// (a newer frame takes the slot), [`TAIL_SLOTS`] slots, at most [`TAIL_BYTES`] held (the
+/// recent frames of a topic are mostly held by its history anyway); a frame that finds no room
+/// is simply worked out again by the next stream.
+#[derive(Default)]
+pub(crate) struct TailCache {
+    slots: Mutex<TailSlots>,
+}
+
+#[derive(Default)]
+struct TailSlots {
+    /// `TAIL_SLOTS` slots once the first frame comes: (frame, its rendered `data:` part if it
+    /// has line breaks).
+    slots: Vec<Option<(Bytes, Option<Bytes>)>>,
+    /// Bytes held in `slots`.
+    held: usize,
+}
+
+impl TailCache {
+    /// `None` if `frame` has no line breaks (its `data:` part is `data: ` + `frame` + `\n\n`),
+    /// else its `data:` lines and the blank line after them.
+    fn data_lines(&self, frame: &Bytes) -> Option<Bytes> {
+        // Fibonacci hashing of the address: its top bits pick the slot.
+        let addr = frame.as_ptr() as usize as u64;
+        let slot = (addr.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - TAIL_SLOTS.trailing_zeros()))
+            as usize;
+        let same = |f: &Bytes| f.as_ptr() == frame.as_ptr() && f.len() == frame.len();
+        if let Some(Some((f, lines))) = lock(&self.slots).slots.get(slot) {
+            if same(f) {
+                return lines.clone();
+            }
+        }
+        let lines = has_line_break(frame).then(|| {
+            let mut out = BytesMut::with_capacity(frame.len() + frame.len() / 8 + 16);
+            write_data(&mut out, frame);
+            out.freeze()
+        });
+        let size = |f: &Bytes, l: &Option<Bytes>| f.len() + l.as_ref().map_or(0, Bytes::len);
+        let mut st = lock(&self.slots);
+        if st.slots.is_empty() {
+            st.slots.resize(TAIL_SLOTS, None);
+        }
+        if let Some((f, l)) = st.slots[slot].take() {
+            st.held -= size(&f, &l);
+        }
+        let new = size(frame, &lines);
+        if st.held + new <= TAIL_BYTES {
+            st.held += new;
+            st.slots[slot] = Some((frame.clone(), lines.clone()));
+        }
+        lines
+    }
+}
+
 /// Renders one stream's outbox as SSE, while its body lives.
 pub(crate) struct Writer {
     /// The session, kept until the body is dropped (or the session aborted).
@@ -132,14 +214,82 @@ pub(crate) struct Writer {
     /// SSE-specific events (`session`, `resume`) written right after `welcome`.
     pub(crate) after_welcome: Option<Bytes>,
     pub(crate) batch: Vec<Outgoing>,
+    /// Rendered chunks not yet handed to hyper (only when a batch held a long frame).
+    pub(crate) ready: VecDeque<Bytes>,
+    pub(crate) tails: Arc<TailCache>,
     pub(crate) done: bool,
     pub(crate) _registered: Registered,
 }
 
+/// A batch being rendered: text goes into `buf`; a long shared part ends `buf`'s chunk and
+/// goes into `ready` as a chunk of its own.
+struct Out<'a> {
+    buf: Vec<u8>,
+    ready: &'a mut VecDeque<Bytes>,
+}
+
+impl Out<'_> {
+    fn put(&mut self, s: &[u8]) {
+        self.buf.extend_from_slice(s);
+    }
+
+    /// Bytes shared with other streams: copied if short, else queued as they are.
+    fn shared(&mut self, b: &Bytes) {
+        if b.len() < SHARE_MIN {
+            self.buf.extend_from_slice(b);
+        } else {
+            if !self.buf.is_empty() {
+                // A few lines of text, copied out: the chunk holds no more than it needs (the
+                // buffer itself has room for the whole batch's text).
+                self.ready.push_back(Bytes::copy_from_slice(&self.buf));
+                self.buf.clear();
+            }
+            self.ready.push_back(b.clone());
+        }
+    }
+
+    /// The event's `data:` lines and the blank line that ends it.
+    fn data(&mut self, frame: &Bytes, tails: &TailCache) {
+        let lines = if frame.len() >= SHARE_MIN || has_line_break(frame) {
+            tails.data_lines(frame)
+        } else {
+            None
+        };
+        match lines {
+            Some(lines) => self.shared(&lines),
+            None => {
+                self.put(b"data: ");
+                self.shared(frame);
+                self.put(b"\n\n");
+            }
+        }
+    }
+
+    /// `id:` (if the cursor has any position) and `event:`.
+    fn head(&mut self, id: Option<&Cursor>, event: &str) {
+        if let Some(cursor) = id {
+            self.put(b"id: ");
+            cursor.write_id(&mut self.buf);
+            self.put(b"\n");
+        }
+        self.put(b"event: ");
+        self.put(event.as_bytes());
+        self.put(b"\n");
+    }
+}
+
 impl Writer {
-    /// The next chunk of the body: everything the outbox had, as SSE text. `None` at the end.
+    /// The next chunk of the body: everything the outbox had, as SSE text (in several chunks
+    /// if it holds long frames). `None` at the end.
     pub(crate) async fn next_chunk(&mut self) -> Option<Bytes> {
         loop {
+            if let Some(chunk) = self.ready.pop_front() {
+                if self.ready.is_empty() {
+                    // Idle streams keep no queue.
+                    self.ready = VecDeque::new();
+                }
+                return Some(chunk);
+            }
             if self.done {
                 return None;
             }
@@ -148,59 +298,87 @@ impl Writer {
                 self.done = true;
                 return None;
             }
-            let chunk = self.render();
-            if !chunk.is_empty() {
+            if let Some(chunk) = self.render() {
                 return Some(chunk);
             }
         }
     }
 
-    fn render(&mut self) -> Bytes {
+    /// Renders the batch: the first chunk, the rest (if any) in `ready`.
+    fn render(&mut self) -> Option<Bytes> {
+        let cursor = lock(&self.cursor);
+        // Room for each event's text around its data: its id and `event:` line.
+        let per_event = cursor.id_len() + 48;
+        drop(cursor);
         let size: usize = self
             .batch
             .iter()
             .map(|o| match o {
-                Outgoing::Frame(b) => b.len() + 64,
+                Outgoing::Frame(b) if b.len() < SHARE_MIN => b.len() + per_event,
+                Outgoing::Frame(_) => per_event,
                 _ => 16,
             })
             .sum();
-        let mut out = BytesMut::with_capacity(size + self.head.as_ref().map_or(0, Bytes::len));
+        let head_len = self.head.as_ref().map_or(0, Bytes::len);
+        let mut out = Out {
+            buf: Vec::with_capacity(size + head_len),
+            ready: &mut self.ready,
+        };
         if let Some(head) = self.head.take() {
-            out.put_slice(&head);
+            out.put(&head);
         }
         let mut cursor = lock(&self.cursor);
         for item in self.batch.drain(..) {
             match item {
                 Outgoing::Frame(bytes) => {
+                    // The common case: a topic's message, its position read from its first
+                    // fields; nothing else of it is looked at, beyond a scan for line breaks.
+                    if let Some((topic, epoch, offset)) = message_head(&bytes) {
+                        if cursor.set_bytes(topic, epoch, offset) {
+                            out.put(b"id: ");
+                            cursor.write_id(&mut out.buf);
+                            if bytes.len() < SHARE_MIN && !has_line_break(&bytes) {
+                                out.put(b"\nevent: message\ndata: ");
+                                out.put(&bytes);
+                                out.put(b"\n\n");
+                            } else {
+                                out.put(b"\nevent: message\n");
+                                out.data(&bytes, &self.tails);
+                            }
+                            continue;
+                        }
+                    }
                     let kind = frame_type(&bytes);
-                    let mut id = None;
+                    let mut moved = false;
                     if kind == "message" {
                         if let Some((topic, epoch, offset)) = message_position(&bytes) {
                             cursor.set(&topic, &epoch, offset);
-                            id = Some(cursor.event_id());
+                            moved = true;
                         }
                     } else if kind == "gap" {
                         if let Some((topic, epoch, to)) = history_gap(&bytes) {
                             cursor.set(&topic, &epoch, to);
-                            id = Some(cursor.event_id());
+                            moved = true;
                         }
                     } else if (kind == "reply" || kind == "error") && cursor.awaits_replies() {
                         if let Some((topic, epoch, offset)) = subscribed(&bytes, &mut cursor) {
                             cursor.set(&topic, &epoch, offset);
-                            id = Some(cursor.event_id());
+                            moved = true;
                         }
                     }
-                    write_event(&mut out, id.as_deref(), kind, &bytes);
+                    out.head(moved.then_some(&*cursor), kind);
+                    out.data(&bytes, &self.tails);
                     if kind == "welcome" {
                         if let Some(extra) = self.after_welcome.take() {
-                            out.put_slice(&extra);
+                            out.put(&extra);
                         }
                     }
                 }
-                Outgoing::Ping => out.put_slice(b": ping\n\n"),
+                Outgoing::Ping => out.put(b": ping\n\n"),
                 Outgoing::Close(reason) => {
                     let frame = self.outbox.close_frame(reason);
-                    write_event(&mut out, None, "close", &frame);
+                    out.head(None, "close");
+                    out.data(&frame, &self.tails);
                     self.done = true;
                 }
             }
@@ -208,10 +386,49 @@ impl Writer {
         drop(cursor);
         // Never happens (the welcome is always the first frame), but never lose the token.
         if let Some(extra) = self.after_welcome.take() {
-            out.put_slice(&extra);
+            out.put(&extra);
         }
-        out.freeze()
+        // A burst leaves no large batch behind on an idle stream.
+        if self.batch.capacity() > 64 {
+            self.batch = Vec::new();
+        }
+        let Out { buf, ready } = out;
+        if !buf.is_empty() {
+            // The buffer was sized for the batch: if most of its text went out earlier (before
+            // long frames), copy the rest rather than keep the whole buffer alive.
+            let last = if buf.capacity() > 2 * buf.len() + 256 {
+                Bytes::copy_from_slice(&buf)
+            } else {
+                Bytes::from(buf)
+            };
+            if ready.is_empty() {
+                return Some(last);
+            }
+            ready.push_back(last);
+        }
+        ready.pop_front()
     }
+}
+
+/// Whether `data` holds a `\n` or `\r`. Blocks of 32 bytes without an early exit inside, so
+/// that the compiler turns each block into a few vector compares.
+fn has_line_break(data: &[u8]) -> bool {
+    fn block(b: &[u8]) -> bool {
+        let mut hits = 0u8;
+        for &b in b {
+            hits |= u8::from(b == b'\n') | u8::from(b == b'\r');
+        }
+        hits != 0
+    }
+    if data.len() < 32 {
+        return data.iter().any(|&b| b == b'\n' || b == b'\r');
+    }
+    let mut blocks = data.chunks_exact(32);
+    if blocks.any(block) {
+        return true;
+    }
+    // The last 32 bytes again, rather than the few left over one by one.
+    !blocks.remainder().is_empty() && block(&data[data.len() - 32..])
 }
 
 /// Writes one event. `data` may hold raw line breaks (only as JSON whitespace, from a client's
@@ -226,6 +443,11 @@ pub(crate) fn write_event(out: &mut BytesMut, id: Option<&str>, event: &str, dat
     out.put_slice(b"event: ");
     out.put_slice(event.as_bytes());
     out.put_u8(b'\n');
+    write_data(out, data);
+}
+
+/// The `data:` lines of `data` (split at `\r\n`, `\r` and `\n`) and the blank line after them.
+fn write_data(out: &mut BytesMut, data: &[u8]) {
     let mut rest = data;
     loop {
         let end = rest
@@ -246,6 +468,32 @@ pub(crate) fn write_event(out: &mut BytesMut, id: Option<&str>, event: &str, dat
         rest = &rest[end + skip..];
     }
     out.put_u8(b'\n');
+}
+
+/// Topic, epoch and offset of a `message` frame, as the hub writes it
+/// (`{"type":"message","topic":"..","epoch":"..","offset":N,...`), read from its first bytes:
+/// no UTF-8 check, no allocation. `None` for anything else (names with escapes included); the
+/// caller then takes the general path.
+fn message_head(bytes: &[u8]) -> Option<(&[u8], &[u8], u64)> {
+    /// A JSON string's content up to its closing quote, if it has no escapes.
+    fn plain_string(rest: &[u8]) -> Option<(&[u8], &[u8])> {
+        let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+        (rest[end] == b'"').then(|| (&rest[..end], &rest[end + 1..]))
+    }
+    let rest = bytes.strip_prefix(br#"{"type":"message","topic":""#)?;
+    let (topic, rest) = plain_string(rest)?;
+    let rest = rest.strip_prefix(br#","epoch":""#)?;
+    let (epoch, rest) = plain_string(rest)?;
+    let rest = rest.strip_prefix(br#","offset":"#)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || !matches!(rest.get(digits), Some(b',' | b'}')) {
+        return None;
+    }
+    let mut offset: u64 = 0;
+    for &d in &rest[..digits] {
+        offset = offset.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    Some((topic, epoch, offset))
 }
 
 /// The frame's `type`: always its first field in the hub's JSON (`{"type":"..."`).
@@ -388,5 +636,98 @@ mod tests {
         assert_eq!(frame_type(b"[1,2]"), "unknown");
         assert_eq!(frame_type(br#"{"type":"a b"}"#), "unknown");
         assert_eq!(frame_type(br#"{"type":"leave","topic":"t"}"#), "leave");
+    }
+
+    #[test]
+    fn finds_line_breaks_anywhere() {
+        for len in 0..100 {
+            let plain = vec![b'a'; len];
+            assert!(!has_line_break(&plain), "{len}");
+            for at in 0..len {
+                for brk in [b'\n', b'\r'] {
+                    let mut d = plain.clone();
+                    d[at] = brk;
+                    assert!(has_line_break(&d), "{len} {at} {brk}");
+                }
+            }
+        }
+        // Bytes that differ from a break by one bit, or have the high bit set.
+        let near: Vec<u8> = (0..=255u8).filter(|b| *b != b'\n' && *b != b'\r').collect();
+        assert!(!has_line_break(&near));
+    }
+
+    #[test]
+    fn reads_the_head_of_the_hubs_message_frames_only() {
+        let m = br#"{"type":"message","topic":"a/b","epoch":"9f","offset":42,"data":{"x":1}}"#;
+        assert_eq!(message_head(m), Some((&b"a/b"[..], &b"9f"[..], 42)));
+        let max = format!(
+            r#"{{"type":"message","topic":"t","epoch":"e","offset":{},"data":1}}"#,
+            u64::MAX
+        );
+        assert_eq!(
+            message_head(max.as_bytes()),
+            Some((&b"t"[..], &b"e"[..], u64::MAX))
+        );
+        for other in [
+            &br#"{"type":"message","topic":"t","epoch":"e","offset":18446744073709551616,"data":1}"#[..],
+            br#"{"type":"message","topic":"t\"","epoch":"e","offset":1,"data":1}"#,
+            br#"{"type":"message","topic":"t","epoch":"e","offset":,"data":1}"#,
+            br#"{"type":"message","topic":"t","epoch":"e","offset":1x,"data":1}"#,
+            br#"{"type":"message","data":1,"offset":7,"epoch":"e","topic":"t"}"#,
+            br#"{"type":"messages","topic":"t","epoch":"e","offset":1,"data":1}"#,
+            br#"{"type":"message","topic":"t"#,
+        ] {
+            assert_eq!(message_head(other), None, "{}", String::from_utf8_lossy(other));
+        }
+    }
+
+    #[test]
+    fn renders_a_frames_data_lines_once_and_shares_them() {
+        let cache = TailCache::default();
+        let frame = Bytes::from_static(b"{\"a\":\r\n1,\n\"b\":\r2}");
+        let tail = cache.data_lines(&frame).unwrap();
+        assert_eq!(
+            &tail[..],
+            b"data: {\"a\":\ndata: 1,\ndata: \"b\":\ndata: 2}\n\n"
+        );
+        // The same frame (a clone, as every subscriber gets): the same rendering, not a new one.
+        let again = cache.data_lines(&frame.clone()).unwrap();
+        assert_eq!(again.as_ptr(), tail.as_ptr());
+        // Equal bytes in another allocation: rendered again, just as right.
+        let copy = Bytes::copy_from_slice(&frame);
+        let other = cache.data_lines(&copy).unwrap();
+        assert_eq!(other, tail);
+        assert_ne!(other.as_ptr(), tail.as_ptr());
+        // No line breaks: nothing to render, and that is remembered too.
+        let plain = Bytes::from(vec![b'x'; SHARE_MIN]);
+        assert_eq!(cache.data_lines(&plain), None);
+        assert_eq!(cache.data_lines(&plain), None);
+        // Many frames: each is right, whichever slot it takes or loses.
+        let frames: Vec<Bytes> = (0..TAIL_SLOTS * 2)
+            .map(|i| Bytes::from(format!("{i}\n")))
+            .collect();
+        for _ in 0..2 {
+            for (i, f) in frames.iter().enumerate() {
+                let lines = cache.data_lines(f).unwrap();
+                assert_eq!(&lines[..], format!("data: {i}\ndata: \n\n").as_bytes());
+            }
+        }
+        assert_eq!(cache.data_lines(&frame), Some(tail));
+        // What it holds stays within its budget, and is counted right.
+        let big: Vec<Bytes> = (0..4)
+            .map(|_| Bytes::from(vec![b'x'; TAIL_BYTES / 3]))
+            .collect();
+        for f in &big {
+            assert_eq!(cache.data_lines(f), None);
+        }
+        let st = lock(&cache.slots);
+        let held: usize = st
+            .slots
+            .iter()
+            .flatten()
+            .map(|(f, l)| f.len() + l.as_ref().map_or(0, Bytes::len))
+            .sum();
+        assert_eq!(held, st.held);
+        assert!(held <= TAIL_BYTES);
     }
 }

@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use bytes::BufMut;
+
 /// At most this many topics in one `Last-Event-ID`; more is treated as malformed.
 pub(crate) const MAX_ID_TOPICS: usize = 1024;
 
@@ -14,35 +16,118 @@ pub(crate) const MAX_ID_TOPICS: usize = 1024;
 const MAX_PENDING: usize = 64;
 
 /// The last position seen per topic.
+///
+/// Kept ready to write: each topic's `topic=epoch:` is percent-encoded once (when the topic or
+/// its epoch changes), so writing an event id is copying those prefixes and the offsets'
+/// digits, whatever the names hold.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Cursor {
-    positions: BTreeMap<String, (String, u64)>,
+    /// Sorted by topic (byte order, as `str`'s `Ord`), one per topic.
+    positions: Vec<Position>,
     /// `subscribe` commands (by request id) awaiting their reply: the topic, and the `since`
     /// the command gave. On success the topic resumes from `since`, or else from its position
     /// when the subscription began (the reply's data), even before its first message.
     pending: HashMap<u64, (String, Option<(String, u64)>)>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Position {
+    topic: String,
+    epoch: String,
+    offset: u64,
+    /// `topic=epoch:`, percent-encoded: this topic's part of the id, less the offset.
+    prefix: String,
+}
+
+impl Position {
+    fn new(topic: String, epoch: String, offset: u64) -> Position {
+        let mut p = Position {
+            topic,
+            epoch,
+            offset,
+            prefix: String::new(),
+        };
+        p.render_prefix();
+        p
+    }
+
+    fn render_prefix(&mut self) {
+        self.prefix.clear();
+        escape_into(&mut self.prefix, &self.topic);
+        self.prefix.push('=');
+        escape_into(&mut self.prefix, &self.epoch);
+        self.prefix.push(':');
+    }
+}
+
+/// The longest decimal `u64`.
+const MAX_DIGITS: usize = 20;
+
+/// Writes `n` in decimal.
+pub(crate) fn put_decimal(out: &mut impl BufMut, mut n: u64) {
+    let mut digits = [0u8; MAX_DIGITS];
+    let mut start = MAX_DIGITS;
+    loop {
+        start -= 1;
+        // `n % 10` is below 10: the cast cannot truncate.
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[start..]);
+}
+
 impl Cursor {
+    fn find(&self, topic: &[u8]) -> Result<usize, usize> {
+        self.positions
+            .binary_search_by(|p| p.topic.as_bytes().cmp(topic))
+    }
+
     /// Records that `offset` of `epoch` of `topic` was delivered.
     pub(crate) fn set(&mut self, topic: &str, epoch: &str, offset: u64) {
-        match self.positions.get_mut(topic) {
-            Some((e, o)) => {
-                if e != epoch {
-                    epoch.clone_into(e);
+        self.set_bytes(topic.as_bytes(), epoch.as_bytes(), offset);
+    }
+
+    /// [`Cursor::set`] from a frame's bytes: a known topic whose epoch did not change costs a
+    /// search and a comparison, no UTF-8 check, no allocation. Returns `false`, changing
+    /// nothing, if a name it would have to store is not UTF-8.
+    pub(crate) fn set_bytes(&mut self, topic: &[u8], epoch: &[u8], offset: u64) -> bool {
+        match self.find(topic) {
+            Ok(i) => {
+                let p = &mut self.positions[i];
+                if p.epoch.as_bytes() != epoch {
+                    let Ok(epoch) = std::str::from_utf8(epoch) else {
+                        return false;
+                    };
+                    epoch.clone_into(&mut p.epoch);
+                    p.render_prefix();
                 }
-                *o = offset;
+                p.offset = offset;
             }
-            None => {
+            Err(i) => {
+                let (Ok(topic), Ok(epoch)) =
+                    (std::str::from_utf8(topic), std::str::from_utf8(epoch))
+                else {
+                    return false;
+                };
+                if self.positions.capacity() == 0 {
+                    // Most streams follow one topic.
+                    self.positions.reserve_exact(1);
+                }
                 self.positions
-                    .insert(topic.to_owned(), (epoch.to_owned(), offset));
+                    .insert(i, Position::new(topic.to_owned(), epoch.to_owned(), offset));
             }
         }
+        true
     }
 
     /// Forgets a topic (the client unsubscribed).
     pub(crate) fn remove(&mut self, topic: &str) {
-        self.positions.remove(topic);
+        if let Ok(i) = self.find(topic.as_bytes()) {
+            self.positions.remove(i);
+        }
         self.pending.retain(|_, (t, _)| t != topic);
     }
 
@@ -72,28 +157,41 @@ impl Cursor {
 
     /// The position of `topic`, if one was seen.
     pub(crate) fn get(&self, topic: &str) -> Option<(&str, u64)> {
-        self.positions.get(topic).map(|(e, o)| (e.as_str(), *o))
+        let i = self.find(topic.as_bytes()).ok()?;
+        let p = &self.positions[i];
+        Some((p.epoch.as_str(), p.offset))
     }
 
     /// The topics with a position, in order.
     pub(crate) fn topics(&self) -> impl Iterator<Item = &str> {
-        self.positions.keys().map(String::as_str)
+        self.positions.iter().map(|p| p.topic.as_str())
+    }
+
+    /// At least the length of [`Cursor::write_id`]'s output.
+    pub(crate) fn id_len(&self) -> usize {
+        self.positions
+            .iter()
+            .map(|p| p.prefix.len() + MAX_DIGITS + 1)
+            .sum()
+    }
+
+    /// Writes the event id for the current positions (nothing if there are none).
+    pub(crate) fn write_id(&self, out: &mut impl BufMut) {
+        for (i, p) in self.positions.iter().enumerate() {
+            if i > 0 {
+                out.put_u8(b'&');
+            }
+            out.put_slice(p.prefix.as_bytes());
+            put_decimal(out, p.offset);
+        }
     }
 
     /// The event id for the current positions.
     pub(crate) fn event_id(&self) -> String {
-        let mut out = String::with_capacity(self.positions.len() * 40);
-        for (i, (topic, (epoch, offset))) in self.positions.iter().enumerate() {
-            if i > 0 {
-                out.push('&');
-            }
-            escape_into(&mut out, topic);
-            out.push('=');
-            escape_into(&mut out, epoch);
-            out.push(':');
-            out.push_str(&offset.to_string());
-        }
-        out
+        let mut out = Vec::with_capacity(self.id_len());
+        self.write_id(&mut out);
+        // Prefixes are percent-encoded ASCII, offsets digits.
+        String::from_utf8(out).unwrap_or_default()
     }
 
     /// Parses an event id made by [`Cursor::event_id`]. `Err` says what is wrong with it.
@@ -121,6 +219,11 @@ impl Cursor {
                 return Err("a topic appears twice");
             }
         }
+        // In order already.
+        let positions = positions
+            .into_iter()
+            .map(|(topic, (epoch, offset))| Position::new(topic, epoch, offset))
+            .collect();
         Ok(Cursor {
             positions,
             pending: HashMap::new(),
@@ -215,6 +318,33 @@ mod tests {
             "t=e:1&",
         ] {
             assert!(Cursor::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn writes_ids_from_frame_bytes_and_keeps_prefixes_current() {
+        let mut c = Cursor::default();
+        assert!(c.set_bytes(b"b", b"e1", 5));
+        assert!(c.set_bytes(b"a:x", b"e=1", 0));
+        assert_eq!(c.event_id(), "a%3Ax=e%3D1:0&b=e1:5");
+        // A new epoch re-renders the topic's prefix; the offset follows.
+        assert!(c.set_bytes(b"b", b"e2", u64::MAX));
+        assert_eq!(c.event_id(), format!("a%3Ax=e%3D1:0&b=e2:{}", u64::MAX));
+        assert!(c.event_id().len() <= c.id_len());
+        // Names that are not UTF-8 change nothing.
+        assert!(!c.set_bytes(b"\xff", b"e", 1));
+        assert!(!c.set_bytes(b"b", b"\xff", 1));
+        assert_eq!(c.get("b"), Some(("e2", u64::MAX)));
+        assert_eq!(c.topics().collect::<Vec<_>>(), ["a:x", "b"]);
+        // A parsed id has the same prefixes as one built by `set`.
+        assert_eq!(Cursor::parse(&c.event_id()), Ok(c.clone()));
+        c.remove("a:x");
+        assert_eq!(c.event_id(), format!("b=e2:{}", u64::MAX));
+        let mut digits = Vec::new();
+        for n in [0, 7, 10, 99, 1_000_000] {
+            digits.clear();
+            put_decimal(&mut digits, n);
+            assert_eq!(digits, n.to_string().as_bytes());
         }
     }
 }

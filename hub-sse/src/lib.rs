@@ -65,8 +65,11 @@
 //!
 //! Headers: `Content-Type: text/event-stream`, `Cache-Control: no-cache, no-transform` and
 //! `X-Accel-Buffering: no`, so that proxies neither cache nor buffer; each batch of frames is one
-//! body chunk, written as soon as it is queued. The full contract is in PROTOCOL.md,
-//! "Server-sent events (hub-sse)".
+//! body chunk, written as soon as it is queued. An event's `data:` line is the hub's encoded
+//! frame itself (a frame whose JSON holds raw line breaks is split into `data:` lines once, for
+//! every stream); per stream only the `id:` line is rendered. Frames under 4 KiB are copied
+//! into the stream's chunk; longer ones go out in chunks of their own, shared by every stream.
+//! The full contract is in PROTOCOL.md, "Server-sent events (hub-sse)".
 //!
 //! # Example
 //!
@@ -135,7 +138,7 @@ use tracing::Instrument;
 
 pub use body::Body;
 
-use body::{lock, write_event, Held, Writer};
+use body::{lock, write_event, Held, TailCache, Writer};
 use id::Cursor;
 use registry::{new_token, token_matches, token_text, Entry, Registry};
 use seq::{Answer, Verdict};
@@ -191,6 +194,9 @@ pub struct SseService {
     hub: Hub,
     peer: Option<SocketAddr>,
     registry: Arc<Registry>,
+    /// The `data:` parts of long frames and of frames with line breaks, worked out once for
+    /// all the streams.
+    tails: Arc<TailCache>,
     settings: Arc<Settings>,
 }
 
@@ -211,6 +217,7 @@ impl SseService {
             hub,
             peer: None,
             registry: Arc::default(),
+            tails: Arc::default(),
             settings: Arc::new(Settings {
                 retry: DEFAULT_RETRY,
                 cors: Cors::SameOrigin,
@@ -543,6 +550,8 @@ impl SseService {
             head: Some(Bytes::from(format!("retry: {retry}\n\n"))),
             after_welcome: Some(after_welcome.freeze()),
             batch: Vec::new(),
+            ready: std::collections::VecDeque::new(),
+            tails: self.tails.clone(),
             done: false,
             _registered: registered,
         };
@@ -554,6 +563,10 @@ impl SseService {
             .instrument(span.clone())
         });
         let mut resp = Response::new(Body::stream(stream));
+        // Sized for these three: hyper keeps the response's map (emptied, for the next
+        // response) as long as the connection lives, so its default 6 slots would be held by
+        // every idle stream.
+        *resp.headers_mut() = http::HeaderMap::with_capacity(3);
         let h = resp.headers_mut();
         h.insert(
             header::CONTENT_TYPE,

@@ -1757,3 +1757,119 @@ async fn a_command_whose_client_gave_up_runs_once_and_its_retry_gets_the_answer(
     assert_eq!(s.next().await.json(), json!({"type":"pong","id":2}));
     assert_eq!(*entered.borrow(), 1);
 }
+
+/// The `data` part of the hub's frame as the stream shows it: the JSON text of a published
+/// payload, its raw line breaks each ending a `data:` line (which the parser joins with `\n`).
+fn shown(raw_data: &str) -> String {
+    raw_data.replace("\r\n", "\n").replace('\r', "\n")
+}
+
+#[tokio::test]
+async fn payloads_with_raw_line_breaks_and_long_ones_reach_every_stream_whole_with_ids() {
+    let srv = default_server().await;
+    let mut s1 = open(srv.addr, "/events?user=ana&topic=chat/a&topic=b", &[]).await;
+    s1.handshake().await;
+    let mut s2 = open(srv.addr, "/events?user=cy&topic=chat/a", &[]).await;
+    s2.handshake().await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws?user=bob", srv.addr))
+        .await
+        .unwrap();
+
+    // Published as text with JSON whitespace kept as it came: CRLF, CR and LF line breaks,
+    // short and long (past the size from which a frame is sent without copying), and a long
+    // one without line breaks; then a topic-`b` message and a short compact one.
+    let long_text = "x".repeat(10_000);
+    let datas = [
+        "{\r\n  \"text\": \"hi\",\n  \"n\": [1,\r2]\n}".to_owned(),
+        format!("{{\n\"long\": \"{long_text}\",\r\n\"n\": 2\r}}"),
+        format!("{{\"long\":\"{long_text}\",\"n\":3}}"),
+    ];
+    for data in &datas {
+        ws.send(Message::text(format!(
+            "{{\"type\":\"publish\",\"topic\":\"chat/a\",\"data\":{data}}}"
+        )))
+        .await
+        .unwrap();
+    }
+    for s in [&mut s1, &mut s2] {
+        for (i, data) in datas.iter().enumerate() {
+            let ev = s.next().await;
+            let (offset, value) = message("chat/a", &ev);
+            assert_eq!(offset, i as u64 + 1);
+            assert_eq!(value, serde_json::from_str::<Value>(data).unwrap());
+            assert!(
+                ev.data.contains(&shown(data)),
+                "the payload's text is kept: {:?}",
+                ev.data
+            );
+            let epoch = ev.json()["epoch"].as_str().unwrap().to_owned();
+            assert_eq!(ev.id, Some(format!("chat/a={epoch}:{offset}")));
+        }
+    }
+    srv.hub.publish("b", &json!({"n": 4})).unwrap();
+    srv.hub.publish("chat/a", &json!({"n": 5})).unwrap();
+    let b = s1.next().await;
+    let epoch_b = b.json()["epoch"].as_str().unwrap().to_owned();
+    let a = s1.next().await;
+    assert_eq!(message("chat/a", &a), (4, json!({"n": 5})));
+    let epoch_a = a.json()["epoch"].as_str().unwrap().to_owned();
+    // Sorted by topic, every topic's position.
+    assert_eq!(b.id, Some(format!("b={epoch_b}:1&chat/a={epoch_a}:3")));
+    assert_eq!(a.id, Some(format!("b={epoch_b}:1&chat/a={epoch_a}:4")));
+    let a2 = s2.next().await;
+    assert_eq!(a2.data, a.data);
+    assert_eq!(a2.id, Some(format!("chat/a={epoch_a}:4")));
+}
+
+#[tokio::test]
+async fn ids_escape_awkward_topic_names_and_resume_from_them() {
+    let srv = default_server().await;
+    // `:` and `=` are allowed in topic names and escaped in ids.
+    let topics = ["x=y", "a:b", "k.v@h/1"];
+    let query: String = topics
+        .iter()
+        .map(|t| format!("&topic={}", url_encode(t)))
+        .collect();
+    let mut s = open(srv.addr, &format!("/events?user=ana{query}"), &[]).await;
+    s.handshake().await;
+    for (i, t) in topics.iter().enumerate() {
+        srv.hub.publish(t, &json!({ "i": i })).unwrap();
+    }
+    let mut epochs = Vec::new();
+    let mut last = Ev::default();
+    for t in topics {
+        last = s.next().await;
+        assert_eq!(message(t, &last).0, 1);
+        epochs.push(last.json()["epoch"].as_str().unwrap().to_owned());
+    }
+    let id = last.id.clone().unwrap();
+    assert_eq!(
+        id,
+        format!(
+            "a%3Ab={}:1&k.v@h/1={}:1&x%3Dy={}:1",
+            epochs[1], epochs[2], epochs[0]
+        )
+    );
+    // The id resumes all three: one more message on each arrives, and nothing before.
+    drop(s);
+    for t in topics {
+        srv.hub.publish(t, &json!("again")).unwrap();
+    }
+    let mut s = open(srv.addr, "/events?user=ana", &[("last-event-id", &id)]).await;
+    s.handshake().await;
+    let resume = s.expect("resume").await;
+    assert_eq!(resume.json()["resumed"], true);
+    let mut got: Vec<(String, u64)> = Vec::new();
+    for _ in topics {
+        let ev = s.next().await;
+        let m = ev.json();
+        got.push((
+            m["topic"].as_str().unwrap().to_owned(),
+            m["offset"].as_u64().unwrap(),
+        ));
+    }
+    got.sort();
+    let mut want: Vec<(String, u64)> = topics.iter().map(|t| ((*t).to_owned(), 2)).collect();
+    want.sort();
+    assert_eq!(got, want);
+}
