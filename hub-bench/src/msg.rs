@@ -206,8 +206,9 @@ impl Codec {
     /// Calls `f(seq, send_time)` for every bench message inside `body` (JSON frames spliced
     /// into a long-poll response).
     pub(crate) fn messages_in(&self, body: &[u8], mut f: impl FnMut(u64, u64)) {
+        let finder = memchr::memmem::Finder::new(&self.marker);
         let mut at = 0;
-        while let Some(p) = crate::ws::find(&body[at..], &self.marker) {
+        while let Some(p) = finder.find(&body[at..]) {
             let end = at + p + self.marker.len() + self.bytes + self.trailer;
             if end <= body.len() {
                 if let Some((seq, ts)) = self.message(&body[..end]) {

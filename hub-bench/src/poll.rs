@@ -115,8 +115,9 @@ pub(crate) fn str_field<'a>(body: &'a [u8], name: &str) -> Option<&'a str> {
 /// Calls `f(frame_type)` for every `{"type":"..."` in a poll response.
 pub(crate) fn frame_types(body: &[u8], mut f: impl FnMut(&[u8])) {
     let key = b"{\"type\":\"";
+    let finder = memchr::memmem::Finder::new(key);
     let mut at = 0;
-    while let Some(p) = find(&body[at..], key) {
+    while let Some(p) = finder.find(&body[at..]) {
         let s = at + p + key.len();
         let Some(len) = body[s..].iter().position(|&b| b == b'"') else {
             return;

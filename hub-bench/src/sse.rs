@@ -157,24 +157,28 @@ impl SseConn {
 
 /// Calls `f(event_name, data)` for every complete event in `body`, then removes them.
 pub(crate) fn events(body: &mut Vec<u8>, mut f: impl FnMut(&[u8], &[u8])) {
-    let mut start = 0;
-    while let Some(end) = find(&body[start..], b"\n\n") {
-        let block = &body[start..start + end];
-        let mut name: &[u8] = b"message";
-        let mut data: &[u8] = b"";
-        for line in block.split(|&b| b == b'\n') {
-            if let Some(v) = line.strip_prefix(b"event: ") {
-                name = v;
-            } else if let Some(v) = line.strip_prefix(b"data: ") {
-                data = v;
+    // One pass over the line ends (memchr); an empty line ends an event.
+    let mut consumed = 0;
+    let mut line_start = 0;
+    let mut name: Option<&[u8]> = None;
+    let mut data: &[u8] = b"";
+    for nl in memchr::memchr_iter(b'\n', body) {
+        let line = &body[line_start..nl];
+        line_start = nl + 1;
+        if line.is_empty() {
+            if !data.is_empty() {
+                f(name.unwrap_or(b"message"), data);
             }
+            name = None;
+            data = b"";
+            consumed = nl + 1;
+        } else if let Some(v) = line.strip_prefix(b"event: ") {
+            name = Some(v);
+        } else if let Some(v) = line.strip_prefix(b"data: ") {
+            data = v;
         }
-        if !data.is_empty() {
-            f(name, data);
-        }
-        start += end + 2;
     }
-    body.drain(..start);
+    body.drain(..consumed);
 }
 
 #[cfg(test)]

@@ -269,7 +269,7 @@ pub(crate) fn close_info(payload: &[u8]) -> String {
 
 /// The first position of `needle` in `hay`.
 pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 #[cfg(test)]
