@@ -71,6 +71,16 @@
 //! into the stream's chunk; longer ones go out in chunks of their own, shared by every stream.
 //! The full contract is in PROTOCOL.md, "Server-sent events (hub-sse)".
 //!
+//! **Memory per stream.** An idle stream holds about 15 KB of server memory when the host
+//! serves HTTP/1 with hyper's smallest buffer limit (`http1().max_buf_size(8192)`, as in the
+//! example below), 22 KB with hyper's defaults. Most of it is the HTTP/1 connection, not this
+//! crate: hyper allocates an 8 KiB read buffer and an 8 KiB write buffer per connection for the
+//! connection's life, and the host's connection task is ~2 KB; this crate's stream state is
+//! ~1.2 KB and the hub's session ~1 KB (heap profile in BENCHMARKS.md). The same limit also
+//! bounds what hyper pulls from a stream's body ahead of a slow reader (16 chunks or the
+//! limit), so backpressure reaches the hub's bounded queue sooner. A WebSocket connection
+//! (hub-ws owns the socket after the upgrade) holds ~3.3 KB.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -87,9 +97,10 @@
 //!     let (tcp, peer) = listener.accept().await?;
 //!     let service = sse.clone().with_peer(peer);
 //!     tokio::spawn(async move {
-//!         let _ = auto::Builder::new(TokioExecutor::new())
-//!             .serve_connection(TokioIo::new(tcp), service)
-//!             .await;
+//!         let mut http = auto::Builder::new(TokioExecutor::new());
+//!         // hyper's smallest buffer limit: less memory per stream (see above).
+//!         http.http1().max_buf_size(8192);
+//!         let _ = http.serve_connection(TokioIo::new(tcp), service).await;
 //!     });
 //! }
 //! # }
