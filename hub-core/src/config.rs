@@ -35,6 +35,8 @@ pub(crate) struct Config {
     pub(crate) max_subscriptions: usize,
     pub(crate) max_rooms_per_session: usize,
     pub(crate) max_topics: usize,
+    /// How long a topic without subscribers is kept after its last message (ms).
+    pub(crate) topic_ttl_ms: u64,
     pub(crate) room_presence_events: bool,
     pub(crate) allowed_origins: Option<Arc<[String]>>,
     pub(crate) max_connections: usize,
@@ -58,6 +60,7 @@ impl Default for Config {
             max_subscriptions: 256,
             max_rooms_per_session: 256,
             max_topics: 100_000,
+            topic_ttl_ms: 5 * 60 * 1000,
             room_presence_events: false,
             allowed_origins: None,
             max_connections: 100_000,

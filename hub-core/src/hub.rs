@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -146,11 +146,26 @@ impl HubBuilder {
         self
     }
 
-    /// Topics the hub holds at once. A topic lives while it has subscribers, and for the hub's
-    /// life once it has had a message (its position must never restart).
-    /// Default 100,000.
+    /// Topics the hub holds at once (a publish or subscribe that would create one more is
+    /// refused with `too_many_topics`). A topic lives while it has subscribers, and for
+    /// [`HubBuilder::topic_ttl`] after its last message once it has none. Default 100,000.
     pub fn max_topics(mut self, n: usize) -> Self {
         self.config.max_topics = n;
+        self
+    }
+
+    /// How long a topic that has no subscribers is kept, with its position and history, after
+    /// its last message (or after its last subscriber left, whichever is later). Default 5
+    /// minutes; `Duration::MAX` keeps every topic for the hub's life.
+    ///
+    /// A forgotten topic frees its history. If it is used again, its stream starts over in a
+    /// new epoch (offsets from 1 again), so a client that resumes from a position of the old
+    /// stream gets a `gap` with reason `epoch` (nothing recovered), never another stream's
+    /// messages. Within the TTL a returning client recovers exactly what it missed (as far as
+    /// the history holds). Checked at every heartbeat interval, so a topic may outlive its TTL
+    /// by up to one interval.
+    pub fn topic_ttl(mut self, ttl: Duration) -> Self {
+        self.config.topic_ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         self
     }
 
@@ -224,7 +239,8 @@ impl HubBuilder {
         self
     }
 
-    /// Builds the hub. Needs no runtime; background work starts with the first session.
+    /// Builds the hub. Needs no runtime; background work (heartbeats, topic TTLs) starts with
+    /// the first session, or the first publish made inside a tokio runtime.
     pub fn build(mut self) -> Hub {
         self.config.handlers = Arc::new(self.handlers);
         Hub {
@@ -235,6 +251,7 @@ impl HubBuilder {
                 rooms: DashMap::new(),
                 stats: Stats::default(),
                 epoch: Arc::from(random_hex().as_str()),
+                forgotten: AtomicU64::new(0),
                 start: tokio::time::Instant::now(),
                 sweeper: AtomicBool::new(false),
                 shutting_down: AtomicBool::new(false),
@@ -262,6 +279,9 @@ struct TopicState {
     subs: HashMap<SessionId, Sub>,
     /// Removed from the hub's table: whoever finds it dead looks the topic up again.
     dead: bool,
+    /// When the topic last had a message or lost its last subscriber ([`Inner::now_ms`]): with
+    /// no subscribers, it is forgotten [`Config::topic_ttl_ms`] after this.
+    idle_since: u64,
 }
 
 struct Sub {
@@ -285,9 +305,15 @@ pub(crate) struct Inner {
     topics: DashMap<Arc<str>, Arc<Topic>>,
     rooms: DashMap<Arc<str>, Arc<Room>>,
     pub(crate) stats: Stats,
-    /// The epoch of every topic stream of this hub: random per hub, so positions from another
-    /// run of the service are recognised as foreign and answered with a `gap`.
+    /// The epoch of this hub's topic streams: random per hub, so positions from another run
+    /// of the service are recognised as foreign and answered with a `gap`. A topic created
+    /// after `forgotten` topics (ones that had messages) were dropped for their TTL gets
+    /// `<epoch>.<forgotten>`: a topic name used again never restarts its offsets in an epoch
+    /// a client may have seen.
     epoch: Arc<str>,
+    /// Topics with messages forgotten so far (see `epoch`). Incremented under the table's
+    /// shard lock before the topic leaves the table, so a topic created afterwards sees it.
+    forgotten: AtomicU64,
     start: tokio::time::Instant,
     sweeper: AtomicBool,
     shutting_down: AtomicBool,
@@ -503,20 +529,61 @@ impl Inner {
             .topics
             .entry(Arc::from(name))
             .or_insert_with(|| {
+                let epoch = match self.forgotten.load(Ordering::Acquire) {
+                    0 => self.epoch.clone(),
+                    n => Arc::from(format!("{}.{n}", self.epoch).as_str()),
+                };
                 Arc::new(Topic {
                     name: Arc::from(name),
-                    epoch: self.epoch.clone(),
+                    epoch,
                     state: Mutex::new(TopicState {
                         last_offset: 0,
                         history: VecDeque::new(),
                         history_bytes: 0,
                         subs: HashMap::new(),
                         dead: false,
+                        idle_since: self.now_ms(),
                     }),
                 })
             })
             .clone();
         Ok(t)
+    }
+
+    /// Forgets the topics that have had no subscribers for the TTL since their last message
+    /// (run by the sweeper). Returns how many went.
+    fn forget_idle_topics(&self) -> usize {
+        let ttl = self.config.topic_ttl_ms;
+        if ttl == u64::MAX {
+            return 0;
+        }
+        let now = self.now_ms();
+        let expired =
+            |st: &TopicState| st.subs.is_empty() && now.saturating_sub(st.idle_since) > ttl;
+        // Collect first: removing while iterating the table would deadlock on its shard.
+        let idle: Vec<Arc<str>> = self
+            .topics
+            .iter()
+            .filter(|e| expired(&lock(&e.value().state)))
+            .map(|e| e.key().clone())
+            .collect();
+        let mut n = 0;
+        for name in idle {
+            let removed = self.topics.remove_if(&name, |_, t| {
+                let mut st = lock(&t.state);
+                // Checked again: a subscriber or a message may have come since.
+                if !expired(&st) {
+                    return false;
+                }
+                st.dead = true;
+                if st.last_offset > 0 {
+                    self.forgotten.fetch_add(1, Ordering::AcqRel);
+                }
+                true
+            });
+            n += usize::from(removed.is_some());
+        }
+        n
     }
 
     /// Forgets a topic that never had a message and has no subscribers: it holds no position
@@ -545,6 +612,10 @@ impl Inner {
             }
             st.last_offset += 1;
             let offset = st.last_offset;
+            if st.subs.is_empty() {
+                // Only a topic without subscribers can be forgotten: its clock starts now.
+                st.idle_since = self.now_ms();
+            }
             let frame = Shared::new(Frame::Message {
                 topic: t.name.clone(),
                 epoch: t.epoch.clone(),
@@ -715,6 +786,9 @@ impl Inner {
                 });
                 let watchers = st.subs.values().filter(|w| w.presence).map(|w| &w.session);
                 self.fan_out(watchers, &leave, overflow);
+                if st.subs.is_empty() {
+                    st.idle_since = self.now_ms();
+                }
             }
         }
         self.maybe_remove_topic(name);
@@ -861,13 +935,22 @@ impl Inner {
         n
     }
 
+    /// Starts the sweeper (heartbeats, topic TTLs) if it is not running and a runtime is
+    /// there to run it.
     fn ensure_sweeper(self: &Arc<Self>) {
+        if self.sweeper.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            // Published to outside a runtime: the first session (or publish in one) starts it.
+            return;
+        };
         if self.sweeper.swap(true, Ordering::AcqRel) {
             return;
         }
         let weak = Arc::downgrade(self);
         let interval = self.config.heartbeat_interval;
-        tokio::spawn(sweep(weak, interval));
+        rt.spawn(sweep(weak, interval));
     }
 }
 
@@ -910,6 +993,7 @@ async fn sweep(weak: Weak<Inner>, interval: Duration) {
             }
         }
         inner.close_all(silent, DisconnectReason::HeartbeatTimeout);
+        inner.forget_idle_topics();
     }
 }
 
@@ -1219,6 +1303,8 @@ impl Hub {
         if !valid_name(topic, self.inner.config.max_name_len) {
             return Err(SendError::BadName(ErrorCode::BadTopic));
         }
+        // Topics published to by the server alone expire too.
+        self.inner.ensure_sweeper();
         self.inner.publish(topic, data)
     }
 

@@ -911,3 +911,133 @@ fn session_ids_parse_only_as_16_hex_digits() {
     assert!(hub_core::SessionId::parse("+123456789abcdef").is_none());
     assert!(hub_core::SessionId::parse("0123456789abcdeg").is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_topic_is_forgotten_after_its_ttl_and_comes_back_in_a_new_epoch() {
+    let hub = Hub::builder()
+        .hooks(Open::default())
+        .history_len(10)
+        .heartbeat(Duration::from_secs(10), Duration::from_secs(3600))
+        .topic_ttl(Duration::from_secs(60))
+        .build();
+    // `kept` has a subscriber the whole time; `t` loses its only one.
+    let mut keeper = Mem::connect(&hub, Codec::Json).await;
+    keeper
+        .send(json!({"type": "subscribe", "topic": "kept", "id": 1}))
+        .await;
+    let old_epoch = keeper.recv().await["data"]["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut a = Mem::connect(&hub, Codec::Json).await;
+    a.send(json!({"type": "subscribe", "topic": "t", "id": 1}))
+        .await;
+    assert_eq!(a.recv().await["data"]["epoch"], old_epoch.as_str());
+    for i in 1..=3 {
+        hub.publish("t", &i).unwrap();
+        hub.publish("kept", &i).unwrap();
+    }
+    for _ in 1..=3 {
+        assert_eq!(a.recv().await["type"], "message");
+        assert_eq!(keeper.recv().await["type"], "message");
+    }
+    a.send(json!({"type": "unsubscribe", "topic": "t", "id": 2}))
+        .await;
+    assert_eq!(a.recv().await["type"], "reply");
+    // Within the TTL (sweeps at 10 s ... 50 s): `t` is held, and a client resuming from its
+    // position recovers exactly what it missed.
+    tokio::time::sleep(Duration::from_secs(55)).await;
+    assert_eq!(hub.stats().topics, 2);
+    hub.publish("t", &4).unwrap();
+    let mut back = Mem::connect(&hub, Codec::Json).await;
+    back.send(json!({"type": "subscribe", "topic": "t", "id": 1,
+        "since": {"epoch": old_epoch, "offset": 3}}))
+        .await;
+    assert_eq!(back.recv().await["data"]["offset"], 4);
+    let m = back.recv().await;
+    assert_eq!(
+        (m["offset"].clone(), m["data"].clone()),
+        (json!(4), json!(4))
+    );
+    back.send(json!({"type": "unsubscribe", "topic": "t", "id": 2}))
+        .await;
+    assert_eq!(back.recv().await["type"], "reply");
+    // The TTL runs from the later of the last message and the last subscriber leaving:
+    // forgotten by the first sweep more than 60 s after that (at most one interval late).
+    tokio::time::sleep(Duration::from_secs(59)).await;
+    assert_eq!(hub.stats().topics, 2, "forgotten before its TTL");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(
+        hub.stats().topics,
+        1,
+        "`t` should be forgotten, `kept` held"
+    );
+    // Used again: a new stream in a new epoch, offsets from 1; the old position gets a gap
+    // with reason `epoch`, never the new stream's messages as if they followed offset 4.
+    let mut c = Mem::connect(&hub, Codec::Json).await;
+    c.send(json!({"type": "subscribe", "topic": "t", "id": 1,
+        "since": {"epoch": old_epoch, "offset": 4}}))
+        .await;
+    let reply = c.recv().await;
+    let new_epoch = reply["data"]["epoch"].as_str().unwrap().to_owned();
+    assert_ne!(new_epoch, old_epoch);
+    assert_eq!(reply["data"]["offset"], 0);
+    let gap = c.recv().await;
+    assert_eq!(
+        (
+            gap["type"].clone(),
+            gap["reason"].clone(),
+            gap["epoch"].clone()
+        ),
+        (json!("gap"), json!("epoch"), json!(new_epoch))
+    );
+    let p = hub.publish("t", &"again").unwrap();
+    assert_eq!((&*p.epoch, p.offset), (new_epoch.as_str(), 1));
+    let m = c.recv().await;
+    assert_eq!(
+        (m["epoch"].clone(), m["offset"].clone()),
+        (json!(new_epoch), json!(1))
+    );
+    // The topic that kept its subscriber kept its stream.
+    let p = hub.publish("kept", &4).unwrap();
+    assert_eq!((&*p.epoch, p.offset), (old_epoch.as_str(), 4));
+    assert_eq!(keeper.recv().await["offset"], 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn topics_published_to_by_the_server_alone_expire_and_free_their_slots() {
+    let hub = Hub::builder()
+        .hooks(Open::default())
+        .max_topics(2)
+        .heartbeat(Duration::from_secs(10), Duration::from_secs(3600))
+        .topic_ttl(Duration::from_secs(30))
+        .build();
+    // No session at all: the server's own publishes start the sweeper.
+    let first = hub.publish("match-1", &1).unwrap();
+    hub.publish("match-2", &1).unwrap();
+    assert!(matches!(
+        hub.publish("match-3", &1),
+        Err(hub_core::SendError::TooManyTopics)
+    ));
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    assert_eq!(hub.stats().topics, 0);
+    let p = hub.publish("match-3", &1).unwrap();
+    assert_eq!(p.offset, 1);
+    // A re-used name starts over in an epoch it never had.
+    let again = hub.publish("match-1", &2).unwrap();
+    assert_eq!(again.offset, 1);
+    assert_ne!(again.epoch, first.epoch);
+}
+
+#[tokio::test(start_paused = true)]
+async fn topic_ttl_max_keeps_topics_for_the_hubs_life() {
+    let hub = Hub::builder()
+        .hooks(Open::default())
+        .heartbeat(Duration::from_secs(10), Duration::from_secs(3600))
+        .topic_ttl(Duration::MAX)
+        .build();
+    hub.publish("t", &1).unwrap();
+    tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+    assert_eq!(hub.stats().topics, 1);
+    assert_eq!(hub.publish("t", &2).unwrap().offset, 2);
+}
