@@ -117,8 +117,6 @@
 
 #![warn(missing_docs)]
 
-mod seq;
-
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
@@ -132,15 +130,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hub_core::{
     Codec, ConnectRequest, DisconnectReason, Hub, Outbox, Outgoing, Payload, Rejection, Session,
     SessionId, TransportInfo,
 };
+use hub_http::seq::{self, answered, bad_seq, run_numbered, Sequencer, Verdict};
+use hub_http::BodyError;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-
-use seq::{Answer, Sequencer, Verdict};
 
 /// The request header that numbers a command (`1`, `2`, ... per session): see "Command
 /// numbers" in the crate docs. The query parameter `seq` may carry it instead.
@@ -382,15 +380,7 @@ impl PollService {
             return method_not_allowed();
         }
         // What authenticates the request, taken before any `.await` (the body need not be Sync).
-        let credentials = ConnectRequest {
-            transport: TRANSPORT,
-            codec: Codec::Json,
-            headers: req.headers().clone(),
-            uri: req.uri().clone(),
-            peer: self
-                .peer
-                .or_else(|| req.extensions().get::<SocketAddr>().copied()),
-        };
+        let credentials = hub_http::connect_request(&req, TRANSPORT, Codec::Json, self.peer);
         let entry = match self.find(&token, credentials).await {
             Ok(entry) => entry,
             Err(resp) => return resp,
@@ -444,16 +434,8 @@ impl PollService {
                 "no secure random source available",
             );
         }
-        let peer = self
-            .peer
-            .or_else(|| req.extensions().get::<SocketAddr>().copied());
-        let connect = ConnectRequest {
-            transport: TRANSPORT,
-            codec,
-            headers: req.headers().clone(),
-            uri: req.uri().clone(),
-            peer,
-        };
+        let connect = hub_http::connect_request(&req, TRANSPORT, codec, self.peer);
+        let peer = connect.peer;
         let conn = match self.hub.connect(connect).await {
             Ok(conn) => conn,
             Err(rej) => return refusal(&rej),
@@ -687,24 +669,10 @@ impl PollService {
                 format!("frames are limited to {max} bytes"),
             )
         };
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max as u64) {
-            return too_large();
-        }
-        let bytes = match Limited::new(req.into_body(), max).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("could not read the body: {e}"),
-                )
-            }
+        let bytes = match hub_http::read_body(req, max).await {
+            Ok(bytes) => bytes,
+            Err(BodyError::TooLarge) => return too_large(),
+            Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
         };
         if let Err(message) = check_frame(entry.codec, &bytes) {
             return error(StatusCode::BAD_REQUEST, "bad_frame", message);
@@ -728,11 +696,11 @@ impl PollService {
             Verdict::Duplicate { seq, answer } => {
                 tracing::debug!(session = %entry.id, seq, "a retried command, answered again");
                 lock(&entry.state).last_active = Instant::now();
-                return answered(seq, answer, true);
+                return with_no_store(answered(seq, answer, true));
             }
             Verdict::Refuse { message, expected } => {
                 tracing::debug!(session = %entry.id, expected, "refused a command's number");
-                return bad_seq(message, expected);
+                return with_no_store(bad_seq(&message, expected));
             }
         };
         lock(&entry.state).last_active = Instant::now();
@@ -745,21 +713,13 @@ impl PollService {
         };
         // A numbered command runs to the end even if this request is dropped (the client gave
         // up on it): its retry then gets its answer, and it never runs half or twice.
-        let seq = ticket.seq();
-        let accepted = Answer {
-            status: StatusCode::ACCEPTED,
-            body: Bytes::new(),
-        };
-        let done = accepted.clone();
         let id = entry.id;
-        let task = tokio::spawn(async move {
-            entry.session.handle(bytes).await;
-            ticket.finish(done);
-        });
-        match task.await {
-            Ok(()) => answered(seq, accepted, false),
-            Err(e) => {
-                tracing::warn!(session = %id, seq, "a command failed: {e}");
+        let run = async move { entry.session.handle(bytes).await };
+        match run_numbered(ticket, run).await {
+            Ok(resp) => with_no_store(resp),
+            Err(failed) => {
+                let seq = failed.seq;
+                tracing::warn!(session = %id, seq, "a command failed: {}", failed.error);
                 error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
@@ -1075,56 +1035,19 @@ fn no_store(resp: &mut Response<Body>) {
     h.insert(header::EXPIRES, HeaderValue::from_static("0"));
 }
 
+/// A shared answer (hub-http) as this service sends it: in its body type, not to be cached.
+fn with_no_store(resp: Response<Bytes>) -> Response<Body> {
+    let mut resp = resp.map(Full::new);
+    no_store(&mut resp);
+    resp
+}
+
 fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response<Body> {
-    let body = serde_json::json!({"code": code, "message": message.into()}).to_string();
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_TYPE));
-    no_store(&mut resp);
-    resp
-}
-
-/// The answer to a numbered command: the first time, or again (`duplicate`) for a retry.
-fn answered(seq: u64, answer: Answer, duplicate: bool) -> Response<Body> {
-    let json = !answer.body.is_empty();
-    let mut resp = Response::new(Full::new(answer.body));
-    *resp.status_mut() = answer.status;
-    no_store(&mut resp);
-    let h = resp.headers_mut();
-    if json {
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_TYPE));
-    }
-    h.insert(COMMAND_SEQ_HEADER, HeaderValue::from(seq));
-    if duplicate {
-        h.insert(COMMAND_DUPLICATE_HEADER, HeaderValue::from_static("1"));
-    }
-    resp
-}
-
-/// 409 `bad_seq`: nothing ran; `expected` is the number the next new command must carry.
-fn bad_seq(message: String, expected: u64) -> Response<Body> {
-    let body = serde_json::json!({
-        "code": seq::BAD_SEQ,
-        "message": message,
-        "expected": expected,
-    })
-    .to_string();
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = StatusCode::CONFLICT;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_TYPE));
-    no_store(&mut resp);
-    resp
+    with_no_store(hub_http::json_error(status, code, &message.into()))
 }
 
 fn refusal(rej: &Rejection) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(rej.body())));
-    *resp.status_mut() = StatusCode::from_u16(rej.status()).unwrap_or(StatusCode::FORBIDDEN);
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_TYPE));
-    no_store(&mut resp);
-    resp
+    with_no_store(hub_http::refusal(rej))
 }
 
 fn method_not_allowed() -> Response<Body> {

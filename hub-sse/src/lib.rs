@@ -126,7 +126,6 @@
 mod body;
 mod id;
 mod registry;
-mod seq;
 
 use std::convert::Infallible;
 use std::fmt;
@@ -140,11 +139,11 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hub_core::{
-    Codec, CommandError, ConnectRequest, Connection, ErrorCode, Hub, Rejection, StreamPosition,
-    TransportInfo,
+    Codec, CommandError, Connection, ErrorCode, Hub, Rejection, StreamPosition, TransportInfo,
 };
+use hub_http::seq::{self, answered, bad_seq, run_numbered, Verdict};
+use hub_http::BodyError;
 use tracing::Instrument;
 
 pub use body::Body;
@@ -152,7 +151,6 @@ pub use body::Body;
 use body::{lock, write_event, Held, TailCache, Writer};
 use id::Cursor;
 use registry::{new_token, token_matches, token_text, Entry, Registry};
-use seq::{Answer, Verdict};
 
 /// The transport's description for the hub: one-way, with comment-line pings; a gone client is
 /// noticed when its connection closes, not by the heartbeat timeout.
@@ -432,16 +430,8 @@ impl SseService {
                 "no random source for session tokens",
             );
         };
-        let peer = self
-            .peer
-            .or_else(|| req.extensions().get::<SocketAddr>().copied());
-        let connect = ConnectRequest {
-            transport: TRANSPORT,
-            codec: Codec::Json,
-            headers: req.headers().clone(),
-            uri: req.uri().clone(),
-            peer,
-        };
+        let connect = hub_http::connect_request(&req, TRANSPORT, Codec::Json, self.peer);
+        let peer = connect.peer;
         let Connection { session, outbox } = match self.hub.connect(connect).await {
             Ok(conn) => conn,
             Err(rej) => return refusal(&rej),
@@ -624,15 +614,7 @@ impl SseService {
         }
         // The token is not enough: the command must also come from the stream's user (checked
         // as a connect would be: origin, then the authenticate hook).
-        let connect = ConnectRequest {
-            transport: TRANSPORT,
-            codec: Codec::Json,
-            headers: req.headers().clone(),
-            uri: req.uri().clone(),
-            peer: self
-                .peer
-                .or_else(|| req.extensions().get::<SocketAddr>().copied()),
-        };
+        let connect = hub_http::connect_request(&req, TRANSPORT, Codec::Json, self.peer);
         match self.hub.authenticate(&connect).await {
             Ok(who) if who.user_id() == &*entry.user => {}
             Ok(_) => {
@@ -669,23 +651,11 @@ impl SseService {
                 &format!("commands are limited to {max} bytes"),
             )
         };
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max as u64) {
-            return too_large();
-        }
-        let bytes = match Limited::new(req.into_body(), max).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        let bytes = match hub_http::read_body(req, max).await {
+            Ok(bytes) => bytes,
+            Err(BodyError::TooLarge) => return too_large(),
             Err(e) => {
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    &format!("could not read the body: {e}"),
-                )
+                return error_response(StatusCode::BAD_REQUEST, "bad_request", &e.to_string())
             }
         };
         // What can be judged without the session is answered here; the rest (unknown types,
@@ -742,11 +712,11 @@ impl SseService {
             Verdict::Run(ticket) => Some(ticket),
             Verdict::Duplicate { seq, answer } => {
                 tracing::debug!(session = %id, seq, "a retried command, answered again");
-                return answered(seq, answer, true);
+                return answered(seq, answer, true).map(Body::full);
             }
             Verdict::Refuse { message, expected } => {
                 tracing::debug!(session = %id, expected, "refused a command's number");
-                return bad_seq(&message, expected);
+                return bad_seq(&message, expected).map(Body::full);
             }
         };
         let cursor = entry.cursor.clone();
@@ -767,20 +737,11 @@ impl SseService {
         };
         // A numbered command runs to the end even if this request is dropped (the client gave
         // up on it): its retry then gets its answer, and it never runs half or twice.
-        let seq = ticket.seq();
-        let accepted = Answer {
-            status: StatusCode::ACCEPTED,
-            body: Bytes::new(),
-        };
-        let done = accepted.clone();
-        let task = tokio::spawn(async move {
-            run.await;
-            ticket.finish(done);
-        });
-        match task.await {
-            Ok(()) => answered(seq, accepted, false),
-            Err(e) => {
-                tracing::warn!(session = %id, seq, "a command failed: {e}");
+        match run_numbered(ticket, run).await {
+            Ok(resp) => resp.map(Body::full),
+            Err(failed) => {
+                let seq = failed.seq;
+                tracing::warn!(session = %id, seq, "a command failed: {}", failed.error);
                 error_response(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
@@ -867,14 +828,7 @@ fn query_values<'a>(uri: &'a http::Uri, name: &'a str) -> impl Iterator<Item = S
 }
 
 fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    let body = serde_json::json!({"code": code, "message": message}).to_string();
-    let mut resp = Response::new(Body::full(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    hub_http::json_error(status, code, message).map(Body::full)
 }
 
 /// The answer headers a cross-origin page may read: the command numbering's.
@@ -883,44 +837,7 @@ fn expose_headers() -> HeaderValue {
 }
 
 fn refusal(rej: &Rejection) -> Response<Body> {
-    let status = StatusCode::from_u16(rej.status()).unwrap_or(StatusCode::FORBIDDEN);
-    error_response(status, rej.code(), rej.message())
-}
-
-/// The answer to a numbered command: the first time, or again (`duplicate`) for a retry.
-fn answered(seq: u64, answer: Answer, duplicate: bool) -> Response<Body> {
-    let json = !answer.body.is_empty();
-    let mut resp = Response::new(Body::full(answer.body));
-    *resp.status_mut() = answer.status;
-    let h = resp.headers_mut();
-    if json {
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-    }
-    h.insert(COMMAND_SEQ_HEADER, HeaderValue::from(seq));
-    if duplicate {
-        h.insert(COMMAND_DUPLICATE_HEADER, HeaderValue::from_static("1"));
-    }
-    resp
-}
-
-/// 409 `bad_seq`: nothing ran; `expected` is the number the next new command must carry.
-fn bad_seq(message: &str, expected: u64) -> Response<Body> {
-    let body = serde_json::json!({
-        "code": seq::BAD_SEQ,
-        "message": message,
-        "expected": expected,
-    })
-    .to_string();
-    let mut resp = Response::new(Body::full(body));
-    *resp.status_mut() = StatusCode::CONFLICT;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    hub_http::refusal(rej).map(Body::full)
 }
 
 fn unknown_session() -> Response<Body> {

@@ -4,10 +4,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use hub_core::{Session, SessionId};
+use hub_http::seq::Sequencer;
 
 use crate::body::lock;
 use crate::id::Cursor;
-use crate::seq::Sequencer;
 
 /// Bytes of randomness in a command token.
 pub(crate) const TOKEN_BYTES: usize = 32;

@@ -20,28 +20,32 @@
 //! Numbered commands of one session run one at a time, in order. Requests refused for other
 //! reasons (unknown session, credentials, bad body) never reach this and consume nothing.
 //!
-//! (hub-sse has the same module: the two transports keep the same rules.)
+//! hub-sse and hub-poll both use this module, so the two transports keep the same rules; the
+//! answers they give are built here too ([`answered`], [`bad_seq`], [`run_numbered`]).
 
 use std::collections::hash_map::RandomState;
+use std::future::Future;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode, Uri};
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Response, StatusCode, Uri};
 use tokio::sync::Notify;
+use tokio::task::JoinError;
 
 /// The request header that numbers a command.
-pub(crate) const SEQ_HEADER: &str = "hub-command-seq";
+pub const SEQ_HEADER: &str = "hub-command-seq";
 /// The query parameter that numbers a command, for clients that cannot set headers.
-pub(crate) const SEQ_PARAM: &str = "seq";
+pub const SEQ_PARAM: &str = "seq";
 /// The answer header that marks a retry's answer (the command did not run again).
-pub(crate) const DUPLICATE_HEADER: &str = "hub-command-duplicate";
+pub const DUPLICATE_HEADER: &str = "hub-command-duplicate";
 /// The stable error code of every sequence refusal.
-pub(crate) const BAD_SEQ: &str = "bad_seq";
+pub const BAD_SEQ: &str = "bad_seq";
 
 /// What a request said about its number.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Presented {
+pub enum Presented {
     /// No number.
     Absent,
     /// A well-formed number (at least 1).
@@ -52,7 +56,7 @@ pub(crate) enum Presented {
 
 /// Reads the number of a command request: the `Hub-Command-Seq` header(s) and the `seq` query
 /// parameter(s). Every value given must be the same decimal number, 1 to 2^64 - 1.
-pub(crate) fn presented(headers: &HeaderMap, uri: &Uri) -> Presented {
+pub fn presented(headers: &HeaderMap, uri: &Uri) -> Presented {
     let mut found: Option<u64> = None;
     let mut add = |value: Option<&str>| -> Result<(), &'static str> {
         let n = value
@@ -83,7 +87,7 @@ pub(crate) fn presented(headers: &HeaderMap, uri: &Uri) -> Presented {
 }
 
 /// A command number: 1 to 20 ASCII digits (no sign, no spaces), at least 1, within `u64`.
-pub(crate) fn parse_seq(s: &str) -> Option<u64> {
+pub fn parse_seq(s: &str) -> Option<u64> {
     if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -92,15 +96,16 @@ pub(crate) fn parse_seq(s: &str) -> Option<u64> {
 
 /// The answer a command got: what a retry of it gets again.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Answer {
-    pub(crate) status: StatusCode,
+pub struct Answer {
+    /// Its status.
+    pub status: StatusCode,
     /// Empty, or a small JSON document.
-    pub(crate) body: Bytes,
+    pub body: Bytes,
 }
 
 /// What to do with a command request.
 #[derive(Debug)]
-pub(crate) enum Verdict {
+pub enum Verdict {
     /// No number, on a session that does not use them: run it (as before numbers existed).
     Unsequenced,
     /// A new command: run it, then give the ticket its answer.
@@ -123,7 +128,7 @@ pub(crate) enum Verdict {
 
 /// One session's numbering: one entry, whatever the number of commands.
 #[derive(Debug)]
-pub(crate) struct Sequencer {
+pub struct Sequencer {
     state: Mutex<State>,
     /// The running command finished.
     done: Notify,
@@ -166,14 +171,14 @@ impl Default for Sequencer {
 impl Sequencer {
     /// A keyed hash of a command body, to tell a retry from another command with the same
     /// number.
-    pub(crate) fn digest(&self, body: &[u8]) -> u64 {
+    pub fn digest(&self, body: &[u8]) -> u64 {
         self.hasher.hash_one(body)
     }
 
     /// Judges a command request whose body hashes to `digest`. `required`: the service
     /// refuses unnumbered commands on every session. A numbered command waits while the
     /// session's previous one still runs.
-    pub(crate) async fn admit(
+    pub async fn admit(
         self: &Arc<Self>,
         presented: Presented,
         digest: u64,
@@ -265,7 +270,7 @@ impl Sequencer {
 /// A new command's place in its session's sequence: give it the command's answer once the
 /// command has run. Dropped without one (the run panicked), it records a 500.
 #[derive(Debug)]
-pub(crate) struct Ticket {
+pub struct Ticket {
     owner: Arc<Sequencer>,
     seq: u64,
     finished: bool,
@@ -273,12 +278,12 @@ pub(crate) struct Ticket {
 
 impl Ticket {
     /// The command's number.
-    pub(crate) fn seq(&self) -> u64 {
+    pub fn seq(&self) -> u64 {
         self.seq
     }
 
     /// Records the command's answer, for its retries, and lets the next command run.
-    pub(crate) fn finish(mut self, answer: Answer) {
+    pub fn finish(mut self, answer: Answer) {
         self.record(answer);
     }
 
@@ -307,6 +312,81 @@ impl Drop for Ticket {
             });
         }
     }
+}
+
+/// The answer to a numbered command as sent: its status and body (`Content-Type:
+/// application/json` if it has one) with `Hub-Command-Seq: <seq>`, the first time, or again
+/// for a retry (`duplicate`), then also with `Hub-Command-Duplicate: 1`.
+pub fn answered(seq: u64, answer: Answer, duplicate: bool) -> Response<Bytes> {
+    let json = !answer.body.is_empty();
+    let mut resp = Response::new(answer.body);
+    *resp.status_mut() = answer.status;
+    let h = resp.headers_mut();
+    if json {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::JSON_TYPE),
+        );
+    }
+    h.insert(SEQ_HEADER, HeaderValue::from(seq));
+    if duplicate {
+        h.insert(DUPLICATE_HEADER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+/// 409 `bad_seq` with the JSON body `{"code", "message", "expected"}`: nothing ran;
+/// `expected` is the number the next new command must carry.
+pub fn bad_seq(message: &str, expected: u64) -> Response<Bytes> {
+    let body = serde_json::json!({
+        "code": BAD_SEQ,
+        "message": message,
+        "expected": expected,
+    })
+    .to_string();
+    let mut resp = Response::new(Bytes::from(body));
+    *resp.status_mut() = StatusCode::CONFLICT;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::JSON_TYPE),
+    );
+    resp
+}
+
+/// Runs a new numbered command (`run`, the command's work) to the end in a task of its own, so
+/// that it never runs half even if the client drops the request, then gives `ticket` its
+/// answer (202, no body) for the command's retries and returns that answer as sent
+/// ([`answered`]).
+///
+/// `Err` if the run failed (panicked): the ticket has then recorded a 500 for the retries, and
+/// the caller answers this request with a 500 of its own.
+pub async fn run_numbered<F>(ticket: Ticket, run: F) -> Result<Response<Bytes>, CommandFailed>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let seq = ticket.seq();
+    let accepted = Answer {
+        status: StatusCode::ACCEPTED,
+        body: Bytes::new(),
+    };
+    let done = accepted.clone();
+    let task = tokio::spawn(async move {
+        run.await;
+        ticket.finish(done);
+    });
+    match task.await {
+        Ok(()) => Ok(answered(seq, accepted, false)),
+        Err(error) => Err(CommandFailed { seq, error }),
+    }
+}
+
+/// A numbered command whose run failed: see [`run_numbered`].
+#[derive(Debug)]
+pub struct CommandFailed {
+    /// The command's number.
+    pub seq: u64,
+    /// How its task ended.
+    pub error: JoinError,
 }
 
 #[cfg(test)]
@@ -356,7 +436,7 @@ mod tests {
 
     #[test]
     fn reads_the_header_and_the_query_which_must_agree() {
-        let uri = |q: &str| format!("/poll?session=x{q}").parse::<Uri>().unwrap();
+        let uri = |q: &str| format!("/commands?session=x{q}").parse::<Uri>().unwrap();
         let mut h = HeaderMap::new();
         assert_eq!(presented(&h, &uri("")), Presented::Absent);
         assert_eq!(presented(&h, &uri("&seq=4")), Presented::Seq(4));

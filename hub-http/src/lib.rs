@@ -1,0 +1,167 @@
+//! HTTP pieces shared by the hub's HTTP transports, hub-sse and hub-poll. Not meant to be used
+//! directly: its API is what those two transports need, and changes with them.
+//!
+//! The transports must not depend on each other, and hub-core stays transport-independent (no
+//! HTTP server logic), so what they have in common lives here:
+//!
+//! - [`seq`]: per-session command numbers (`Hub-Command-Seq`): the rules, and the answers they
+//!   lead to;
+//! - [`json_error`] and [`refusal`]: error answers with the JSON body `{"code", "message"}`;
+//! - [`read_body`]: a command's body, within the hub's frame size limit;
+//! - [`connect_request`]: what the hub's hooks judge an HTTP request by.
+//!
+//! Answers are built as `Response<Bytes>`: each transport puts the bytes in its own body type
+//! (`Response::map`) and adds headers of its own (hub-poll's no-store headers, hub-sse's CORS).
+
+#![warn(missing_docs)]
+
+pub mod seq;
+
+use std::error::Error;
+use std::fmt;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hub_core::{Codec, ConnectRequest, Rejection, TransportInfo};
+
+/// The media type of JSON answers.
+const JSON_TYPE: &str = "application/json";
+
+/// An error answer: `status`, with the JSON body `{"code": code, "message": message}`.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Bytes> {
+    let body = serde_json::json!({"code": code, "message": message}).to_string();
+    let mut resp = Response::new(Bytes::from(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_TYPE));
+    resp
+}
+
+/// The answer to a request the hub refused (its hooks, its limits): the rejection's status
+/// (403 if that is not a valid status code), code and message, as a [`json_error`].
+pub fn refusal(rej: &Rejection) -> Response<Bytes> {
+    let status = StatusCode::from_u16(rej.status()).unwrap_or(StatusCode::FORBIDDEN);
+    json_error(status, rej.code(), rej.message())
+}
+
+/// What the hub's hooks judge an HTTP request by ([`hub_core::Hub::connect`],
+/// [`hub_core::Hub::authenticate`]): the request's headers and URI, and the client's address:
+/// `peer` (what the host told the service), or else a `SocketAddr` found in the request's
+/// extensions.
+pub fn connect_request<B>(
+    req: &Request<B>,
+    transport: TransportInfo,
+    codec: Codec,
+    peer: Option<SocketAddr>,
+) -> ConnectRequest {
+    ConnectRequest {
+        transport,
+        codec,
+        headers: req.headers().clone(),
+        uri: req.uri().clone(),
+        peer: peer.or_else(|| req.extensions().get::<SocketAddr>().copied()),
+    }
+}
+
+/// Why [`read_body`] has no body to give.
+#[derive(Debug)]
+pub enum BodyError {
+    /// The body is over the limit: by its `Content-Length`, or found while reading it.
+    TooLarge,
+    /// The body could not be read (e.g. the client went away mid-body).
+    Unreadable(Box<dyn Error + Send + Sync>),
+}
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BodyError::TooLarge => f.write_str("the body is over the size limit"),
+            BodyError::Unreadable(e) => write!(f, "could not read the body: {e}"),
+        }
+    }
+}
+
+impl Error for BodyError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            BodyError::TooLarge => None,
+            BodyError::Unreadable(e) => Some(&**e),
+        }
+    }
+}
+
+/// Reads a request's whole body, at most `max` bytes. A request whose `Content-Length` says
+/// more is refused before anything is read; one that sends more than it said (or says nothing)
+/// is refused as soon as it passes `max`.
+pub async fn read_body<B>(req: Request<B>, max: usize) -> Result<Bytes, BodyError>
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn Error + Send + Sync>>,
+{
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
+        Err(e) => Err(BodyError::Unreadable(e)),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    use http_body_util::Full;
+
+    fn request(body: &'static str, content_length: Option<&str>) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(Bytes::from_static(body.as_bytes())));
+        if let Some(n) = content_length {
+            req.headers_mut()
+                .insert(header::CONTENT_LENGTH, n.parse().unwrap());
+        }
+        req
+    }
+
+    #[test]
+    fn errors_are_json_code_and_message() {
+        let resp = json_error(
+            StatusCode::NOT_FOUND,
+            "unknown_session",
+            "no \"such\" session",
+        );
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+        let body: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"code": "unknown_session", "message": "no \"such\" session"})
+        );
+        let rej = Rejection::origin_not_allowed("https://evil.example");
+        let resp = refusal(&rej);
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        assert_eq!(&resp.body()[..], rej.body().as_bytes());
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_within_the_limit() {
+        assert_eq!(&read_body(request("{}", None), 2).await.unwrap()[..], b"{}");
+        assert!(matches!(
+            read_body(request("{}", Some("3")), 2).await,
+            Err(BodyError::TooLarge)
+        ));
+        assert!(matches!(
+            read_body(request("{ }", None), 2).await,
+            Err(BodyError::TooLarge)
+        ));
+    }
+}
