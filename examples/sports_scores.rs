@@ -81,11 +81,6 @@ const FT_TICKS: u32 = 10;
 /// demo wants goals).
 const GOAL_CHANCE: f64 = 0.03;
 
-/// Match ids cycle through `m1` ..= `m<ID_CYCLE>`. Each id is its own topic and the hub keeps
-/// a topic's history as long as it runs; cycling bounds the memory of a demo left running for
-/// days (an id comes back only long after its previous match left the board).
-const ID_CYCLE: u64 = 36;
-
 /// Ticks each slot is fast-forwarded at start, so the board opens on matches at every stage
 /// (one of them at half time, one near the end).
 const STAGGER: [u32; MATCHES] = [2, 21, 40, 50, 75, 98];
@@ -178,7 +173,9 @@ impl Rng {
 struct FeedState {
     slots: Vec<Slot>,
     rng: Rng,
-    /// Matches created so far (drives the id cycle).
+    /// Matches created so far: match `n` is `m<n>`, its own topic `scores/m<n>`. Ids are never
+    /// reused; the hub forgets a finished match's topic once nobody follows it (its
+    /// `topic_ttl`), so a demo left running for days holds only recent matches.
     created: u64,
     /// The position of the last update published to `scores/all`.
     last: Option<Position>,
@@ -203,7 +200,7 @@ impl FeedState {
         self.created += 1;
         Slot {
             state: MatchState {
-                id: format!("m{}", (self.created - 1) % ID_CYCLE + 1),
+                id: format!("m{}", self.created),
                 home: home.to_owned(),
                 away: away.to_owned(),
                 home_score: 0,
