@@ -19,21 +19,18 @@
 #[path = "../examples/auth.rs"]
 mod auth;
 
-use std::collections::VecDeque;
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use auth::{Keys, Role};
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use common::{http, recv_json, send_json, send_request, serve_router, Conn, Kind, Polling, KINDS};
 use http::StatusCode;
 use hub::Hub;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Safety net for every wait (the machine may be busy: never a timing assertion).
 const WAIT: Duration = Duration::from_secs(15);
@@ -54,12 +51,7 @@ impl Server {
     async fn start() -> Server {
         let keys = Keys::new(b"the test key: 32 bytes or more!!".to_vec());
         let hub = auth::build_hub(keys.clone(), &[APP_ORIGIN.to_owned()]);
-        let app = auth::router(&hub);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = serve_router(auth::router(&hub)).await;
         Server { addr, hub, keys }
     }
 
@@ -103,232 +95,8 @@ impl Cred {
     }
 }
 
-/// The three transports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Ws,
-    Sse,
-    Poll,
-}
-
-const KINDS: [Kind; 3] = [Kind::Ws, Kind::Sse, Kind::Poll];
-
-// ---------------------------------------------------------------------------------------------
-// HTTP/1.1: one request per connection, written and parsed by hand (the facade's dev-dependencies
-// have hyper's server side only), chunked bodies included.
-
-/// A response whose body has been read.
-struct Resp {
-    status: StatusCode,
-    body: Bytes,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
-    }
-}
-
-/// How a response body is delimited.
-enum Framing {
-    Chunked,
-    Length(usize),
-    Eof,
-}
-
-/// A response body, read as it arrives (an event stream never ends by itself).
-struct HttpBody {
-    tcp: TcpStream,
-    raw: Vec<u8>,
-    framing: Framing,
-}
-
-impl HttpBody {
-    /// Reads more bytes; `false` at the end of the connection.
-    async fn fill(&mut self) -> bool {
-        let mut buf = [0u8; 8192];
-        let n = tokio::time::timeout(WAIT, self.tcp.read(&mut buf))
-            .await
-            .expect("timed out reading a response")
-            .unwrap_or(0);
-        self.raw.extend_from_slice(&buf[..n]);
-        n > 0
-    }
-
-    /// The next piece of the body, or `None` at its end.
-    async fn next_data(&mut self) -> Option<Vec<u8>> {
-        loop {
-            match &mut self.framing {
-                Framing::Length(0) => return None,
-                Framing::Length(left) if !self.raw.is_empty() => {
-                    let n = (*left).min(self.raw.len());
-                    *left -= n;
-                    return Some(self.raw.drain(..n).collect());
-                }
-                Framing::Eof if !self.raw.is_empty() => return Some(std::mem::take(&mut self.raw)),
-                Framing::Chunked => {
-                    if let Some(pos) = self.raw.windows(2).position(|w| w == b"\r\n") {
-                        let line = String::from_utf8_lossy(&self.raw[..pos]).into_owned();
-                        let hex = line.split(';').next().unwrap_or("").trim();
-                        let size = usize::from_str_radix(hex, 16).expect("a chunk size");
-                        if size == 0 {
-                            return None;
-                        }
-                        if self.raw.len() >= pos + 2 + size + 2 {
-                            let data = self.raw[pos + 2..pos + 2 + size].to_vec();
-                            self.raw.drain(..pos + 2 + size + 2);
-                            return Some(data);
-                        }
-                    }
-                }
-                _ => {}
-            }
-            if !self.fill().await {
-                return None;
-            }
-        }
-    }
-
-    /// The rest of the body.
-    async fn collect(mut self) -> Bytes {
-        let mut out = Vec::new();
-        while let Some(d) = self.next_data().await {
-            out.extend_from_slice(&d);
-        }
-        Bytes::from(out)
-    }
-}
-
-/// Sends one request on a fresh connection (`Connection: close`); returns the status, the
-/// headers (lowercase names) and the body, unread.
-async fn send_request(
-    addr: SocketAddr,
-    method: &str,
-    uri: &str,
-    headers: &[(&str, String)],
-    body: &[u8],
-) -> (StatusCode, Vec<(String, String)>, HttpBody) {
-    let mut tcp = tokio::time::timeout(WAIT, TcpStream::connect(addr))
-        .await
-        .expect("timed out connecting")
-        .unwrap();
-    let mut req = format!("{method} {uri} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
-    tcp.write_all(&bytes).await.unwrap();
-    let mut b = HttpBody {
-        tcp,
-        raw: Vec::new(),
-        framing: Framing::Eof,
-    };
-    let end = loop {
-        if let Some(pos) = b.raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos;
-        }
-        assert!(
-            b.fill().await,
-            "the connection ended before the response head"
-        );
-    };
-    let head = String::from_utf8(b.raw.drain(..end + 4).collect()).unwrap();
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    b.framing = if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        Framing::Chunked
-    } else if let Some(n) = header("content-length") {
-        Framing::Length(n.parse().unwrap())
-    } else {
-        Framing::Eof
-    };
-    (StatusCode::from_u16(status).unwrap(), headers, b)
-}
-
-/// One whole request and response.
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    uri: &str,
-    headers: &[(&str, String)],
-    body: impl AsRef<[u8]>,
-) -> Resp {
-    let (status, _, body) = send_request(addr, method, uri, headers, body.as_ref()).await;
-    Resp {
-        status,
-        body: body.collect().await,
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Clients: one type over the three transports, speaking JSON frames.
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// An open SSE stream and its parser. Dropping it closes the connection.
-struct EventStream {
-    body: HttpBody,
-    buf: Vec<u8>,
-}
-
-impl EventStream {
-    /// The next event with data, as `(event name, data)`; comments and `retry:` skipped.
-    async fn next(&mut self) -> (String, String) {
-        loop {
-            if let Some(pos) = self.buf.windows(2).position(|w| w == b"\n\n") {
-                let block: Vec<u8> = self.buf.drain(..pos + 2).collect();
-                let text = String::from_utf8(block).expect("SSE is UTF-8");
-                let (mut event, mut data) = (String::new(), Vec::new());
-                for line in text.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        event = v.trim_start().to_owned();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
-                    }
-                }
-                if !data.is_empty() {
-                    return (event, data.join("\n"));
-                }
-                continue;
-            }
-            let data = self.body.next_data().await.expect("the event stream ended");
-            self.buf.extend_from_slice(&data);
-        }
-    }
-}
-
-enum Conn {
-    Ws(Box<Ws>),
-    Sse {
-        stream: EventStream,
-        /// The command URL (`/sse?session=<id>`).
-        url: String,
-        /// The stream's secret command token.
-        token: String,
-    },
-    Poll {
-        session: String,
-        cursor: String,
-        buffered: VecDeque<Value>,
-    },
-}
 
 /// A client on any transport: connect, send frames, receive frames.
 struct Client {
@@ -378,32 +146,21 @@ impl Client {
             Kind::Sse => {
                 headers.push(("accept", "text/event-stream".into()));
                 let (status, _, body) =
-                    send_request(addr, "GET", &cred.uri("/sse"), &headers, b"").await;
+                    send_request(addr, "GET", &cred.uri("/sse"), &headers, b"", WAIT).await;
                 if status != StatusCode::OK {
                     let body = body.collect().await;
                     return Err((status, serde_json::from_slice(&body).unwrap()));
                 }
-                Conn::Sse {
-                    stream: EventStream {
-                        body,
-                        buf: Vec::new(),
-                    },
-                    url: String::new(),
-                    token: String::new(),
-                }
+                Conn::sse(body)
             }
             Kind::Poll => {
-                let resp = http(addr, "POST", &cred.uri("/poll"), &headers, "").await;
+                let resp = http(addr, "POST", &cred.uri("/poll"), &headers, "", WAIT).await;
                 if resp.status != StatusCode::OK {
                     return Err((resp.status, resp.json()));
                 }
                 let open = resp.json();
                 assert_eq!(open["cursor"], "0", "{open}");
-                Conn::Poll {
-                    session: open["session"].as_str().unwrap().to_owned(),
-                    cursor: "0".into(),
-                    buffered: VecDeque::new(),
-                }
+                Conn::Poll(Polling::new(&open))
             }
         };
         let mut c = Client {
@@ -416,11 +173,7 @@ impl Client {
         c.welcome = c.recv().await;
         assert_eq!(c.welcome["type"], "welcome", "{}", c.welcome);
         if let Conn::Sse { stream, url, token } = &mut c.conn {
-            let (event, data) = stream.next().await;
-            assert_eq!(event, "session");
-            let s: Value = serde_json::from_str(&data).unwrap();
-            *url = s["commands"].as_str().unwrap().to_owned();
-            *token = s["token"].as_str().unwrap().to_owned();
+            (*url, *token) = stream.session().await;
         }
         Ok(c)
     }
@@ -436,7 +189,7 @@ impl Client {
     /// Sends one client frame (SSE and poll: a `POST` that must be accepted with 202).
     async fn send(&mut self, frame: Value) {
         match &mut self.conn {
-            Conn::Ws(ws) => ws.send(Message::text(frame.to_string())).await.unwrap(),
+            Conn::Ws(ws) => send_json(ws, frame).await,
             Conn::Sse { url, token, .. } => {
                 let mut headers = self.cred.headers();
                 headers.push(("hub-session-token", token.clone()));
@@ -447,18 +200,20 @@ impl Client {
                     &self.cred.uri(url),
                     &headers,
                     frame.to_string(),
+                    WAIT,
                 )
                 .await;
                 assert_eq!(resp.status, StatusCode::ACCEPTED, "{:?}", resp.body);
             }
-            Conn::Poll { session, .. } => {
-                let uri = self.cred.uri(&format!("/poll?session={session}"));
+            Conn::Poll(p) => {
+                let uri = self.cred.uri(&format!("/poll?session={}", p.session));
                 let resp = http(
                     self.addr,
                     "POST",
                     &uri,
                     &self.cred.headers(),
                     frame.to_string(),
+                    WAIT,
                 )
                 .await;
                 assert_eq!(resp.status, StatusCode::ACCEPTED, "{:?}", resp.body);
@@ -469,42 +224,19 @@ impl Client {
     /// The next frame from the hub.
     async fn recv(&mut self) -> Value {
         match &mut self.conn {
-            Conn::Ws(ws) => loop {
-                let msg = tokio::time::timeout(WAIT, ws.next())
-                    .await
-                    .expect("timed out waiting for a frame")
-                    .expect("the connection ended")
-                    .expect("read error");
-                match msg {
-                    Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-                    Message::Ping(_) | Message::Pong(_) => continue,
-                    other => panic!("unexpected {other:?}"),
-                }
-            },
-            Conn::Sse { stream, .. } => {
-                let (event, data) = stream.next().await;
-                let v: Value = serde_json::from_str(&data).unwrap();
-                assert_eq!(v["type"], event.as_str(), "event name is the frame's type");
-                v
-            }
-            Conn::Poll {
-                session,
-                cursor,
-                buffered,
-            } => {
+            Conn::Ws(ws) => recv_json(ws, WAIT).await,
+            Conn::Sse { stream, .. } => stream.next_frame().await,
+            Conn::Poll(p) => {
                 let deadline = tokio::time::Instant::now() + WAIT;
-                while buffered.is_empty() {
+                loop {
+                    if let Some(frame) = p.pop() {
+                        return frame;
+                    }
                     assert!(tokio::time::Instant::now() < deadline, "timed out polling");
-                    let uri = self.cred.uri(&format!(
-                        "/poll?session={session}&cursor={cursor}&wait=5000"
-                    ));
-                    let resp = http(self.addr, "GET", &uri, &self.cred.headers(), "").await;
-                    assert_eq!(resp.status, StatusCode::OK, "{:?}", resp.body);
-                    let batch = resp.json();
-                    *cursor = batch["cursor"].as_str().unwrap().to_owned();
-                    buffered.extend(batch["frames"].as_array().unwrap().iter().cloned());
+                    let uri = self.cred.uri(&p.next_poll());
+                    let resp = http(self.addr, "GET", &uri, &self.cred.headers(), "", WAIT).await;
+                    p.take(&resp);
                 }
-                buffered.pop_front().unwrap()
             }
         }
     }
@@ -723,7 +455,15 @@ async fn subscribing_outside_ones_rights_is_forbidden_and_delivers_nothing_on_ev
         "/sse?topic=user/bo",
         "/sse?topic=scores/a&topic=secret/plans",
     ] {
-        let r = http(s.addr, "GET", &format!("{path}&token={token}"), &[], "").await;
+        let r = http(
+            s.addr,
+            "GET",
+            &format!("{path}&token={token}"),
+            &[],
+            "",
+            WAIT,
+        )
+        .await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}");
         assert_eq!(r.json()["code"], "forbidden", "{path}");
     }
@@ -818,7 +558,7 @@ async fn an_sse_command_with_another_users_credentials_is_refused() {
     ];
     for (what, uri, mut headers) in attempts {
         headers.push(("hub-session-token", token.clone()));
-        let r = http(s.addr, "POST", &uri, &headers, frame.clone()).await;
+        let r = http(s.addr, "POST", &uri, &headers, frame.clone(), WAIT).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{what}: {:?}", r.body);
         assert_eq!(r.json()["code"], "forbidden", "{what}");
     }
@@ -829,6 +569,7 @@ async fn an_sse_command_with_another_users_credentials_is_refused() {
         &url,
         &[("hub-session-token", token.clone())],
         frame.clone(),
+        WAIT,
     )
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.body);
@@ -840,38 +581,40 @@ async fn an_sse_command_with_another_users_credentials_is_refused() {
     assert_eq!(s.hub.topic_members("user/ana").len(), 1);
 }
 
-#[tokio::test]
-async fn a_poll_request_with_another_users_bearer_token_is_refused() {
+/// Opens a poll session as ana, with her token presented as `cred` makes it, then polls and
+/// sends a command on it with bo's token presented the same way: both are refused with 403
+/// `forbidden`, and ana's own command still runs.
+async fn another_users_poll_requests_are_refused(cred: fn(String) -> Cred) {
     let s = Server::start().await;
     let ana = s.token("ana", Role::Publisher);
     let bo = s.token("bo", Role::Publisher);
-    let mut c = Client::open(s.addr, Kind::Poll, &Cred::Bearer(ana)).await;
-    let Conn::Poll { session, .. } = &c.conn else {
+    let mut c = Client::open(s.addr, Kind::Poll, &cred(ana)).await;
+    let other = cred(bo);
+    let Conn::Poll(p) = &c.conn else {
         unreachable!()
     };
-    let session = session.clone();
-    let bo_header = [("authorization", format!("Bearer {bo}"))];
-    let r = http(
-        s.addr,
-        "GET",
-        &format!("/poll?session={session}&cursor=1&wait=0"),
-        &bo_header,
-        "",
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
-    assert_eq!(r.json()["code"], "forbidden");
+    let session = p.session.clone();
     let frame = json!({"type": "subscribe", "topic": "user/ana", "id": 1}).to_string();
-    let r = http(
-        s.addr,
-        "POST",
-        &format!("/poll?session={session}"),
-        &bo_header,
-        frame,
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
-    assert_eq!(r.json()["code"], "forbidden");
+    for (method, path, body) in [
+        (
+            "GET",
+            format!("/poll?session={session}&cursor=1&wait=0"),
+            "",
+        ),
+        ("POST", format!("/poll?session={session}"), frame.as_str()),
+    ] {
+        let r = http(
+            s.addr,
+            method,
+            &other.uri(&path),
+            &other.headers(),
+            body,
+            WAIT,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
+        assert_eq!(r.json()["code"], "forbidden");
+    }
     // Nothing of that ran; ana's own command does.
     let answer = c
         .request(json!({"type": "subscribe", "topic": "user/ana"}), 2)
@@ -880,41 +623,14 @@ async fn a_poll_request_with_another_users_bearer_token_is_refused() {
 }
 
 #[tokio::test]
+async fn a_poll_request_with_another_users_bearer_token_is_refused() {
+    another_users_poll_requests_are_refused(Cred::Bearer).await;
+}
+
+#[tokio::test]
 async fn a_poll_request_with_another_users_query_token_is_refused() {
-    let s = Server::start().await;
-    let ana = s.token("ana", Role::Publisher);
-    let bo = s.token("bo", Role::Publisher);
     // Opened the way a browser page would: the token in the URL.
-    let mut c = Client::open(s.addr, Kind::Poll, &Cred::Query(ana)).await;
-    let Conn::Poll { session, .. } = &c.conn else {
-        unreachable!()
-    };
-    let session = session.clone();
-    let r = http(
-        s.addr,
-        "GET",
-        &format!("/poll?session={session}&cursor=1&wait=0&token={bo}"),
-        &[],
-        "",
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
-    assert_eq!(r.json()["code"], "forbidden");
-    let frame = json!({"type": "subscribe", "topic": "user/ana", "id": 1}).to_string();
-    let r = http(
-        s.addr,
-        "POST",
-        &format!("/poll?session={session}&token={bo}"),
-        &[],
-        frame,
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
-    assert_eq!(r.json()["code"], "forbidden");
-    let answer = c
-        .request(json!({"type": "subscribe", "topic": "user/ana"}), 2)
-        .await;
-    assert_eq!(answer["type"], "reply", "{answer}");
+    another_users_poll_requests_are_refused(Cred::Query).await;
 }
 
 // ---------------------------------------------------------------------------------------------

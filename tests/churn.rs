@@ -15,12 +15,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use common::{http, next_json, send_json, send_request, serve_router, Conn, Kind, Polling, KINDS};
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use hub::poll::PollService;
@@ -31,11 +33,8 @@ use hub::{
     SessionId, SessionInfo,
 };
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Safety net for every single wait (the machine may be busy: never a timing assertion).
 const WAIT: Duration = Duration::from_secs(20);
@@ -64,27 +63,6 @@ const CHAT: &str = "churn/chat";
 
 /// The room the server puts every client in.
 const LOBBY: &str = "lobby";
-
-/// The three transports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Kind {
-    Ws,
-    Sse,
-    Poll,
-}
-
-const KINDS: [Kind; 3] = [Kind::Ws, Kind::Sse, Kind::Poll];
-
-impl Kind {
-    /// The transport's name in the hub's counters.
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Ws => "ws",
-            Kind::Sse => "sse",
-            Kind::Poll => "poll",
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The server.
@@ -134,11 +112,7 @@ async fn serve() -> Server {
         .route_service("/ws", WsService::new(hub.clone()))
         .route_service("/sse", SseService::new(hub.clone()))
         .route_service("/poll", poll.clone());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = serve_router(app).await;
     Server {
         addr,
         hub,
@@ -148,221 +122,7 @@ async fn serve() -> Server {
 }
 
 // ---------------------------------------------------------------------------------------------
-// HTTP/1.1: one request per connection, written and parsed by hand (the facade's dev-dependencies
-// have hyper's server side only), chunked bodies included.
-
-/// A response whose body has been read.
-struct Resp {
-    status: StatusCode,
-    body: Bytes,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
-    }
-}
-
-/// How a response body is delimited.
-enum Framing {
-    Chunked,
-    Length(usize),
-    Eof,
-}
-
-/// A response body, read as it arrives (an event stream never ends by itself).
-struct HttpBody {
-    tcp: TcpStream,
-    raw: Vec<u8>,
-    framing: Framing,
-}
-
-impl HttpBody {
-    /// Reads more bytes; `false` at the end of the connection.
-    async fn fill(&mut self) -> bool {
-        let mut buf = [0u8; 8192];
-        let n = tokio::time::timeout(WAIT, self.tcp.read(&mut buf))
-            .await
-            .expect("timed out reading a response")
-            .unwrap_or(0);
-        self.raw.extend_from_slice(&buf[..n]);
-        n > 0
-    }
-
-    /// The next piece of the body, or `None` at its end.
-    async fn next_data(&mut self) -> Option<Vec<u8>> {
-        loop {
-            match &mut self.framing {
-                Framing::Length(0) => return None,
-                Framing::Length(left) if !self.raw.is_empty() => {
-                    let n = (*left).min(self.raw.len());
-                    *left -= n;
-                    return Some(self.raw.drain(..n).collect());
-                }
-                Framing::Eof if !self.raw.is_empty() => return Some(std::mem::take(&mut self.raw)),
-                Framing::Chunked => {
-                    if let Some(pos) = self.raw.windows(2).position(|w| w == b"\r\n") {
-                        let line = String::from_utf8_lossy(&self.raw[..pos]).into_owned();
-                        let hex = line.split(';').next().unwrap_or("").trim();
-                        let size = usize::from_str_radix(hex, 16).expect("a chunk size");
-                        if size == 0 {
-                            return None;
-                        }
-                        if self.raw.len() >= pos + 2 + size + 2 {
-                            let data = self.raw[pos + 2..pos + 2 + size].to_vec();
-                            self.raw.drain(..pos + 2 + size + 2);
-                            return Some(data);
-                        }
-                    }
-                }
-                _ => {}
-            }
-            if !self.fill().await {
-                return None;
-            }
-        }
-    }
-
-    /// The rest of the body.
-    async fn collect(mut self) -> Bytes {
-        let mut out = Vec::new();
-        while let Some(d) = self.next_data().await {
-            out.extend_from_slice(&d);
-        }
-        Bytes::from(out)
-    }
-}
-
-/// Sends one request on a fresh connection (`Connection: close`); returns the status, the
-/// headers (lowercase names) and the body, unread.
-async fn send_request(
-    addr: SocketAddr,
-    method: &str,
-    uri: &str,
-    headers: &[(&str, String)],
-    body: &[u8],
-) -> (StatusCode, Vec<(String, String)>, HttpBody) {
-    let mut tcp = tokio::time::timeout(WAIT, TcpStream::connect(addr))
-        .await
-        .expect("timed out connecting")
-        .unwrap();
-    let mut req = format!("{method} {uri} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
-    tcp.write_all(&bytes).await.unwrap();
-    let mut b = HttpBody {
-        tcp,
-        raw: Vec::new(),
-        framing: Framing::Eof,
-    };
-    let end = loop {
-        if let Some(pos) = b.raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos;
-        }
-        assert!(
-            b.fill().await,
-            "the connection ended before the response head"
-        );
-    };
-    let head = String::from_utf8(b.raw.drain(..end + 4).collect()).unwrap();
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    b.framing = if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        Framing::Chunked
-    } else if let Some(n) = header("content-length") {
-        Framing::Length(n.parse().unwrap())
-    } else {
-        Framing::Eof
-    };
-    (StatusCode::from_u16(status).unwrap(), headers, b)
-}
-
-/// One whole request and response.
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    uri: &str,
-    headers: &[(&str, String)],
-    body: impl AsRef<[u8]>,
-) -> Resp {
-    let (status, _, body) = send_request(addr, method, uri, headers, body.as_ref()).await;
-    Resp {
-        status,
-        body: body.collect().await,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Clients: one type over the three transports, speaking JSON frames.
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// An open SSE stream and its parser. Dropping it closes the connection.
-struct EventStream {
-    body: HttpBody,
-    buf: Vec<u8>,
-}
-
-impl EventStream {
-    /// The next event with data, as `(event name, data)`; comments and `retry:` skipped.
-    async fn next(&mut self) -> (String, String) {
-        loop {
-            if let Some(pos) = self.buf.windows(2).position(|w| w == b"\n\n") {
-                let block: Vec<u8> = self.buf.drain(..pos + 2).collect();
-                let text = String::from_utf8(block).expect("SSE is UTF-8");
-                let (mut event, mut data) = (String::new(), Vec::new());
-                for line in text.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        event = v.trim_start().to_owned();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
-                    }
-                }
-                if !data.is_empty() {
-                    return (event, data.join("\n"));
-                }
-                continue;
-            }
-            let data = self.body.next_data().await.expect("the event stream ended");
-            self.buf.extend_from_slice(&data);
-        }
-    }
-}
-
-enum Conn {
-    Ws(Box<Ws>),
-    Sse {
-        stream: EventStream,
-        /// The command URL (`/sse?session=<id>`).
-        url: String,
-        /// The stream's secret command token.
-        token: String,
-    },
-    Poll {
-        session: String,
-        cursor: String,
-        buffered: VecDeque<Value>,
-    },
-}
 
 /// A client on any transport, as user `user` (sent as `?user=` with every request).
 struct Client {
@@ -397,26 +157,14 @@ impl Client {
                 let query: Vec<String> = sse_topics.iter().map(|t| format!("topic={t}")).collect();
                 let path = with_user(&format!("/sse?{}", query.join("&")), user);
                 let headers = [("accept", "text/event-stream".to_owned())];
-                let (status, _, body) = send_request(addr, "GET", &path, &headers, b"").await;
+                let (status, _, body) = send_request(addr, "GET", &path, &headers, b"", WAIT).await;
                 assert_eq!(status, StatusCode::OK, "SSE open for {user}");
-                Conn::Sse {
-                    stream: EventStream {
-                        body,
-                        buf: Vec::new(),
-                    },
-                    url: String::new(),
-                    token: String::new(),
-                }
+                Conn::sse(body)
             }
             Kind::Poll => {
-                let resp = http(addr, "POST", &with_user("/poll", user), &[], "").await;
+                let resp = http(addr, "POST", &with_user("/poll", user), &[], "", WAIT).await;
                 assert_eq!(resp.status, StatusCode::OK, "{:?}", resp.body);
-                let open = resp.json();
-                Conn::Poll {
-                    session: open["session"].as_str().unwrap().to_owned(),
-                    cursor: "0".into(),
-                    buffered: VecDeque::new(),
-                }
+                Conn::Poll(Polling::new(&resp.json()))
             }
         };
         let mut c = Client {
@@ -430,13 +178,9 @@ impl Client {
         assert_eq!(welcome["type"], "welcome", "{welcome}");
         c.session = SessionId::parse(welcome["session"].as_str().unwrap()).unwrap();
         if let Conn::Sse { stream, url, token } = &mut c.conn {
-            let (event, data) = tokio::time::timeout(WAIT, stream.next())
+            (*url, *token) = tokio::time::timeout(WAIT, stream.session())
                 .await
                 .expect("timed out waiting for the session event");
-            assert_eq!(event, "session");
-            let s: Value = serde_json::from_str(&data).unwrap();
-            *url = s["commands"].as_str().unwrap().to_owned();
-            *token = s["token"].as_str().unwrap().to_owned();
         }
         c
     }
@@ -444,19 +188,19 @@ impl Client {
     /// Sends one client frame (SSE and poll: a `POST` that must be accepted with 202).
     async fn send(&mut self, frame: Value) {
         match &mut self.conn {
-            Conn::Ws(ws) => ws.send(Message::text(frame.to_string())).await.unwrap(),
+            Conn::Ws(ws) => send_json(ws, frame).await,
             Conn::Sse { url, token, .. } => {
                 let headers = [
                     ("hub-session-token", token.clone()),
                     ("content-type", "application/json".to_owned()),
                 ];
                 let uri = with_user(url, &self.user);
-                let resp = http(self.addr, "POST", &uri, &headers, frame.to_string()).await;
+                let resp = http(self.addr, "POST", &uri, &headers, frame.to_string(), WAIT).await;
                 assert_eq!(resp.status, StatusCode::ACCEPTED, "{:?}", resp.body);
             }
-            Conn::Poll { session, .. } => {
-                let uri = with_user(&format!("/poll?session={session}"), &self.user);
-                let resp = http(self.addr, "POST", &uri, &[], frame.to_string()).await;
+            Conn::Poll(p) => {
+                let uri = with_user(&format!("/poll?session={}", p.session), &self.user);
+                let resp = http(self.addr, "POST", &uri, &[], frame.to_string(), WAIT).await;
                 assert_eq!(resp.status, StatusCode::ACCEPTED, "{:?}", resp.body);
             }
         }
@@ -466,42 +210,16 @@ impl Client {
     /// SSE pings and long-poll answers keep coming).
     async fn next_frame(&mut self) -> Value {
         match &mut self.conn {
-            Conn::Ws(ws) => loop {
-                let msg = ws
-                    .next()
-                    .await
-                    .expect("the connection ended")
-                    .expect("read error");
-                match msg {
-                    Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-                    Message::Ping(_) | Message::Pong(_) => continue,
-                    other => panic!("unexpected {other:?}"),
+            Conn::Ws(ws) => next_json(ws).await,
+            Conn::Sse { stream, .. } => stream.next_frame().await,
+            Conn::Poll(p) => loop {
+                if let Some(frame) = p.pop() {
+                    return frame;
                 }
+                let uri = with_user(&p.next_poll(), &self.user);
+                let resp = http(self.addr, "GET", &uri, &[], "", WAIT).await;
+                p.take(&resp);
             },
-            Conn::Sse { stream, .. } => {
-                let (event, data) = stream.next().await;
-                let v: Value = serde_json::from_str(&data).unwrap();
-                assert_eq!(v["type"], event.as_str(), "event name is the frame's type");
-                v
-            }
-            Conn::Poll {
-                session,
-                cursor,
-                buffered,
-            } => {
-                while buffered.is_empty() {
-                    let uri = with_user(
-                        &format!("/poll?session={session}&cursor={cursor}&wait=5000"),
-                        &self.user,
-                    );
-                    let resp = http(self.addr, "GET", &uri, &[], "").await;
-                    assert_eq!(resp.status, StatusCode::OK, "{:?}", resp.body);
-                    let batch = resp.json();
-                    *cursor = batch["cursor"].as_str().unwrap().to_owned();
-                    buffered.extend(batch["frames"].as_array().unwrap().iter().cloned());
-                }
-                buffered.pop_front().unwrap()
-            }
         }
     }
 
@@ -552,9 +270,9 @@ impl Client {
                     .expect("timed out closing");
             }
             Conn::Sse { stream, .. } => drop(stream),
-            Conn::Poll { session, .. } => {
-                let uri = with_user(&format!("/poll?session={session}"), &self.user);
-                let resp = http(self.addr, "DELETE", &uri, &[], "").await;
+            Conn::Poll(p) => {
+                let uri = with_user(&format!("/poll?session={}", p.session), &self.user);
+                let resp = http(self.addr, "DELETE", &uri, &[], "", WAIT).await;
                 assert_eq!(resp.status, StatusCode::NO_CONTENT, "{:?}", resp.body);
             }
         }
@@ -636,7 +354,7 @@ async fn churned_client(addr: SocketAddr, hub: Hub, i: usize) {
         if stage >= 2 {
             let frame = json!({"type": "publish", "topic": CHAT, "data": {"from": user}, "id": 3});
             if let Conn::Ws(ws) = &mut c.conn {
-                ws.send(Message::text(frame.to_string())).await.unwrap();
+                send_json(ws, frame).await;
             } else {
                 c.send(frame).await;
             }

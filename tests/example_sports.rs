@@ -15,46 +15,30 @@
 #[path = "../examples/sports_scores.rs"]
 mod sports;
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use common::{raw_request, recv_json, send_json, serve_router, Ws};
 use hub::{Codec, ConnectRequest, Hub, Outgoing, TransportInfo};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const WAIT: Duration = Duration::from_secs(5);
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Serves the example's router (with a feed drawn from `seed`) on a free port.
 async fn serve(seed: u64) -> (SocketAddr, Hub, sports::Feed) {
     let hub = Hub::builder().history_len(sports::HISTORY).build();
     let feed = sports::Feed::new(hub.clone(), seed);
-    let app = sports::router(&hub, feed.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = serve_router(sports::router(&hub, feed.clone())).await;
     (addr, hub, feed)
 }
 
 /// A plain HTTP/1.1 GET: status, headers (lowercase names), body.
 async fn get(addr: SocketAddr, path: &str) -> (u16, HashMap<String, String>, String) {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, tcp.read_to_end(&mut raw))
-        .await
-        .expect("response in time")
-        .unwrap();
-    let text = String::from_utf8(raw).unwrap();
+    let text = String::from_utf8(raw_request(addr, &req, WAIT).await).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
     let mut lines = head.lines();
     let status = lines
@@ -82,24 +66,23 @@ async fn connect(addr: SocketAddr) -> Ws {
     ws
 }
 
-/// The next JSON frame (text, as the page reads them), within [`WAIT`].
-async fn recv(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("the connection is open")
-            .expect("a valid frame");
-        match msg {
-            Message::Text(text) => return serde_json::from_str(&text).expect("JSON"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
+/// Opens the page's WebSocket and subscribes to `scores/all` from `(epoch, offset)`, as the
+/// page does when it loads and when it reconnects; returns the socket and the answer.
+async fn subscribe_since(addr: SocketAddr, epoch: &str, offset: u64) -> (Ws, Value) {
+    let mut ws = connect(addr).await;
+    send_json(
+        &mut ws,
+        json!({"type": "subscribe", "topic": "scores/all", "id": 1,
+               "since": {"epoch": epoch, "offset": offset}}),
+    )
+    .await;
+    let reply = recv(&mut ws).await;
+    (ws, reply)
 }
 
-async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::text(frame.to_string())).await.unwrap();
+/// The next JSON frame (text, as the page reads them), each read within [`WAIT`].
+async fn recv(ws: &mut Ws) -> Value {
+    recv_json(ws, WAIT).await
 }
 
 /// Checks that `m` has exactly the shape pages depend on; returns its id.
@@ -222,14 +205,7 @@ async fn websocket_session_as_the_page_runs_it() {
     let mut last: u64 = headers["x-scores-offset"].parse().unwrap();
 
     // 2. Subscribe from that position: the reply, then nothing until the feed moves.
-    let mut ws = connect(addr).await;
-    send(
-        &mut ws,
-        json!({"type": "subscribe", "topic": "scores/all", "id": 1,
-               "since": {"epoch": epoch, "offset": last}}),
-    )
-    .await;
-    let reply = recv(&mut ws).await;
+    let (mut ws, reply) = subscribe_since(addr, &epoch, last).await;
     assert_eq!(
         reply,
         json!({"type": "reply", "id": 1,
@@ -254,14 +230,7 @@ async fn websocket_session_as_the_page_runs_it() {
     ws.close(None).await.unwrap();
     drop(ws);
     let missed = tick(&feed) + tick(&feed) + tick(&feed);
-    let mut ws = connect(addr).await;
-    send(
-        &mut ws,
-        json!({"type": "subscribe", "topic": "scores/all", "id": 1,
-               "since": {"epoch": epoch, "offset": last}}),
-    )
-    .await;
-    let reply = recv(&mut ws).await;
+    let (mut ws, reply) = subscribe_since(addr, &epoch, last).await;
     assert_eq!(reply["type"], "reply", "{reply}");
     assert_eq!(reply["data"]["offset"], last + missed as u64);
     // Exactly what was missed, then live updates with no duplicate and no hole.
@@ -272,7 +241,7 @@ async fn websocket_session_as_the_page_runs_it() {
 
     // 5. A position from another epoch (the server restarted): a gap, then live updates.
     let mut ws2 = connect(addr).await;
-    send(
+    send_json(
         &mut ws2,
         json!({"type": "subscribe", "topic": "scores/all", "id": 2,
                "since": {"epoch": "0000000000000000", "offset": 3}}),
@@ -285,7 +254,7 @@ async fn websocket_session_as_the_page_runs_it() {
     assert_eq!(gap["reason"], "epoch");
 
     // 6. Errors the page handles: a second subscribe to the same topic.
-    send(
+    send_json(
         &mut ws2,
         json!({"type": "subscribe", "topic": "scores/all", "id": 3}),
     )
@@ -304,7 +273,7 @@ async fn per_match_topics_carry_the_same_updates() {
     let topic = format!("scores/{id}");
 
     let mut ws = connect(addr).await;
-    send(
+    send_json(
         &mut ws,
         json!({"type": "subscribe", "topic": topic, "id": 9}),
     )

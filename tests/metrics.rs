@@ -10,32 +10,25 @@
 #[path = "../examples/metrics.rs"]
 mod metrics;
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::{close_frame, raw_request, recv_json, send_json, serve_router, Ws};
 use futures_util::{SinkExt, StreamExt};
 use hub::{Hub, StatsSnapshot};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Safety net for every wait (the machine may be busy: never a timing assertion).
 const WAIT: Duration = Duration::from_secs(15);
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
 /// Serves the example's router on a free port.
 async fn serve() -> (SocketAddr, Hub) {
     let hub = metrics::build_hub();
-    let app = metrics::router(&hub);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = serve_router(metrics::router(&hub)).await;
     (addr, hub)
 }
 
@@ -61,15 +54,8 @@ impl Scrape {
 /// the format (every family has `# HELP` and `# TYPE`, counters end in `_total`, no series
 /// twice, integer values).
 async fn scrape(addr: SocketAddr) -> Scrape {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
     let req = format!("GET /metrics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, tcp.read_to_end(&mut raw))
-        .await
-        .expect("the scrape answered in time")
-        .unwrap();
-    let text = String::from_utf8(raw).unwrap();
+    let text = String::from_utf8(raw_request(addr, &req, WAIT).await).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let content_type = head
@@ -124,39 +110,9 @@ async fn connect(addr: SocketAddr) -> Ws {
     ws
 }
 
-/// The next JSON frame, within [`WAIT`].
+/// The next JSON frame, each read within [`WAIT`].
 async fn recv(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("the connection is open")
-            .expect("a valid frame");
-        match msg {
-            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
-}
-
-async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::text(frame.to_string())).await.unwrap();
-}
-
-/// Reads until the server's close frame; returns its code and reason.
-async fn close_frame(ws: &mut Ws) -> (u16, String) {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a close in time");
-        match msg {
-            Some(Ok(Message::Close(Some(f)))) => return (f.code.into(), f.reason.to_string()),
-            Some(Ok(Message::Close(None))) | None => return (1005, String::new()),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => panic!("error before the close: {e}"),
-        }
-    }
+    recv_json(ws, WAIT).await
 }
 
 /// Waits until `done` holds for the hub's stats. A session's end has no event the test could
@@ -232,7 +188,7 @@ async fn metrics_count_exactly_what_websocket_clients_did() {
     let mut a = connect(addr).await;
     let mut b = connect(addr).await;
     for ws in [&mut a, &mut b] {
-        send(
+        send_json(
             ws,
             json!({"type": "subscribe", "topic": "chat/room", "id": 1}),
         )
@@ -240,7 +196,7 @@ async fn metrics_count_exactly_what_websocket_clients_did() {
         let reply = recv(ws).await;
         assert_eq!(reply["type"], "reply", "{reply}");
     }
-    send(
+    send_json(
         &mut a,
         json!({"type": "publish", "topic": "chat/room", "data": {"text": "hi"}, "id": 2}),
     )
@@ -268,7 +224,7 @@ async fn metrics_count_exactly_what_websocket_clients_did() {
     );
     c.send(Message::text(oversize)).await.unwrap();
     assert_eq!(
-        close_frame(&mut c).await,
+        close_frame(&mut c, WAIT).await,
         (1009, "frame_too_large".to_owned())
     );
 

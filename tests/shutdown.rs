@@ -4,17 +4,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::raw_request;
 use futures_util::{SinkExt, StreamExt};
 use hub::poll::PollService;
 use hub::sse::SseService;
 use hub::ws::WsService;
 use hub::Hub;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -27,19 +28,12 @@ async fn request(addr: SocketAddr, method: &str, target: &str) -> (u16, String) 
 
 /// [`request`] with a body.
 async fn send(addr: SocketAddr, method: &str, target: &str, body: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
     let req = format!(
         "{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(WAIT, tcp.read_to_end(&mut out))
-        .await
-        .expect("response timed out")
-        .unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
+    let text = String::from_utf8_lossy(&raw_request(addr, &req, WAIT).await).into_owned();
     let status = text
         .get(9..12)
         .and_then(|s| s.parse().ok())

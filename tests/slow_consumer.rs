@@ -6,14 +6,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::serve_ws_hyper;
 use futures_util::StreamExt;
 use hub::ws::WsService;
 use hub::{Hub, SlowConsumerPolicy};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -27,22 +29,6 @@ fn rss_kib() -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
-}
-
-async fn serve(hub: Hub) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let service = WsService::new(hub.clone());
-            tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
-    });
-    addr
 }
 
 /// A client that subscribes and then never reads again.
@@ -72,7 +58,7 @@ async fn a_stalled_subscriber_costs_its_queue_bound_not_the_message_count() {
         .slow_consumer(SlowConsumerPolicy::Drop)
         .history_len(100)
         .build();
-    let addr = serve(hub.clone()).await;
+    let addr = serve_ws_hyper(hub.clone(), |hub, _| WsService::new(hub)).await;
 
     // The active subscriber counts what it receives, in order.
     let (mut active, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))

@@ -3,41 +3,27 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::{close_frame, raw_request, serve_router, serve_ws_hyper, Ws};
 use futures_util::{SinkExt, StreamExt};
 use hub::ws::WsService;
 use hub::{
     async_trait, Action, ConnectRequest, EventContext, Hooks, Hub, Identity, Payload, Rejection,
 };
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const WAIT: Duration = Duration::from_secs(5);
 
 /// Serves `hub` with a bare hyper server (auto HTTP/1 + HTTP/2 builder) on a free port.
 async fn serve_hyper(hub: Hub) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, peer)) = listener.accept().await else {
-                return;
-            };
-            let service = WsService::new(hub.clone()).with_peer(peer);
-            tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
-    });
-    addr
+    serve_ws_hyper(hub, |hub, peer| WsService::new(hub).with_peer(peer)).await
 }
 
 /// Serves `hub` at `/live/ws` of an axum router, beside an ordinary route.
@@ -45,16 +31,11 @@ async fn serve_axum(hub: Hub) -> SocketAddr {
     let app = axum::Router::new()
         .route("/health", axum::routing::get(|| async { "ok" }))
         .route_service("/live/ws", WsService::new(hub));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    addr
+    serve_router(app).await
 }
 
 struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: Ws,
     binary: bool,
     welcome: Value,
 }
@@ -127,17 +108,7 @@ impl Client {
 
     /// Reads until the server's close frame; returns its code and reason.
     async fn close_frame(&mut self) -> (u16, String) {
-        loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("timed out waiting for close");
-            match msg {
-                Some(Ok(Message::Close(Some(f)))) => return (f.code.into(), f.reason.to_string()),
-                Some(Ok(Message::Close(None))) | None => return (1005, String::new()),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => panic!("error before close: {e}"),
-            }
-        }
+        close_frame(&mut self.ws, WAIT).await
     }
 
     /// Whether nothing arrives within a short while (used after the frames that should arrive
@@ -402,29 +373,39 @@ async fn rooms_except_sender_two_rooms_once_and_direct_send() {
     assert!(ana.quiet().await && cy.quiet().await);
 }
 
-#[tokio::test]
-async fn presence_leave_once_when_a_client_closes() {
-    let hub = test_hub().build();
-    let addr = serve_hyper(hub.clone()).await;
+/// A client, user `w`, that follows `lobby` with presence events; its `reply` has been read.
+async fn presence_watcher(addr: SocketAddr) -> Client {
     let mut watcher = Client::connect(&format!("ws://{addr}/?user=w")).await;
     watcher
         .send(json!({"type": "subscribe", "topic": "lobby", "presence": true, "id": 1}))
         .await;
     assert_eq!(watcher.recv().await["type"], "reply");
+    watcher
+}
+
+/// A presence frame's type and member: `(type, user)`.
+fn presence(frame: &Value) -> (Option<&str>, Option<&str>) {
+    (frame["type"].as_str(), frame["member"]["user"].as_str())
+}
+
+/// An error frame's code and the id of the request it answers: `(code, id)`.
+fn error_of(frame: &Value) -> (Option<&str>, Option<u64>) {
+    (frame["code"].as_str(), frame["id"].as_u64())
+}
+
+#[tokio::test]
+async fn presence_leave_once_when_a_client_closes() {
+    let hub = test_hub().build();
+    let addr = serve_hyper(hub.clone()).await;
+    let mut watcher = presence_watcher(addr).await;
     let mut ana = Client::connect(&format!("ws://{addr}/?user=ana")).await;
     ana.subscribe("lobby").await;
     let join = watcher.recv().await;
-    assert_eq!(
-        (join["type"].as_str(), join["member"]["user"].as_str()),
-        (Some("join"), Some("ana"))
-    );
+    assert_eq!(presence(&join), (Some("join"), Some("ana")));
 
     ana.ws.close(None).await.unwrap();
     let leave = watcher.recv().await;
-    assert_eq!(
-        (leave["type"].as_str(), leave["member"]["user"].as_str()),
-        (Some("leave"), Some("ana"))
-    );
+    assert_eq!(presence(&leave), (Some("leave"), Some("ana")));
     assert!(watcher.quiet().await, "leave sent twice");
     assert_eq!(hub.topic_members("lobby").len(), 1);
 }
@@ -435,11 +416,7 @@ async fn a_client_that_stops_answering_pings_is_dropped_with_4000_and_leaves_onc
         .heartbeat(Duration::from_millis(50), Duration::from_millis(200))
         .build();
     let addr = serve_hyper(hub.clone()).await;
-    let mut watcher = Client::connect(&format!("ws://{addr}/?user=w")).await;
-    watcher
-        .send(json!({"type": "subscribe", "topic": "lobby", "presence": true, "id": 1}))
-        .await;
-    assert_eq!(watcher.recv().await["type"], "reply");
+    let mut watcher = presence_watcher(addr).await;
     // A raw client that subscribes, then never reads nor writes again: no pongs.
     let mut silent = RawWs::connect(addr, "/?user=s").await;
     silent
@@ -448,10 +425,7 @@ async fn a_client_that_stops_answering_pings_is_dropped_with_4000_and_leaves_onc
     assert_eq!(watcher.recv().await["type"], "join");
 
     let leave = watcher.recv().await;
-    assert_eq!(
-        (leave["type"].as_str(), leave["member"]["user"].as_str()),
-        (Some("leave"), Some("s"))
-    );
+    assert_eq!(presence(&leave), (Some("leave"), Some("s")));
     assert_eq!(silent.close_code().await, 4000);
     assert!(watcher.quiet().await);
     assert_eq!(hub.stats().disconnects.get("heartbeat_timeout"), Some(&1));
@@ -481,10 +455,7 @@ async fn custom_event_with_ack_and_unknown_event() {
         c.send(json!({"type": "event", "event": "missing", "id": 43}))
             .await;
         let e = c.recv().await;
-        assert_eq!(
-            (e["code"].as_str(), e["id"].as_u64()),
-            (Some("unknown_event"), Some(43))
-        );
+        assert_eq!(error_of(&e), (Some("unknown_event"), Some(43)));
     }
 }
 
@@ -615,10 +586,7 @@ async fn unauthorized_subscribe_and_publish_get_forbidden_and_deliver_nothing() 
     c.send(json!({"type": "subscribe", "topic": "secret", "id": 5}))
         .await;
     let e = c.recv().await;
-    assert_eq!(
-        (e["code"].as_str(), e["id"].as_u64()),
-        (Some("forbidden"), Some(5))
-    );
+    assert_eq!(error_of(&e), (Some("forbidden"), Some(5)));
     hub.publish("secret", &"classified").unwrap();
 
     let mut reader = Client::connect(&format!("ws://{addr}/?user=r")).await;
@@ -626,10 +594,7 @@ async fn unauthorized_subscribe_and_publish_get_forbidden_and_deliver_nothing() 
     c.send(json!({"type": "publish", "topic": "locked/feed", "data": "spoof", "id": 6}))
         .await;
     let e = c.recv().await;
-    assert_eq!(
-        (e["code"].as_str(), e["id"].as_u64()),
-        (Some("forbidden"), Some(6))
-    );
+    assert_eq!(error_of(&e), (Some("forbidden"), Some(6)));
     assert!(c.quiet().await, "the secret topic leaked");
     assert!(reader.quiet().await, "the forbidden publish was delivered");
 }
@@ -720,16 +685,8 @@ impl RawWs {
 
 /// A minimal HTTP/1.1 GET; returns the whole response as text.
 async fn http_get(addr: SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
     let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(WAIT, tcp.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8_lossy(&raw_request(addr, &req, WAIT).await).into_owned()
 }
 
 #[tokio::test]
