@@ -4,7 +4,7 @@
 //! ```text
 //! hub-bench suite  [--preset full|quick] [--runs 3] [--targets ws-json,ws-msgpack,sse,poll,node-ws]
 //! hub-bench run    --scenario fanout|latency|conns [--targets ...] [--runs 1] [case options]
-//! hub-bench smoke  (CI: tiny runs against our server; exits non-zero on any loss or error)
+//! hub-bench smoke  (CI: tiny runs against our server, every transport; exits non-zero on any loss or error)
 //! hub-bench server --addr 127.0.0.1:0 [--queue 1024] [--threads N]   (spawned by the driver)
 //! hub-bench load   --addr A --subs N --mode fanout|latency|idle ...  (spawned by the driver)
 //! ```
@@ -127,7 +127,7 @@ fn drive(cmd: &str, opts: &Opts) -> Res<i32> {
     let env = Env::from_opts(&opts)?;
     let (cases, default_targets, default_runs) = match cmd {
         "run" => (vec![Case::from_opts(&opts)?], "ws-json", 1),
-        "smoke" => (preset("smoke")?, "ws-json,ws-msgpack", 1),
+        "smoke" => (preset("smoke")?, "ws-json,ws-msgpack,sse,poll", 1),
         _ => (
             preset(opts.str("preset").unwrap_or("full"))?,
             "ws-json,ws-msgpack,node-ws",

@@ -1,5 +1,6 @@
-//! Runs `hub-bench smoke` (tiny fan-out, latency and connection runs against our server, in
-//! JSON and MessagePack) and checks its JSON lines: no loss, no errors, every delivery counted.
+//! Runs `hub-bench smoke` (tiny fan-out, latency and connection runs against our server, over
+//! WebSocket in JSON and MessagePack, SSE and long-polling) and checks its JSON lines: no loss,
+//! no errors, every delivery counted.
 //! No timing is asserted.
 
 use std::process::Command;
@@ -29,13 +30,17 @@ fn smoke_runs_without_loss() {
         .iter()
         .filter(|r| r["scenario"] == "fanout")
         .collect();
-    for target in ["ws-json", "ws-msgpack"] {
-        assert!(
-            fanouts.iter().any(|r| r["target"] == target),
-            "no fan-out report for {target}:\n{stdout}"
-        );
+    for target in ["ws-json", "ws-msgpack", "sse", "poll"] {
+        for scenario in ["fanout", "latency", "conns"] {
+            assert!(
+                reports
+                    .iter()
+                    .any(|r| r["target"] == target && r["scenario"] == scenario),
+                "no {scenario} report for {target}:\n{stdout}"
+            );
+        }
     }
-    assert!(reports.len() >= 6, "expected 6 reports:\n{stdout}");
+    assert_eq!(reports.len(), 12, "expected 12 reports:\n{stdout}");
     for r in &reports {
         assert_eq!(r["loss"], 0, "loss in {r}");
         assert_eq!(r["errors"], 0, "errors in {r}");
