@@ -55,21 +55,6 @@ pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8"
 /// dashboards and alerts see a series rather than nothing.
 const TRANSPORTS: [&str; 3] = ["ws", "sse", "poll"];
 
-/// Every disconnect reason, so that each counter exists from the start (a counter that
-/// appears only at its first increment hides that first increment from `rate()`).
-const REASONS: [DisconnectReason; 10] = [
-    DisconnectReason::Normal,
-    DisconnectReason::Shutdown,
-    DisconnectReason::Kicked,
-    DisconnectReason::SlowConsumer,
-    DisconnectReason::HeartbeatTimeout,
-    DisconnectReason::RateLimited,
-    DisconnectReason::FrameTooLarge,
-    DisconnectReason::BadData,
-    DisconnectReason::ProtocolError,
-    DisconnectReason::Internal,
-];
-
 /// Demo hooks: anyone connects, subscribes and publishes; nobody joins rooms by request.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct OpenHooks;
@@ -217,7 +202,9 @@ pub(crate) fn render(stats: &StatsSnapshot) -> String {
             ("encoding=\"msgpack\"".to_owned(), stats.encodes_msgpack),
         ],
     );
-    let known: Vec<&str> = REASONS.iter().map(|r| r.as_str()).collect();
+    // Every reason, so that each counter exists from the start (a counter that appears only at
+    // its first increment hides that first increment from `rate()`).
+    let known: Vec<&str> = DisconnectReason::all().iter().map(|r| r.as_str()).collect();
     let mut reasons = known.clone();
     reasons.extend(stats.disconnects.keys().filter(|r| !known.contains(r)));
     let disconnects: Vec<(String, u64)> = reasons

@@ -122,6 +122,18 @@ impl DisconnectReason {
         DisconnectReason::Internal,
     ];
 
+    /// Every reason, in a stable order: e.g. to create one metrics counter per reason up front
+    /// (a counter that appears only at its first increment hides that increment from `rate()`).
+    ///
+    /// ```
+    /// use hub_core::DisconnectReason;
+    /// let names: Vec<&str> = DisconnectReason::all().iter().map(|r| r.as_str()).collect();
+    /// assert!(names.contains(&"slow_consumer") && names.contains(&"heartbeat_timeout"));
+    /// ```
+    pub fn all() -> &'static [DisconnectReason] {
+        &Self::ALL
+    }
+
     /// The stable reason string, e.g. `slow_consumer`.
     pub fn as_str(self) -> &'static str {
         match self {
