@@ -30,6 +30,8 @@ pub(crate) struct Target {
     pub(crate) hub: bool,
     /// Subscribers use server-sent events.
     pub(crate) sse: bool,
+    /// SSE streams over HTTP/2 (cleartext, prior knowledge), many per connection.
+    pub(crate) h2: bool,
     /// Subscribers use long-polling.
     pub(crate) poll: bool,
 }
@@ -38,7 +40,7 @@ impl Target {
     /// Parses a target name.
     pub(crate) fn parse(name: &str) -> Res<Target> {
         let (enc, hub) = match name {
-            "ws-json" | "sse" | "poll" => (Enc::Json, true),
+            "ws-json" | "sse" | "sse-h2" | "poll" => (Enc::Json, true),
             "ws-msgpack" => (Enc::MsgPack, true),
             "node-ws" => (Enc::Json, false),
             "node-ws-msgpack" => (Enc::MsgPack, false),
@@ -48,7 +50,8 @@ impl Target {
             name: name.to_owned(),
             enc,
             hub,
-            sse: name == "sse",
+            sse: name == "sse" || name == "sse-h2",
+            h2: name == "sse-h2",
             poll: name == "poll",
         })
     }
@@ -394,6 +397,7 @@ fn endpoint(server: &Server, target: &Target) -> Endpoint {
         hub: target.hub,
         src: None,
         sse: target.sse,
+        h2: target.h2,
         poll: target.poll,
         pub_path: ws_path,
     }
@@ -412,7 +416,9 @@ fn load_args(ep: &Endpoint, target: &Target, extra: &[(&str, String)]) -> Vec<St
         "--pub-path".to_owned(),
         ep.pub_path.clone(),
         "--transport".to_owned(),
-        if ep.sse {
+        if ep.h2 {
+            "sse-h2"
+        } else if ep.sse {
             "sse"
         } else if ep.poll {
             "poll"

@@ -52,6 +52,8 @@ pub(crate) struct Endpoint {
     pub(crate) src: Option<std::net::IpAddr>,
     /// Subscribers use server-sent events (`path` is the stream's URL) instead of WebSocket.
     pub(crate) sse: bool,
+    /// SSE streams over HTTP/2 (cleartext, prior knowledge), [`H2_STREAMS`] per connection.
+    pub(crate) h2: bool,
     /// Subscribers use long-polling (`path` opens a session).
     pub(crate) poll: bool,
     /// The publisher's WebSocket path (with the query).
@@ -181,7 +183,8 @@ fn cfg(opts: &Opts) -> Res<Cfg> {
             path: opts.str("path").unwrap_or("/ws").to_owned(),
             hub: opts.str("server").unwrap_or("hub") == "hub",
             src: opts.str("src").map(str::parse).transpose()?,
-            sse: opts.str("transport") == Some("sse"),
+            sse: matches!(opts.str("transport"), Some("sse" | "sse-h2")),
+            h2: opts.str("transport") == Some("sse-h2"),
             poll: opts.str("transport") == Some("poll"),
             pub_path: opts
                 .str("pub-path")
@@ -248,7 +251,24 @@ async fn run(opts: &Opts) -> Res<()> {
     let notify = Rc::new(Notify::new());
     let sem = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
     let t0 = Instant::now();
+    if cfg.ep.h2 {
+        for first in (0..cfg.subs).step_by(H2_STREAMS) {
+            let n = H2_STREAMS.min(cfg.subs - first);
+            tokio::task::spawn_local(sse_h2_connection(
+                first,
+                n,
+                cfg.clone(),
+                st.clone(),
+                sem.clone(),
+                notify.clone(),
+                base,
+            ));
+        }
+    }
     for i in 0..cfg.subs {
+        if cfg.ep.h2 {
+            break;
+        }
         if cfg.ep.poll {
             tokio::task::spawn_local(poll_subscriber(
                 i,
@@ -515,25 +535,20 @@ async fn sse_subscriber(
             Err(e) => break format!("read: {e}"),
         }
         let now = u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let mut s = st.borrow_mut();
-        sse::events(&mut conn.body, |name, data| match name {
-            b"message" => match cfg.codec.message(data) {
-                Some((seq, ts)) => s.deliver(&mut next, seq, ts, now),
-                None => s.error(format!("sse sub {i}: unexpected message")),
-            },
-            // The subscription is made when the stream opens, before `welcome`.
-            b"welcome" if !ready => {
-                ready = true;
-                s.ready += 1;
-                notify.notify_one();
-                permit = None;
-            }
-            b"error" | b"gap" | b"close" | b"dropped" => {
-                let text: String = String::from_utf8_lossy(data).chars().take(200).collect();
-                s.error(format!("sse sub {i}: {text}"));
-            }
-            _ => {}
-        });
+        let was_ready = ready;
+        sse_events(
+            i,
+            &cfg,
+            &st,
+            &notify,
+            &mut conn.body,
+            &mut next,
+            &mut ready,
+            now,
+        );
+        if ready && !was_ready {
+            permit = None;
+        }
     };
     drop(permit);
     let mut s = st.borrow_mut();
@@ -544,6 +559,143 @@ async fn sse_subscriber(
         notify.notify_one();
     }
     s.error(format!("sse sub {i}: {why}"));
+}
+
+/// Handles every complete event in an SSE subscriber's `body` (HTTP/1.1 or HTTP/2).
+#[allow(clippy::too_many_arguments)]
+fn sse_events(
+    i: usize,
+    cfg: &Cfg,
+    st: &RefCell<State>,
+    notify: &Notify,
+    body: &mut Vec<u8>,
+    next: &mut u64,
+    ready: &mut bool,
+    now: u64,
+) {
+    let mut s = st.borrow_mut();
+    sse::events(body, |name, data| match name {
+        b"message" => match cfg.codec.message(data) {
+            Some((seq, ts)) => s.deliver(next, seq, ts, now),
+            None => s.error(format!("sse sub {i}: unexpected message")),
+        },
+        // The subscription is made when the stream opens, before `welcome`.
+        b"welcome" if !*ready => {
+            *ready = true;
+            s.ready += 1;
+            notify.notify_one();
+        }
+        b"error" | b"gap" | b"close" | b"dropped" => {
+            let text: String = String::from_utf8_lossy(data).chars().take(200).collect();
+            s.error(format!("sse sub {i}: {text}"));
+        }
+        _ => {}
+    });
+}
+
+/// SSE streams per HTTP/2 connection (below hyper's default limit of 200 concurrent streams).
+pub(crate) const H2_STREAMS: usize = 100;
+
+/// `n` SSE subscribers (`first`, `first + 1`, ...) as streams of one HTTP/2 connection
+/// (cleartext, prior knowledge), through hyper's client.
+async fn sse_h2_connection(
+    first: usize,
+    n: usize,
+    cfg: Rc<Cfg>,
+    st: Rc<RefCell<State>>,
+    sem: Arc<Semaphore>,
+    notify: Rc<Notify>,
+    base: Instant,
+) {
+    let fail = |why: String| {
+        let mut s = st.borrow_mut();
+        s.failed += n;
+        s.error(format!("sse-h2 subs {first}..: {why}"));
+        notify.notify_one();
+    };
+    let permit = sem.acquire_owned().await.ok();
+    let tcp =
+        match tokio::time::timeout(cfg.timeout, ws::tcp_connect(cfg.ep.addr, cfg.ep.src)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => return fail(format!("connect: {e}")),
+            Err(_) => return fail("connect timed out".to_owned()),
+        };
+    let handshake = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    );
+    let (send, conn) = match handshake.await {
+        Ok(x) => x,
+        Err(e) => return fail(format!("handshake: {e}")),
+    };
+    tokio::task::spawn_local(async move {
+        let _ = conn.await;
+    });
+    drop(permit);
+    let uri = format!("http://{}{}", cfg.ep.addr, cfg.ep.path);
+    for i in first..first + n {
+        let (mut send, cfg, st, notify, uri) = (
+            send.clone(),
+            cfg.clone(),
+            st.clone(),
+            notify.clone(),
+            uri.clone(),
+        );
+        tokio::task::spawn_local(async move {
+            let stream = async {
+                let req = http::Request::get(uri.as_str())
+                    .header("accept", "text/event-stream")
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .map_err(|e| e.to_string())?;
+                send.ready().await.map_err(|e| e.to_string())?;
+                let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+                if resp.status() != http::StatusCode::OK {
+                    return Err(format!("stream refused: {}", resp.status()));
+                }
+                Ok(resp.into_body())
+            };
+            let mut body = match tokio::time::timeout(cfg.timeout, stream).await {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => {
+                    let mut s = st.borrow_mut();
+                    s.failed += 1;
+                    s.error(format!("sse-h2 sub {i}: {e}"));
+                    notify.notify_one();
+                    return;
+                }
+                Err(_) => {
+                    let mut s = st.borrow_mut();
+                    s.failed += 1;
+                    s.error(format!("sse-h2 sub {i}: open timed out"));
+                    notify.notify_one();
+                    return;
+                }
+            };
+            let (mut buf, mut next, mut ready) = (Vec::new(), 1u64, false);
+            let why = loop {
+                use http_body_util::BodyExt;
+                match body.frame().await {
+                    None => break "stream ended".to_owned(),
+                    Some(Err(e)) => break format!("read: {e}"),
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            buf.extend_from_slice(&data);
+                            let now = u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                            sse_events(i, &cfg, &st, &notify, &mut buf, &mut next, &mut ready, now);
+                        }
+                    }
+                }
+            };
+            let mut s = st.borrow_mut();
+            if ready {
+                s.closed += 1;
+            } else {
+                s.failed += 1;
+                notify.notify_one();
+            }
+            s.error(format!("sse-h2 sub {i}: {why}"));
+        });
+    }
 }
 
 /// Opens a long-poll session and subscribes it: the connection, the session and the cursor.

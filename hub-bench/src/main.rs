@@ -29,7 +29,8 @@ USAGE:
   hub-bench suite  [--preset full|quick] [--runs 3] [--targets ws-json,ws-msgpack,node-ws]
                    targets: ws-json, ws-msgpack (our hub over WebSocket), sse and poll (our
                    hub's SSE streams / long-polling, JSON, published to over WebSocket),
-                   node-ws (the Node ws peer)
+                   sse-h2 (SSE streams over HTTP/2, 100 per connection), node-ws (the
+                   Node ws peer)
   hub-bench run    --scenario fanout|latency|conns [--targets ws-json] [--runs 1]
                    [--subs 1000] [--msgs 1000000] [--secs 5] [--bytes 100] [--window W]
                    [--rate 50] [--conns 10000]
@@ -127,7 +128,7 @@ fn drive(cmd: &str, opts: &Opts) -> Res<i32> {
     let env = Env::from_opts(&opts)?;
     let (cases, default_targets, default_runs) = match cmd {
         "run" => (vec![Case::from_opts(&opts)?], "ws-json", 1),
-        "smoke" => (preset("smoke")?, "ws-json,ws-msgpack,sse,poll", 1),
+        "smoke" => (preset("smoke")?, "ws-json,ws-msgpack,sse,sse-h2,poll", 1),
         _ => (
             preset(opts.str("preset").unwrap_or("full"))?,
             "ws-json,ws-msgpack,node-ws",

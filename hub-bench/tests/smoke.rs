@@ -1,5 +1,5 @@
 //! Runs `hub-bench smoke` (tiny fan-out, latency and connection runs against our server, over
-//! WebSocket in JSON and MessagePack, SSE and long-polling) and checks its JSON lines: no loss,
+//! WebSocket in JSON and MessagePack, SSE over HTTP/1.1 and HTTP/2, and long-polling) and checks its JSON lines: no loss,
 //! no errors, every delivery counted.
 //! No timing is asserted.
 
@@ -30,7 +30,7 @@ fn smoke_runs_without_loss() {
         .iter()
         .filter(|r| r["scenario"] == "fanout")
         .collect();
-    for target in ["ws-json", "ws-msgpack", "sse", "poll"] {
+    for target in ["ws-json", "ws-msgpack", "sse", "sse-h2", "poll"] {
         for scenario in ["fanout", "latency", "conns"] {
             assert!(
                 reports
@@ -40,7 +40,7 @@ fn smoke_runs_without_loss() {
             );
         }
     }
-    assert_eq!(reports.len(), 12, "expected 12 reports:\n{stdout}");
+    assert_eq!(reports.len(), 15, "expected 15 reports:\n{stdout}");
     for r in &reports {
         assert_eq!(r["loss"], 0, "loss in {r}");
         assert_eq!(r["errors"], 0, "errors in {r}");
