@@ -78,8 +78,10 @@
 //! connection's life, and the host's connection task is ~2 KB; this crate's stream state is
 //! ~1.2 KB and the hub's session ~1 KB (heap profile in BENCHMARKS.md). The same limit also
 //! bounds what hyper pulls from a stream's body ahead of a slow reader (16 chunks or the
-//! limit), so backpressure reaches the hub's bounded queue sooner. A WebSocket connection
-//! (hub-ws owns the socket after the upgrade) holds ~3.3 KB.
+//! limit), so backpressure reaches the hub's bounded queue sooner. Over HTTP/2 (what browsers
+//! use with an HTTPS origin that offers it: every `EventSource` of a page shares one
+//! connection) a stream holds ~3.8 KB, the connection's buffers being shared by its streams;
+//! a WebSocket connection (hub-ws owns the socket after the upgrade) holds ~3.3 KB.
 //!
 //! # Example
 //!
