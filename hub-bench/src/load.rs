@@ -113,6 +113,24 @@ impl State {
         }
     }
 
+    /// A subscriber could not connect or subscribe: failed, and the driver's wait is woken.
+    fn failed_to_open(&mut self, what: String, notify: &Notify) {
+        self.failed += 1;
+        self.error(what);
+        notify.notify_one();
+    }
+
+    /// A subscriber's connection ended: closed if it had become ready, else failed.
+    fn ended(&mut self, ready: bool, what: String, notify: &Notify) {
+        if ready {
+            self.closed += 1;
+        } else {
+            self.failed += 1;
+            notify.notify_one();
+        }
+        self.error(what);
+    }
+
     /// One bench message reached a subscriber whose next expected number is `*next`.
     #[inline]
     fn deliver(&mut self, next: &mut u64, seq: u64, ts: u64, now: u64) {
@@ -401,17 +419,13 @@ async fn subscriber(
     let mut conn = match conn {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
-            let mut s = st.borrow_mut();
-            s.failed += 1;
-            s.error(format!("sub {i}: connect: {e}"));
-            notify.notify_one();
+            st.borrow_mut()
+                .failed_to_open(format!("sub {i}: connect: {e}"), &notify);
             return;
         }
         Err(_) => {
-            let mut s = st.borrow_mut();
-            s.failed += 1;
-            s.error(format!("sub {i}: connect timed out"));
-            notify.notify_one();
+            st.borrow_mut()
+                .failed_to_open(format!("sub {i}: connect timed out"), &notify);
             return;
         }
     };
@@ -419,10 +433,8 @@ async fn subscriber(
     if cfg.ep.hub && cfg.subscribe {
         let frame = cfg.codec.subscribe();
         if let Err(e) = conn.send(cfg.codec.enc().opcode(), &frame).await {
-            let mut s = st.borrow_mut();
-            s.failed += 1;
-            s.error(format!("sub {i}: subscribe: {e}"));
-            notify.notify_one();
+            st.borrow_mut()
+                .failed_to_open(format!("sub {i}: subscribe: {e}"), &notify);
             return;
         }
     } else {
@@ -484,14 +496,8 @@ async fn subscriber(
         }
     };
     drop(permit);
-    let mut s = st.borrow_mut();
-    if ready {
-        s.closed += 1;
-    } else {
-        s.failed += 1;
-        notify.notify_one();
-    }
-    s.error(format!("sub {i}: {why}"));
+    st.borrow_mut()
+        .ended(ready, format!("sub {i}: {why}"), &notify);
 }
 
 /// One SSE subscriber: open the stream (subscribed by its URL), then count what arrives.
@@ -512,17 +518,13 @@ async fn sse_subscriber(
     let mut conn = match conn {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
-            let mut s = st.borrow_mut();
-            s.failed += 1;
-            s.error(format!("sse sub {i}: connect: {e}"));
-            notify.notify_one();
+            st.borrow_mut()
+                .failed_to_open(format!("sse sub {i}: connect: {e}"), &notify);
             return;
         }
         Err(_) => {
-            let mut s = st.borrow_mut();
-            s.failed += 1;
-            s.error(format!("sse sub {i}: connect timed out"));
-            notify.notify_one();
+            st.borrow_mut()
+                .failed_to_open(format!("sse sub {i}: connect timed out"), &notify);
             return;
         }
     };
@@ -551,14 +553,8 @@ async fn sse_subscriber(
         }
     };
     drop(permit);
-    let mut s = st.borrow_mut();
-    if ready {
-        s.closed += 1;
-    } else {
-        s.failed += 1;
-        notify.notify_one();
-    }
-    s.error(format!("sse sub {i}: {why}"));
+    st.borrow_mut()
+        .ended(ready, format!("sse sub {i}: {why}"), &notify);
 }
 
 /// Handles every complete event in an SSE subscriber's `body` (HTTP/1.1 or HTTP/2).
@@ -657,17 +653,13 @@ async fn sse_h2_connection(
             let mut body = match tokio::time::timeout(cfg.timeout, stream).await {
                 Ok(Ok(b)) => b,
                 Ok(Err(e)) => {
-                    let mut s = st.borrow_mut();
-                    s.failed += 1;
-                    s.error(format!("sse-h2 sub {i}: {e}"));
-                    notify.notify_one();
+                    st.borrow_mut()
+                        .failed_to_open(format!("sse-h2 sub {i}: {e}"), &notify);
                     return;
                 }
                 Err(_) => {
-                    let mut s = st.borrow_mut();
-                    s.failed += 1;
-                    s.error(format!("sse-h2 sub {i}: open timed out"));
-                    notify.notify_one();
+                    st.borrow_mut()
+                        .failed_to_open(format!("sse-h2 sub {i}: open timed out"), &notify);
                     return;
                 }
             };
@@ -686,14 +678,8 @@ async fn sse_h2_connection(
                     }
                 }
             };
-            let mut s = st.borrow_mut();
-            if ready {
-                s.closed += 1;
-            } else {
-                s.failed += 1;
-                notify.notify_one();
-            }
-            s.error(format!("sse-h2 sub {i}: {why}"));
+            st.borrow_mut()
+                .ended(ready, format!("sse-h2 sub {i}: {why}"), &notify);
         });
     }
 }
@@ -742,17 +728,13 @@ async fn poll_subscriber(
         match tokio::time::timeout(cfg.timeout, poll_open(&cfg)).await {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {
-                let mut s = st.borrow_mut();
-                s.failed += 1;
-                s.error(format!("poll sub {i}: {e}"));
-                notify.notify_one();
+                st.borrow_mut()
+                    .failed_to_open(format!("poll sub {i}: {e}"), &notify);
                 return;
             }
             Err(_) => {
-                let mut s = st.borrow_mut();
-                s.failed += 1;
-                s.error(format!("poll sub {i}: open timed out"));
-                notify.notify_one();
+                st.borrow_mut()
+                    .failed_to_open(format!("poll sub {i}: open timed out"), &notify);
                 return;
             }
         };
@@ -796,14 +778,8 @@ async fn poll_subscriber(
         }
     };
     drop(permit);
-    let mut s = st.borrow_mut();
-    if ready {
-        s.closed += 1;
-    } else {
-        s.failed += 1;
-        notify.notify_one();
-    }
-    s.error(format!("poll sub {i}: {why}"));
+    st.borrow_mut()
+        .ended(ready, format!("poll sub {i}: {why}"), &notify);
 }
 
 /// The publisher's side of a connection: the write half, plus a reader task that counts what
