@@ -12,6 +12,25 @@
 //!
 //! Answers are built as `Response<Bytes>`: each transport puts the bytes in its own body type
 //! (`Response::map`) and adds headers of its own (hub-poll's no-store headers, hub-sse's CORS).
+//!
+//! # Example
+//!
+//! ```
+//! use http::StatusCode;
+//! use hub_http::seq::{parse_seq, BAD_SEQ};
+//!
+//! // A refusal as every HTTP transport of the hub answers it.
+//! let resp = hub_http::json_error(StatusCode::CONFLICT, BAD_SEQ, "expected command 3");
+//! assert_eq!(resp.status(), StatusCode::CONFLICT);
+//! assert_eq!(resp.headers()["content-type"], "application/json");
+//! let body: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+//! assert_eq!(body["code"], "bad_seq");
+//!
+//! // Command numbers: decimal, from 1, within u64; nothing else.
+//! assert_eq!(parse_seq("42"), Some(42));
+//! assert_eq!(parse_seq("0"), None);
+//! assert_eq!(parse_seq("+1"), None);
+//! ```
 
 #![warn(missing_docs)]
 
