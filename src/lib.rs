@@ -18,28 +18,49 @@
 //!
 //! # Example
 //!
-//! A hub behind an axum router; the server publishes, browsers subscribe.
+//! A hub behind an axum router; the server publishes, clients subscribe: here a WebSocket
+//! client on the same machine, as a browser's `WebSocket` would.
 //!
-//! ```no_run
+//! ```
+//! # #[cfg(not(feature = "ws"))]
+//! # fn main() {}
 //! # #[cfg(feature = "ws")]
-//! # async fn run() -> std::io::Result<()> {
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # // A safety net: should anything go wrong, the example fails instead of hanging.
+//! # tokio::time::timeout(std::time::Duration::from_secs(10), async {
+//! use futures_util::{SinkExt, StreamExt};
 //! use hub::{ws::WsService, Hub};
+//! use serde_json::{json, Value};
+//! use tokio_tungstenite::tungstenite::Message;
 //!
 //! let hub = Hub::builder().history_len(100).build();
 //! let app = axum::Router::new().route_service("/ws", WsService::new(hub.clone()));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = listener.local_addr()?;
+//! tokio::spawn(async move { axum::serve(listener, app).await });
 //!
-//! tokio::spawn({
-//!     let hub = hub.clone();
-//!     async move {
-//!         for minute in 0.. {
-//!             let _ = hub.publish("scores/all", &serde_json::json!({"minute": minute}));
-//!             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+//! // The client subscribes; once the hub has replied, the server publishes.
+//! let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await?;
+//! ws.send(Message::text(r#"{"type":"subscribe","topic":"scores/all","id":1}"#)).await?;
+//! let message = loop {
+//!     let Message::Text(text) = ws.next().await.ok_or("connection closed")?? else {
+//!         continue; // pings, answered by tungstenite
+//!     };
+//!     let frame: Value = serde_json::from_str(&text)?;
+//!     match frame["type"].as_str() {
+//!         Some("reply") => {
+//!             hub.publish("scores/all", &json!({"minute": 1}))?;
 //!         }
+//!         Some("message") => break frame,
+//!         _ => {} // `welcome`, the session's first frame
 //!     }
-//! });
-//!
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-//! axum::serve(listener, app).await
+//! };
+//! assert_eq!(message["topic"], "scores/all");
+//! assert_eq!(message["data"], json!({"minute": 1}));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })
+//! # .await?
 //! # }
 //! ```
 

@@ -82,26 +82,92 @@
 //!
 //! # Example: bare hyper
 //!
-//! ```no_run
+//! A host mounts the service on a port; a client opens a session, subscribes by command and
+//! long-polls for what the server publishes.
+//!
+//! ```
 //! use hub_core::Hub;
 //! use hub_poll::PollService;
 //! use hyper_util::rt::{TokioExecutor, TokioIo};
 //! use hyper_util::server::conn::auto;
+//! use serde_json::{json, Value};
 //!
-//! # async fn run() -> std::io::Result<()> {
+//! # use std::net::SocketAddr;
+//! # use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! # type Error = Box<dyn std::error::Error>;
+//! #
+//! # /// One HTTP/1.1 request on a connection of its own: the status and the JSON body (`null`
+//! # /// if empty).
+//! # async fn http(
+//! #     addr: SocketAddr,
+//! #     method: &str,
+//! #     uri: &str,
+//! #     body: &str,
+//! # ) -> Result<(u16, Value), Error> {
+//! #     let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+//! #     let head = format!("{method} {uri} HTTP/1.1\r\nHost: localhost\r\nConnection: close");
+//! #     let len = body.len();
+//! #     tcp.write_all(format!("{head}\r\nContent-Length: {len}\r\n\r\n{body}").as_bytes()).await?;
+//! #     let mut resp = String::new();
+//! #     tcp.read_to_string(&mut resp).await?;
+//! #     let (head, body) = resp.split_once("\r\n\r\n").ok_or("no answer")?;
+//! #     let status = head.get(9..12).ok_or("no status")?.parse()?;
+//! #     Ok((status, if body.is_empty() { Value::Null } else { serde_json::from_str(body)? }))
+//! # }
+//! #
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Error> {
+//! # // A safety net: should anything go wrong, the example fails instead of hanging.
+//! # tokio::time::timeout(std::time::Duration::from_secs(10), async {
 //! let hub = Hub::builder().build();
 //! let poll = PollService::new(hub.clone());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! loop {
-//!     let (tcp, peer) = listener.accept().await?;
-//!     // Every clone shares the same session table.
-//!     let service = poll.clone().with_peer(peer);
-//!     tokio::spawn(async move {
-//!         let _ = auto::Builder::new(TokioExecutor::new())
-//!             .serve_connection(TokioIo::new(tcp), service)
-//!             .await;
-//!     });
-//! }
+//! let addr = listener.local_addr()?;
+//! tokio::spawn(async move {
+//!     while let Ok((tcp, peer)) = listener.accept().await {
+//!         // Every clone shares the same session table.
+//!         let service = poll.clone().with_peer(peer);
+//!         tokio::spawn(async move {
+//!             let _ = auto::Builder::new(TokioExecutor::new())
+//!                 .serve_connection(TokioIo::new(tcp), service)
+//!                 .await;
+//!         });
+//!     }
+//! });
+//!
+//! // A client: any HTTP client will do (`http` sends one request, returns its status and JSON).
+//! let (status, open) = http(addr, "POST", "/poll", "").await?;
+//! assert_eq!(status, 200);
+//! let url = format!("/poll?session={}", open["session"].as_str().ok_or("no session")?);
+//! // Each poll starts from the cursor of the last answer (the open answer's is "0") and
+//! // returns as soon as there are frames.
+//! let poll_url = |last: &Value| {
+//!     format!("{url}&cursor={}", last["cursor"].as_str().unwrap_or("0"))
+//! };
+//! let (_, batch) = http(addr, "GET", &poll_url(&open), "").await?;
+//! assert_eq!(batch["frames"][0]["type"], "welcome");
+//!
+//! // A command (number 1 of the session): `202`, and its answer comes in the next poll.
+//! let subscribe = r#"{"type":"subscribe","topic":"scores","id":1}"#;
+//! let (status, _) = http(addr, "POST", &format!("{url}&seq=1"), subscribe).await?;
+//! assert_eq!(status, 202);
+//! let (_, batch) = http(addr, "GET", &poll_url(&batch), "").await?;
+//! assert_eq!(batch["frames"][0]["type"], "reply");
+//!
+//! // The server publishes; the next poll brings the `message` frame.
+//! hub.publish("scores", &json!({"home": 2, "away": 1}))?;
+//! let (_, batch) = http(addr, "GET", &poll_url(&batch), "").await?;
+//! let message = &batch["frames"][0];
+//! assert_eq!(message["type"], "message");
+//! assert_eq!(message["topic"], "scores");
+//! assert_eq!(message["data"], json!({"home": 2, "away": 1}));
+//!
+//! // Done: close the session.
+//! let (status, _) = http(addr, "DELETE", &url, "").await?;
+//! assert_eq!(status, 204);
+//! # Ok::<(), Error>(())
+//! # })
+//! # .await?
 //! # }
 //! ```
 //!

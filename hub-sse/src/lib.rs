@@ -85,26 +85,73 @@
 //!
 //! # Example
 //!
-//! ```no_run
+//! A host mounts the service on a port; a client opens a stream and reads what the server
+//! publishes.
+//!
+//! ```
 //! use hub_core::Hub;
 //! use hub_sse::SseService;
 //! use hyper_util::rt::{TokioExecutor, TokioIo};
 //! use hyper_util::server::conn::auto;
+//! use serde_json::json;
+//! use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 //!
-//! # async fn run() -> std::io::Result<()> {
+//! # use serde_json::Value;
+//! # use tokio::io::Lines;
+//! # use tokio::net::TcpStream;
+//! # type Error = Box<dyn std::error::Error>;
+//! #
+//! # /// Reads the stream up to the event `name`; returns its `data:` line, parsed.
+//! # async fn next_event(
+//! #     lines: &mut Lines<BufReader<TcpStream>>,
+//! #     name: &str,
+//! # ) -> Result<Value, Error> {
+//! #     while let Some(line) = lines.next_line().await? {
+//! #         if line.strip_prefix("event: ") == Some(name) {
+//! #             let data = lines.next_line().await?.unwrap_or_default();
+//! #             return Ok(serde_json::from_str(data.strip_prefix("data: ").ok_or("no data")?)?);
+//! #         }
+//! #     }
+//! #     Err("the stream ended".into())
+//! # }
+//! #
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Error> {
+//! # // A safety net: should anything go wrong, the example fails instead of hanging.
+//! # tokio::time::timeout(std::time::Duration::from_secs(10), async {
 //! let hub = Hub::builder().build();
 //! let sse = SseService::new(hub.clone()).allow_origins(["https://dashboard.example"]);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! loop {
-//!     let (tcp, peer) = listener.accept().await?;
-//!     let service = sse.clone().with_peer(peer);
-//!     tokio::spawn(async move {
-//!         let mut http = auto::Builder::new(TokioExecutor::new());
-//!         // hyper's smallest buffer limit: less memory per stream (see above).
-//!         http.http1().max_buf_size(8192);
-//!         let _ = http.serve_connection(TokioIo::new(tcp), service).await;
-//!     });
-//! }
+//! let addr = listener.local_addr()?;
+//! tokio::spawn(async move {
+//!     while let Ok((tcp, peer)) = listener.accept().await {
+//!         let service = sse.clone().with_peer(peer);
+//!         tokio::spawn(async move {
+//!             let mut http = auto::Builder::new(TokioExecutor::new());
+//!             // hyper's smallest buffer limit: less memory per stream (see above).
+//!             http.http1().max_buf_size(8192);
+//!             let _ = http.serve_connection(TokioIo::new(tcp), service).await;
+//!         });
+//!     }
+//! });
+//!
+//! // A client opens a stream, as `new EventSource("/?topic=scores")` would, and reads its
+//! // lines (`next_event` skips to the named event and parses its `data:`).
+//! let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+//! tcp.write_all(b"GET /?topic=scores HTTP/1.1\r\nHost: localhost\r\n\r\n").await?;
+//! let mut lines = BufReader::new(tcp).lines();
+//! assert_eq!(lines.next_line().await?.as_deref(), Some("HTTP/1.1 200 OK"));
+//! // The topics of the URL are followed before the stream starts.
+//! assert_eq!(next_event(&mut lines, "welcome").await?["type"], "welcome");
+//!
+//! // The server publishes; the stream gets an `event: message`.
+//! hub.publish("scores", &json!({"home": 2, "away": 1}))?;
+//! let message = next_event(&mut lines, "message").await?;
+//! assert_eq!(message["topic"], "scores");
+//! assert_eq!(message["data"], json!({"home": 2, "away": 1}));
+//! # Ok::<(), Error>(())
+//! # })
+//! # .await?
 //! # }
 //! ```
 //!

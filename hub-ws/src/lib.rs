@@ -20,24 +20,74 @@
 //!
 //! # Example: bare hyper
 //!
-//! ```no_run
+//! A host mounts the service on a port; a client connects, subscribes and gets what the server
+//! publishes, frames as in PROTOCOL.md.
+//!
+//! ```
+//! use futures_util::SinkExt;
 //! use hub_core::Hub;
 //! use hub_ws::WsService;
 //! use hyper_util::rt::{TokioExecutor, TokioIo};
 //! use hyper_util::server::conn::auto;
+//! use serde_json::json;
+//! use tokio_tungstenite::tungstenite::Message;
 //!
-//! # async fn run() -> std::io::Result<()> {
+//! # use futures_util::StreamExt;
+//! # use serde_json::Value;
+//! # use tokio::io::{AsyncRead, AsyncWrite};
+//! # use tokio_tungstenite::WebSocketStream;
+//! # type Error = Box<dyn std::error::Error>;
+//! #
+//! # /// The next JSON frame from the server (pings, which tungstenite answers, are skipped).
+//! # async fn recv<S>(ws: &mut WebSocketStream<S>) -> Result<Value, Error>
+//! # where
+//! #     S: AsyncRead + AsyncWrite + Unpin,
+//! # {
+//! #     loop {
+//! #         if let Message::Text(text) = ws.next().await.ok_or("connection closed")?? {
+//! #             return Ok(serde_json::from_str(&text)?);
+//! #         }
+//! #     }
+//! # }
+//! #
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Error> {
+//! # // A safety net: should anything go wrong, the example fails instead of hanging.
+//! # tokio::time::timeout(std::time::Duration::from_secs(10), async {
 //! let hub = Hub::builder().build();
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! loop {
-//!     let (tcp, peer) = listener.accept().await?;
-//!     let service = WsService::new(hub.clone()).with_peer(peer);
-//!     tokio::spawn(async move {
-//!         let _ = auto::Builder::new(TokioExecutor::new())
-//!             .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-//!             .await;
-//!     });
-//! }
+//! let addr = listener.local_addr()?;
+//! tokio::spawn({
+//!     let hub = hub.clone();
+//!     async move {
+//!         while let Ok((tcp, peer)) = listener.accept().await {
+//!             let service = WsService::new(hub.clone()).with_peer(peer);
+//!             tokio::spawn(async move {
+//!                 let _ = auto::Builder::new(TokioExecutor::new())
+//!                     .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+//!                     .await;
+//!             });
+//!         }
+//!     }
+//! });
+//!
+//! // A client: JSON frames in text messages (`recv` parses the next one).
+//! let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await?;
+//! assert_eq!(recv(&mut ws).await?["type"], "welcome");
+//! ws.send(Message::text(r#"{"type":"subscribe","topic":"scores","id":1}"#)).await?;
+//! let reply = recv(&mut ws).await?;
+//! assert_eq!(reply["type"], "reply");
+//! assert_eq!(reply["id"], 1);
+//!
+//! // The server publishes; the subscriber gets a `message` frame.
+//! hub.publish("scores", &json!({"home": 2, "away": 1}))?;
+//! let message = recv(&mut ws).await?;
+//! assert_eq!(message["type"], "message");
+//! assert_eq!(message["topic"], "scores");
+//! assert_eq!(message["data"], json!({"home": 2, "away": 1}));
+//! # Ok::<(), Error>(())
+//! # })
+//! # .await?
 //! # }
 //! ```
 //!
