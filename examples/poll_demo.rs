@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --example poll_demo                       # http://127.0.0.1:3001/
-//! cargo run --example poll_demo -- 127.0.0.1:0        # any free port
+//! cargo run --example poll_demo -- --addr 127.0.0.1:0 # any free port
 //! ```
 //!
 //! The full sports demo is `sports_scores`; this one only exercises the page and the transport.
@@ -20,9 +20,17 @@ const PAGE: &str = include_str!("assets/sports_poll.html");
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:3001".into());
+    // `--addr <ip:port>` (or `--addr=<ip:port>`), as every example takes it; a bare address
+    // is accepted too.
+    let mut addr = "127.0.0.1:3001".to_owned();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        addr = match arg.strip_prefix("--addr") {
+            Some("") => args.next().unwrap_or_default(),
+            Some(v) => v.trim_start_matches('=').to_owned(),
+            None => arg,
+        };
+    }
     let hub = Hub::builder().history_len(200).build();
     let app = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
