@@ -1270,6 +1270,63 @@ async fn a_stalled_reader_is_disconnected_as_a_slow_consumer() {
     assert!(s.next_block().await.is_none());
 }
 
+#[tokio::test]
+async fn a_stalled_http2_reader_is_disconnected_too_with_bounded_buffering() {
+    let srv = serve(hub_builder().queue_capacity(8), SseService::new).await;
+    let mut disconnects = srv.disconnects.clone();
+    let tcp = TcpStream::connect(srv.addr).await.unwrap();
+    // A 64 KiB stream window (browsers grant more: the bound below grows with it, no more).
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(64 * 1024)
+        .adaptive_window(false)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let _conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = Request::get(format!("http://{}/events?user=ana&topic=big", srv.addr))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let (parts, body) = resp.into_parts();
+    let mut s = EventStream {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+        buf: Vec::new(),
+        conn: None,
+    };
+    let cmd = s.handshake().await;
+    // The client stops reading this stream (its connection still runs): the stream's window
+    // fills, then hyper's per-stream send buffer (400 KiB by default), then the session's
+    // bounded queue, and the hub lets go of the session.
+    let blob = "x".repeat(16 * 1024);
+    let mut published = 0usize;
+    while disconnects.borrow().is_empty() {
+        assert!(published < 20_000, "never disconnected");
+        srv.hub.publish("big", &json!(blob)).unwrap();
+        published += 1;
+        tokio::task::yield_now().await;
+    }
+    wait_disconnects(&mut disconnects, 1).await;
+    assert_eq!(
+        disconnects.borrow().clone(),
+        vec![(cmd.session.clone(), DisconnectReason::SlowConsumer)]
+    );
+    // Bounded: what went out before the cut-off fits the window, hyper's buffer and the queue
+    // (with room for one batch in flight), not the whole publish loop.
+    let bound = 64 * 1024 + 400 * 1024 + 2 * 8 * (blob.len() + 128);
+    assert!(
+        published * blob.len() <= bound,
+        "{published} messages of 16 KiB went out before the stall was noticed"
+    );
+    // And more than the queue holds: the stream took some before it stalled.
+    assert!(published > 8, "disconnected after {published} messages");
+    assert!(srv.hub.topic_members("big").is_empty());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Binding commands to the stream's user, shutdown, slow consumers.
 
