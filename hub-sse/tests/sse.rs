@@ -640,6 +640,54 @@ async fn resume_past_history_gets_a_gap_event() {
 }
 
 #[tokio::test]
+async fn resume_after_the_topic_was_forgotten_gets_an_epoch_gap_then_the_new_stream() {
+    // Topics without subscribers are forgotten 1 ms after their last message (swept every
+    // 2 ms); a forgotten topic used again starts a new stream in a new epoch.
+    let srv = serve(
+        hub_builder()
+            .heartbeat(Duration::from_millis(2), Duration::from_secs(3600))
+            .topic_ttl(Duration::from_millis(1)),
+        SseService::new,
+    )
+    .await;
+    let mut s = open(srv.addr, "/events?user=ana&topic=t", &[]).await;
+    s.handshake().await;
+    srv.hub.publish("t", &json!(1)).unwrap();
+    let first = s.expect("message").await;
+    let old_epoch = first.json()["epoch"].as_str().unwrap().to_owned();
+    let last_id = first.id.clone().unwrap();
+    drop(s);
+    wait_disconnects(&mut srv.disconnects.clone(), 1).await;
+    tokio::time::timeout(WAIT, async {
+        while srv.hub.stats().topics > 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the idle topic was not forgotten");
+    // Back with the old position: told plainly that the stream it knew is gone...
+    let mut s = open(
+        srv.addr,
+        "/events?user=ana&topic=t",
+        &[("last-event-id", &last_id)],
+    )
+    .await;
+    s.handshake().await;
+    assert_eq!(s.expect("resume").await.json()["resumed"], true);
+    let gap = s.expect("gap").await;
+    let g = gap.json();
+    let new_epoch = g["epoch"].as_str().unwrap().to_owned();
+    assert_eq!((&g["topic"], &g["reason"]), (&json!("t"), &json!("epoch")));
+    assert_ne!(new_epoch, old_epoch);
+    // ... then the new stream from offset 1, its id naming the new epoch (which holds a `.`).
+    srv.hub.publish("t", &json!(2)).unwrap();
+    let m = s.expect("message").await;
+    assert_eq!(message("t", &m), (1, json!(2)));
+    assert_eq!(m.id.as_deref(), Some(&*format!("t={new_epoch}:1")));
+    assert_eq!(new_epoch, format!("{old_epoch}.1"));
+}
+
+#[tokio::test]
 async fn malformed_last_event_id_starts_fresh_and_says_so() {
     let srv = default_server().await;
     srv.hub.publish("a", &json!("old")).unwrap();
