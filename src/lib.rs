@@ -79,3 +79,9 @@ pub use hub_sse as sse;
 /// The long-polling transport.
 #[cfg(feature = "poll")]
 pub use hub_poll as poll;
+
+/// The README's Rust examples, compiled (and run, where they end) as doctests, so that they
+/// stay true to the API.
+#[cfg(all(doctest, feature = "ws", feature = "sse", feature = "poll"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
