@@ -337,14 +337,8 @@ impl Writer {
                         if cursor.set_bytes(topic, epoch, offset) {
                             out.put(b"id: ");
                             cursor.write_id(&mut out.buf);
-                            if bytes.len() < SHARE_MIN && !has_line_break(&bytes) {
-                                out.put(b"\nevent: message\ndata: ");
-                                out.put(&bytes);
-                                out.put(b"\n\n");
-                            } else {
-                                out.put(b"\nevent: message\n");
-                                out.data(&bytes, &self.tails);
-                            }
+                            out.put(b"\nevent: message\n");
+                            out.data(&bytes, &self.tails);
                             continue;
                         }
                     }
@@ -523,31 +517,11 @@ struct Head<'a> {
     reason: Option<Cow<'a, str>>,
 }
 
-/// Topic, epoch and offset of a `message` frame. The hub writes them before `data`, so the fast
-/// path reads them without scanning the payload; anything unexpected falls back to a parse.
+/// Topic, epoch and offset of a `message` frame that [`message_head`] could not read (names
+/// with escapes, another field order): a parse of the frame.
 fn message_position(bytes: &[u8]) -> Option<(Cow<'_, str>, Cow<'_, str>, u64)> {
-    fast_message_position(bytes).or_else(|| {
-        let h: Head<'_> = serde_json::from_slice(bytes).ok()?;
-        Some((h.topic?, h.epoch?, h.offset?))
-    })
-}
-
-fn fast_message_position(bytes: &[u8]) -> Option<(Cow<'_, str>, Cow<'_, str>, u64)> {
-    fn string<'a>(rest: &'a [u8], key: &[u8]) -> Option<(&'a str, &'a [u8])> {
-        let rest = rest.strip_prefix(key)?;
-        let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
-        if rest[end] != b'"' {
-            return None;
-        }
-        Some((std::str::from_utf8(&rest[..end]).ok()?, &rest[end + 1..]))
-    }
-    let rest = bytes.strip_prefix(br#"{"type":"message","#)?;
-    let (topic, rest) = string(rest, br#""topic":""#)?;
-    let (epoch, rest) = string(rest, br#","epoch":""#)?;
-    let rest = rest.strip_prefix(br#","offset":"#)?;
-    let end = rest.iter().position(|b| !b.is_ascii_digit())?;
-    let offset = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
-    Some((Cow::Borrowed(topic), Cow::Borrowed(epoch), offset))
+    let h: Head<'_> = serde_json::from_slice(bytes).ok()?;
+    Some((h.topic?, h.epoch?, h.offset?))
 }
 
 /// Topic, epoch and last lost offset of a `gap` with reason `history`: the client has been told
@@ -598,10 +572,10 @@ mod tests {
     fn reads_message_positions_fast_and_slow() {
         let m = br#"{"type":"message","topic":"a/b","epoch":"9f","offset":42,"data":{"x":"\"topic\""}}"#;
         assert_eq!(frame_type(m), "message");
-        let (t, e, o) = fast_message_position(m).unwrap();
-        assert_eq!((&*t, &*e, o), ("a/b", "9f", 42));
+        let (t, e, o) = message_head(m).unwrap();
+        assert_eq!((t, e, o), (&b"a/b"[..], &b"9f"[..], 42));
         let reordered = br#"{"type":"message","data":1,"offset":7,"epoch":"e","topic":"t"}"#;
-        assert!(fast_message_position(reordered).is_none());
+        assert!(message_head(reordered).is_none());
         let (t, e, o) = message_position(reordered).unwrap();
         assert_eq!((&*t, &*e, o), ("t", "e", 7));
     }
