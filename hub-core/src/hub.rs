@@ -551,11 +551,11 @@ impl Inner {
     }
 
     /// Forgets the topics that have had no subscribers for the TTL since their last message
-    /// (run by the sweeper). Returns how many went.
-    fn forget_idle_topics(&self) -> usize {
+    /// (run by the sweeper).
+    fn forget_idle_topics(&self) {
         let ttl = self.config.topic_ttl_ms;
         if ttl == u64::MAX {
-            return 0;
+            return;
         }
         let now = self.now_ms();
         let expired =
@@ -567,9 +567,8 @@ impl Inner {
             .filter(|e| expired(&lock(&e.value().state)))
             .map(|e| e.key().clone())
             .collect();
-        let mut n = 0;
         for name in idle {
-            let removed = self.topics.remove_if(&name, |_, t| {
+            self.topics.remove_if(&name, |_, t| {
                 let mut st = lock(&t.state);
                 // Checked again: a subscriber or a message may have come since.
                 if !expired(&st) {
@@ -581,9 +580,7 @@ impl Inner {
                 }
                 true
             });
-            n += usize::from(removed.is_some());
         }
-        n
     }
 
     /// Forgets a topic that never had a message and has no subscribers: it holds no position
