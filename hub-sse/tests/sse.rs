@@ -1135,6 +1135,27 @@ async fn kicked_sessions_get_a_close_event_and_the_stream_ends() {
     assert!(s.next_block().await.is_none(), "the body ends after close");
 }
 
+/// Opens `path` as an event stream on an HTTP/2 connection (checked to be HTTP/2).
+async fn open_h2(
+    sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
+    path: &str,
+) -> EventStream {
+    let req = Request::get(format!("http://{addr}{path}"))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let (parts, body) = resp.into_parts();
+    EventStream {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+        buf: Vec::new(),
+        conn: None,
+    }
+}
+
 #[tokio::test]
 async fn streams_over_http2_and_bare_hyper() {
     let (h, mut disconnects) = hooks();
@@ -1161,19 +1182,7 @@ async fn streams_over_http2_and_bare_hyper() {
     let _conn = tokio::spawn(async move {
         let _ = conn.await;
     });
-    let req = Request::get(format!("http://{addr}/events?topic=a&user=ana"))
-        .body(Full::<Bytes>::default())
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    assert_eq!(resp.version(), http::Version::HTTP_2);
-    let (parts, body) = resp.into_parts();
-    let mut s = EventStream {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-        buf: Vec::new(),
-        conn: None,
-    };
+    let mut s = open_h2(&mut sender, addr, "/events?topic=a&user=ana").await;
     assert_eq!(s.status, StatusCode::OK);
     let cmd = s.handshake().await;
     // A second stream on the same HTTP/2 connection sends a command to the first.
@@ -1333,19 +1342,7 @@ async fn a_stalled_http2_reader_is_disconnected_too_with_bounded_buffering() {
     let _conn = tokio::spawn(async move {
         let _ = conn.await;
     });
-    let req = Request::get(format!("http://{}/events?user=ana&topic=big", srv.addr))
-        .body(Full::<Bytes>::default())
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    assert_eq!(resp.version(), http::Version::HTTP_2);
-    let (parts, body) = resp.into_parts();
-    let mut s = EventStream {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-        buf: Vec::new(),
-        conn: None,
-    };
+    let mut s = open_h2(&mut sender, srv.addr, "/events?user=ana&topic=big").await;
     let cmd = s.handshake().await;
     // The client stops reading this stream (its connection still runs): the stream's window
     // fills, then hyper's per-stream send buffer (400 KiB by default), then the session's
