@@ -44,6 +44,11 @@ pub enum ErrorCode {
     RateLimited,
     /// A frame over the size limit.
     FrameTooLarge,
+    /// The engine that carries messages between nodes cannot be reached now (publishing,
+    /// subscribing and presence reads fail fast until it is back).
+    EngineUnavailable,
+    /// The engine answered with an error (out of memory, read-only, ...).
+    EngineError,
     /// A server fault.
     Internal,
 }
@@ -70,6 +75,8 @@ impl ErrorCode {
             ErrorCode::Undeliverable => "undeliverable",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::EngineUnavailable => "engine_unavailable",
+            ErrorCode::EngineError => "engine_error",
             ErrorCode::Internal => "internal",
         }
     }

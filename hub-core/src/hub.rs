@@ -11,7 +11,9 @@ use dashmap::DashMap;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::broker::Position;
 use crate::codec::Payload;
+use crate::presence::Member;
 use crate::config::{Config, RateLimit, SlowConsumerPolicy};
 use crate::error::{DisconnectReason, ErrorCode, Rejection, RoomError, SendError};
 use crate::frame::{decode_client, ClientFrame, Frame, Scope, Shared, Since};
@@ -43,15 +45,6 @@ impl std::fmt::Debug for Hub {
     }
 }
 
-/// Where a published message landed in its topic's stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Position {
-    /// The topic stream's epoch.
-    pub epoch: Arc<str>,
-    /// The message's offset within the epoch (1, 2, 3, ...).
-    pub offset: u64,
-}
-
 /// What [`Hub::shutdown`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -61,22 +54,6 @@ pub struct ShutdownReport {
     /// Transports that had not finished by the deadline and were aborted (this can include
     /// sessions that had ended before the shutdown but were still writing their last frames).
     pub forced: usize,
-}
-
-/// A member of a topic or room, as presence shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Member {
-    /// The member's session.
-    #[serde(serialize_with = "ser_display")]
-    pub session: SessionId,
-    /// The session's user id.
-    pub user: String,
-    /// The session's presence metadata.
-    pub meta: serde_json::Value,
-}
-
-fn ser_display<S: serde::Serializer>(id: &SessionId, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(id)
 }
 
 /// Builds a [`Hub`]. Every setting has a default suited to a public-facing service.

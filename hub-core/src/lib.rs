@@ -56,12 +56,14 @@
 
 #![warn(missing_docs)]
 
+pub mod broker;
 mod codec;
 mod config;
 mod error;
 mod frame;
 mod hooks;
 mod hub;
+pub mod presence;
 pub mod session;
 mod stats;
 
@@ -76,7 +78,9 @@ pub use hooks::{
     Action, AllowSubscribe, ConnectRequest, EventContext, EventHandler, HandlerResult, Hooks,
     Identity, SessionInfo,
 };
-pub use hub::{Broadcast, Hub, HubBuilder, Member, Position, ShutdownReport};
+pub use broker::{Broker, BrokerError, Position, Publication};
+pub use hub::{Broadcast, Hub, HubBuilder, ShutdownReport};
+pub use presence::{Member, PresenceStore, Scope};
 pub use session::{
     CommandError, Connection, Outbox, Outgoing, Session, SessionId, StreamPosition, TransportInfo,
 };
