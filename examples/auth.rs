@@ -350,7 +350,9 @@ async fn feed(hub: Hub) {
     let mut clock = tokio::time::interval(Duration::from_secs(2));
     for n in 1u64.. {
         clock.tick().await;
-        let _ = hub.publish("scores/demo", &serde_json::json!({ "tick": n }));
+        let _ = hub
+            .publish("scores/demo", &serde_json::json!({ "tick": n }))
+            .await;
     }
 }
 

@@ -134,10 +134,11 @@ fn now_ms() -> u64 {
 }
 
 /// `join-room`: joins the room; the ack carries its recent messages.
-fn join_room(chat: &Chat, ctx: &EventContext, data: &Payload) -> HandlerResult {
+async fn join_room(chat: &Chat, ctx: &EventContext, data: &Payload) -> HandlerResult {
     let req: RoomRequest = data.decode()?;
     let room = room(&req.room)?;
     ctx.join(room)
+        .await
         .map_err(|e| HandlerError::new(format!("cannot join {room}: {e}")))?;
     let history: Vec<ChatMessage> = chat
         .history()
@@ -251,7 +252,7 @@ fn build_hub() -> Hub {
         .room_presence_events(true)
         .on_event("join-room", move |ctx: EventContext, data: Payload| {
             let chat = c1.clone();
-            async move { join_room(&chat, &ctx, &data) }
+            async move { join_room(&chat, &ctx, &data).await }
         })
         .on_event(
             "leave-room",

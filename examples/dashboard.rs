@@ -164,7 +164,7 @@ async fn simulate(hub: Hub) {
         for s in &mut services {
             let m = s.tick(&mut rng, now);
             let error_rate = m["error_rate"].as_f64().unwrap_or(0.0);
-            if let Err(e) = hub.publish(&format!("metrics/{}", s.name), &m) {
+            if let Err(e) = hub.publish(&format!("metrics/{}", s.name), &m).await {
                 tracing::warn!(error = %e, "publish failed");
             }
             let alerting = error_rate > ERROR_BUDGET;
@@ -180,7 +180,7 @@ async fn simulate(hub: Hub) {
                         format!("{}: error rate back to {:.2}%", s.name, error_rate * 100.0)
                     },
                 });
-                let _ = hub.publish("alerts", &alert);
+                let _ = hub.publish("alerts", &alert).await;
             }
         }
     }

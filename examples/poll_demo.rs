@@ -76,8 +76,8 @@ async fn feed(hub: Hub) {
                 "id": m.0, "home": m.1, "away": m.2, "home_score": m.3, "away_score": m.4,
                 "minute": minute, "status": status, "event": event,
             });
-            let _ = hub.publish("scores/all", &state);
-            let _ = hub.publish(&format!("scores/{}", m.0), &state);
+            let _ = hub.publish("scores/all", &state).await;
+            let _ = hub.publish(&format!("scores/{}", m.0), &state).await;
         }
     }
 }

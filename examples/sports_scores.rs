@@ -36,8 +36,10 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+
 use std::time::Duration;
+use tokio::sync::{Mutex, MutexGuard};
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -277,8 +279,8 @@ impl FeedState {
 
 /// The simulated feed: the matches on the board, and the hub it publishes to.
 ///
-/// Updates are published while the feed's lock is held (publishing never waits), so a
-/// snapshot ([`Feed::snapshot`]) and the position it reports always agree.
+/// Updates are published while the feed's lock is held (an async lock: publishing waits for
+/// the engine), so a snapshot ([`Feed::snapshot`]) and the position it reports always agree.
 #[derive(Clone)]
 pub(crate) struct Feed {
     hub: Hub,
@@ -288,7 +290,7 @@ pub(crate) struct Feed {
 impl Feed {
     /// A board of [`MATCHES`] matches at staggered stages, drawn with `seed`; publishes each
     /// match's initial state.
-    pub(crate) fn new(hub: Hub, seed: u64) -> Feed {
+    pub(crate) async fn new(hub: Hub, seed: u64) -> Feed {
         let mut st = FeedState {
             slots: Vec::with_capacity(MATCHES),
             rng: Rng::new(seed),
@@ -308,26 +310,26 @@ impl Feed {
             state: Arc::new(Mutex::new(st)),
         };
         {
-            let mut st = feed.lock();
+            let mut st = feed.lock().await;
             for i in 0..st.slots.len() {
-                feed.publish(&mut st, i);
+                feed.publish(&mut st, i).await;
             }
         }
         feed
     }
 
-    fn lock(&self) -> MutexGuard<'_, FeedState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    async fn lock(&self) -> MutexGuard<'_, FeedState> {
+        self.state.lock().await
     }
 
     /// Publishes slot `i`'s state to its own topic and to `scores/all`.
-    fn publish(&self, st: &mut FeedState, i: usize) {
+    async fn publish(&self, st: &mut FeedState, i: usize) {
         let m = &st.slots[i].state;
         let own = format!("scores/{}", m.id);
-        if let Err(e) = self.hub.publish(&own, m) {
+        if let Err(e) = self.hub.publish(&own, m).await {
             tracing::warn!(topic = %own, error = %e, "publish failed");
         }
-        match self.hub.publish(ALL_TOPIC, m) {
+        match self.hub.publish(ALL_TOPIC, m).await {
             Ok(pos) => st.last = Some(pos),
             Err(e) => tracing::warn!(topic = ALL_TOPIC, error = %e, "publish failed"),
         }
@@ -335,12 +337,12 @@ impl Feed {
 
     /// Plays one simulated minute on every match and publishes what changed. Returns how many
     /// updates were published.
-    pub(crate) fn tick(&self) -> usize {
-        let mut st = self.lock();
+    pub(crate) async fn tick(&self) -> usize {
+        let mut st = self.lock().await;
         let mut n = 0;
         for i in 0..st.slots.len() {
             if st.step(i) {
-                self.publish(&mut st, i);
+                self.publish(&mut st, i).await;
                 n += 1;
             }
         }
@@ -348,8 +350,8 @@ impl Feed {
     }
 
     /// Every match's current state, and the position of `scores/all` it reflects.
-    pub(crate) fn snapshot(&self) -> (Vec<MatchState>, Option<Position>) {
-        let st = self.lock();
+    pub(crate) async fn snapshot(&self) -> (Vec<MatchState>, Option<Position>) {
+        let st = self.lock().await;
         let matches = st.slots.iter().map(|s| s.state.clone()).collect();
         (matches, st.last.clone())
     }
@@ -362,7 +364,7 @@ pub(crate) async fn run_feed(feed: Feed, every: Duration) {
     clock.tick().await; // the first tick is immediate: the board was just published
     loop {
         clock.tick().await;
-        feed.tick();
+        feed.tick().await;
     }
 }
 
@@ -397,7 +399,7 @@ async fn legacy_page() -> impl IntoResponse {
 /// `GET /matches`: every match's state as a JSON array, with the position of `scores/all` it
 /// reflects in `x-scores-epoch` / `x-scores-offset` (absent before the first publish).
 async fn matches(State(feed): State<Feed>) -> impl IntoResponse {
-    let (matches, last) = feed.snapshot();
+    let (matches, last) = feed.snapshot().await;
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
@@ -477,7 +479,7 @@ async fn main() -> ExitCode {
     };
 
     let hub = Hub::builder().history_len(HISTORY).build();
-    let feed = Feed::new(hub.clone(), clock_seed());
+    let feed = Feed::new(hub.clone(), clock_seed()).await;
     tokio::spawn(run_feed(feed.clone(), TICK));
 
     let listener = match tokio::net::TcpListener::bind(addr).await {

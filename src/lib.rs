@@ -50,7 +50,7 @@
 //!     let frame: Value = serde_json::from_str(&text)?;
 //!     match frame["type"].as_str() {
 //!         Some("reply") => {
-//!             hub.publish("scores/all", &json!({"minute": 1}))?;
+//!             hub.publish("scores/all", &json!({"minute": 1})).await?;
 //!         }
 //!         Some("message") => break frame,
 //!         _ => {} // `welcome`, the session's first frame

@@ -299,7 +299,7 @@ async fn stable_client(
         c.request(json!({"type": "subscribe", "topic": FEED}), 1)
             .await;
     }
-    hub.join(c.session, LOBBY).unwrap();
+    hub.join(c.session, LOBBY).await.unwrap();
     ready.send(()).unwrap();
     let mut last = Some(last);
     let mut got = Vec::new();
@@ -334,7 +334,7 @@ async fn churned_client(addr: SocketAddr, hub: Hub, i: usize) {
     let user = churned_user(i);
     if clean {
         let mut c = Client::open(addr, kind, &user, &[FEED]).await;
-        let _ = hub.join(c.session, LOBBY);
+        let _ = hub.join(c.session, LOBBY).await;
         c.subscribe().await;
         c.request(
             json!({"type": "publish", "topic": CHAT, "data": {"from": user}}),
@@ -347,7 +347,7 @@ async fn churned_client(addr: SocketAddr, hub: Hub, i: usize) {
     let (reached, at_stage) = oneshot::channel();
     let task = tokio::spawn(async move {
         let mut c = Client::open(addr, kind, &user, &[FEED]).await;
-        let _ = hub.join(c.session, LOBBY);
+        let _ = hub.join(c.session, LOBBY).await;
         if stage >= 1 {
             c.subscribe().await;
         }
@@ -401,11 +401,14 @@ async fn publish_feed(hub: Hub, done: watch::Receiver<bool>) -> u64 {
     while n + 1 < MAX_PUBLISHED && !*done.borrow() {
         tick.tick().await;
         n += 1;
-        let pos = hub.publish(FEED, &json!({"n": n})).unwrap();
+        let pos = hub.publish(FEED, &json!({"n": n})).await.unwrap();
         assert_eq!(pos.offset, n);
     }
     n += 1;
-    let pos = hub.publish(FEED, &json!({"n": n, "last": true})).unwrap();
+    let pos = hub
+        .publish(FEED, &json!({"n": n, "last": true}))
+        .await
+        .unwrap();
     assert_eq!(pos.offset, n);
     n
 }
@@ -427,7 +430,7 @@ struct View {
     disconnects: usize,
 }
 
-fn view(s: &Server) -> View {
+async fn view(s: &Server) -> View {
     let stats = s.hub.stats();
     let users = |members: Vec<hub::Member>| members.into_iter().map(|m| m.user).collect();
     View {
@@ -435,9 +438,9 @@ fn view(s: &Server) -> View {
         sessions: stats.sessions,
         subscriptions: stats.subscriptions,
         rooms: stats.rooms,
-        feed_members: users(s.hub.topic_members(FEED)),
-        chat_members: users(s.hub.topic_members(CHAT)),
-        lobby_members: users(s.hub.room_members(LOBBY)),
+        feed_members: users(s.hub.topic_members(FEED).await.unwrap()),
+        chat_members: users(s.hub.topic_members(CHAT).await.unwrap()),
+        lobby_members: users(s.hub.room_members(LOBBY).await.unwrap()),
         poll_table: s.poll.session_count(),
         disconnects: s.disconnects.lock().unwrap().len(),
     }
@@ -488,7 +491,7 @@ async fn churned_clients_leave_nothing_behind_and_stable_clients_miss_nothing() 
         poll_table: STABLE_PER_KIND,
         disconnects: 0,
     };
-    assert_eq!(view(&s), expected);
+    assert_eq!(view(&s).await, expected);
 
     // The server publishes all along; the churn runs, at most CONCURRENCY clients at a time.
     let (done, done_rx) = watch::channel(false);
@@ -529,10 +532,10 @@ async fn churned_clients_leave_nothing_behind_and_stable_clients_miss_nothing() 
     let mut churned_gone = expected;
     churned_gone.disconnects = CHURNED;
     let deadline = tokio::time::Instant::now() + SETTLE;
-    let mut now = view(&s);
+    let mut now = view(&s).await;
     while now != churned_gone && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        now = view(&s);
+        now = view(&s).await;
     }
     assert_eq!(
         now, churned_gone,

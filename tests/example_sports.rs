@@ -30,7 +30,7 @@ const WAIT: Duration = Duration::from_secs(5);
 /// Serves the example's router (with a feed drawn from `seed`) on a free port.
 async fn serve(seed: u64) -> (SocketAddr, Hub, sports::Feed) {
     let hub = Hub::builder().history_len(sports::HISTORY).build();
-    let feed = sports::Feed::new(hub.clone(), seed);
+    let feed = sports::Feed::new(hub.clone(), seed).await;
     let addr = serve_router(sports::router(&hub, feed.clone())).await;
     (addr, hub, feed)
 }
@@ -145,11 +145,14 @@ async fn messages(ws: &mut Ws, epoch: &str, after: u64, n: usize) -> Vec<Value> 
 }
 
 /// Ticks until a tick publishes something; returns how many updates it published.
-fn tick(feed: &sports::Feed) -> usize {
-    (0..200)
-        .map(|_| feed.tick())
-        .find(|&n| n > 0)
-        .expect("matches change within 200 minutes")
+async fn tick(feed: &sports::Feed) -> usize {
+    for _ in 0..200 {
+        let n = feed.tick().await;
+        if n > 0 {
+            return n;
+        }
+    }
+    panic!("matches change within 200 minutes")
 }
 
 #[tokio::test]
@@ -214,14 +217,14 @@ async fn websocket_session_as_the_page_runs_it() {
 
     // 3. Live updates: one message per changed match, in offset order.
     for _ in 0..5 {
-        let n = tick(&feed);
+        let n = tick(&feed).await;
         for m in messages(&mut ws, &epoch, last, n).await {
             board.insert(m["id"].as_str().unwrap().to_owned(), m);
         }
         last += n as u64;
     }
     // The page's board now equals the server's.
-    let (now, _) = feed.snapshot();
+    let (now, _) = feed.snapshot().await;
     for m in now {
         assert_eq!(board[&m.id], serde_json::to_value(&m).unwrap());
     }
@@ -229,14 +232,14 @@ async fn websocket_session_as_the_page_runs_it() {
     // 4. The connection drops; the feed moves on; the page reconnects with `since`.
     ws.close(None).await.unwrap();
     drop(ws);
-    let missed = tick(&feed) + tick(&feed) + tick(&feed);
+    let missed = tick(&feed).await + tick(&feed).await + tick(&feed).await;
     let (mut ws, reply) = subscribe_since(addr, &epoch, last).await;
     assert_eq!(reply["type"], "reply", "{reply}");
     assert_eq!(reply["data"]["offset"], last + missed as u64);
     // Exactly what was missed, then live updates with no duplicate and no hole.
     messages(&mut ws, &epoch, last, missed).await;
     last += missed as u64;
-    let n = tick(&feed);
+    let n = tick(&feed).await;
     messages(&mut ws, &epoch, last, n).await;
 
     // 5. A position from another epoch (the server restarted): a gap, then live updates.
@@ -268,7 +271,7 @@ async fn websocket_session_as_the_page_runs_it() {
 #[tokio::test]
 async fn per_match_topics_carry_the_same_updates() {
     let (addr, _hub, feed) = serve(3).await;
-    let (matches, _) = feed.snapshot();
+    let (matches, _) = feed.snapshot().await;
     let id = matches[0].id.clone();
     let topic = format!("scores/{id}");
 
@@ -286,13 +289,13 @@ async fn per_match_topics_carry_the_same_updates() {
     );
 
     // Within a first half, match 1 changes every minute.
-    feed.tick();
+    feed.tick().await;
     let f = recv(&mut ws).await;
     assert_eq!(f["type"], "message");
     assert_eq!(f["topic"], topic.as_str());
     assert_eq!(f["offset"], 2);
     assert_eq!(check_match(&f["data"]), id);
-    let (now, _) = feed.snapshot();
+    let (now, _) = feed.snapshot().await;
     assert_eq!(f["data"], serde_json::to_value(&now[0]).unwrap());
 }
 
@@ -302,7 +305,7 @@ async fn per_match_topics_carry_the_same_updates() {
 #[tokio::test]
 async fn simulation_tells_a_consistent_story() {
     let hub = Hub::builder().build();
-    let feed = sports::Feed::new(hub.clone(), 2024);
+    let feed = sports::Feed::new(hub.clone(), 2024).await;
     let req = ConnectRequest::new(TransportInfo::duplex("memory"), Codec::Json);
     let mut conn = hub.connect(req).await.unwrap();
     conn.session
@@ -311,6 +314,7 @@ async fn simulation_tells_a_consistent_story() {
 
     let mut seen: HashMap<String, Value> = feed
         .snapshot()
+        .await
         .0
         .iter()
         .map(|m| (m.id.clone(), serde_json::to_value(m).unwrap()))
@@ -318,7 +322,7 @@ async fn simulation_tells_a_consistent_story() {
     let (mut goals, mut kickoffs, mut finals) = (0, 0, 0);
     let mut batch = Vec::new();
     for _ in 0..400 {
-        let n = feed.tick();
+        let n = feed.tick().await;
         let mut got = Vec::new();
         while got.len() < n {
             batch.clear();
@@ -326,8 +330,8 @@ async fn simulation_tells_a_consistent_story() {
                 .await
                 .expect("frames in time");
             for o in batch.drain(..) {
-                if let Outgoing::Frame(bytes) = o {
-                    let f: Value = serde_json::from_slice(&bytes).unwrap();
+                if let Outgoing::Frame(frame) = o {
+                    let f: Value = serde_json::from_slice(frame.bytes()).unwrap();
                     if f["type"] == "message" {
                         got.push(f["data"].clone());
                     }
@@ -388,7 +392,7 @@ async fn simulation_tells_a_consistent_story() {
             }
             seen.insert(id, m);
         }
-        let (board, _) = feed.snapshot();
+        let (board, _) = feed.snapshot().await;
         assert_eq!(board.len(), sports::MATCHES);
         let ids: BTreeSet<&str> = board.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids.len(), sports::MATCHES, "ids on the board are unique");

@@ -117,7 +117,7 @@ async fn hub_shutdown_then_axum_graceful_shutdown_on_every_transport() {
     while hub.session_count() < 3 {
         tokio::task::yield_now().await;
     }
-    hub.publish("news", &"last words").unwrap();
+    hub.publish("news", &"last words").await.unwrap();
 
     let shutdown = tokio::spawn({
         let hub = hub.clone();

@@ -96,14 +96,14 @@ async fn a_stalled_subscriber_costs_its_queue_bound_not_the_message_count() {
     });
     let _stalled = stalled_client(addr, "feed").await;
     // Wait until both are subscribed.
-    while hub.topic_members("feed").len() < 2 {
+    while hub.topic_members("feed").await.unwrap().len() < 2 {
         tokio::task::yield_now().await;
     }
 
     let payload = serde_json::json!({"score": "2-1", "pad": "x".repeat(60)});
     let mut baseline = None;
     for i in 1..=MESSAGES {
-        hub.publish("feed", &payload).unwrap();
+        hub.publish("feed", &payload).await.unwrap();
         // Let the active reader keep up: at most 64 messages in flight.
         while i > received.load(Ordering::SeqCst) + 64 {
             tokio::time::timeout(Duration::from_secs(10), progress.notified())
@@ -140,7 +140,7 @@ async fn a_stalled_subscriber_costs_its_queue_bound_not_the_message_count() {
         "policy not applied: {stats:?}"
     );
     assert_eq!(
-        hub.topic_members("feed").len(),
+        hub.topic_members("feed").await.unwrap().len(),
         2,
         "the drop policy keeps the session"
     );

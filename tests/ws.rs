@@ -173,7 +173,9 @@ async fn server_publish_reaches_subscribers_in_order_over_hyper_and_axum() {
     c1.subscribe("scores/all").await;
     c2.subscribe("scores/all").await;
     for i in 1..=20 {
-        hub.publish("scores/all", &json!({"goal": i})).unwrap();
+        hub.publish("scores/all", &json!({"goal": i}))
+            .await
+            .unwrap();
     }
     for c in [&mut c1, &mut c2] {
         for i in 1..=20 {
@@ -227,7 +229,7 @@ async fn frames_of_every_length_class_and_huge_batches_arrive_whole_and_in_order
         }
         sent.push("w".repeat(200_000));
         for data in &sent {
-            hub.publish(&topic, data).unwrap();
+            hub.publish(&topic, data).await.unwrap();
         }
         let mut got = 0;
         while got < sent.len() {
@@ -300,6 +302,7 @@ async fn rooms_except_sender_two_rooms_once_and_direct_send() {
         .on_event("join-room", |ctx: EventContext, data: Payload| async move {
             let room: String = data.decode()?;
             ctx.join(&room)
+                .await
                 .map_err(|e| hub::HandlerError::new(e.to_string()))?;
             Ok(None)
         })
@@ -407,7 +410,7 @@ async fn presence_leave_once_when_a_client_closes() {
     let leave = watcher.recv().await;
     assert_eq!(presence(&leave), (Some("leave"), Some("ana")));
     assert!(watcher.quiet().await, "leave sent twice");
-    assert_eq!(hub.topic_members("lobby").len(), 1);
+    assert_eq!(hub.topic_members("lobby").await.unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -495,7 +498,7 @@ async fn bad_frames_get_error_codes_and_the_connection_stays() {
     assert_eq!(c.recv().await["code"], "bad_frame");
     // Still connected and working.
     c.subscribe("fine").await;
-    hub.publish("fine", &1).unwrap();
+    hub.publish("fine", &1).await.unwrap();
     assert_eq!(c.recv().await["data"], 1);
 }
 
@@ -512,7 +515,7 @@ async fn a_frame_over_the_limit_closes_with_1009_and_others_are_untouched() {
         big.close_frame().await,
         (1009, "frame_too_large".to_owned())
     );
-    hub.publish("t", &"after").unwrap();
+    hub.publish("t", &"after").await.unwrap();
     assert_eq!(other.recv().await["data"], "after");
     assert!(other.quiet().await, "the oversize publish leaked through");
 }
@@ -587,7 +590,7 @@ async fn unauthorized_subscribe_and_publish_get_forbidden_and_deliver_nothing() 
         .await;
     let e = c.recv().await;
     assert_eq!(error_of(&e), (Some("forbidden"), Some(5)));
-    hub.publish("secret", &"classified").unwrap();
+    hub.publish("secret", &"classified").await.unwrap();
 
     let mut reader = Client::connect(&format!("ws://{addr}/?user=r")).await;
     reader.subscribe("locked/feed").await;
@@ -696,7 +699,7 @@ async fn shutdown_delivers_what_is_queued_then_closes_with_1001() {
     let mut c = Client::connect(&format!("ws://{addr}/?user=a")).await;
     c.subscribe("t").await;
     for i in 1..=5 {
-        hub.publish("t", &i).unwrap();
+        hub.publish("t", &i).await.unwrap();
     }
     let shutdown = tokio::spawn({
         let hub = hub.clone();

@@ -266,6 +266,9 @@ pub struct EngineStats {
     pub undecodable: u64,
     /// Received messages waiting to be handed to the node now.
     pub pending_in: u64,
+    /// Streams the engine holds now, where it counts them cheaply (the in-process engine);
+    /// 0 otherwise.
+    pub topics: u64,
 }
 
 impl EngineStats {

@@ -42,6 +42,8 @@ pub(crate) struct Config {
     pub(crate) max_connections: usize,
     pub(crate) max_connections_per_ip: Option<usize>,
     pub(crate) rate_limit: Option<RateLimit>,
+    /// With a shared engine: how often every followed stream is checked for silent loss.
+    pub(crate) engine_check_interval: Duration,
     pub(crate) hooks: Arc<dyn Hooks>,
     pub(crate) handlers: Arc<std::collections::HashMap<String, Arc<dyn EventHandler>>>,
 }
@@ -66,6 +68,7 @@ impl Default for Config {
             max_connections: 100_000,
             max_connections_per_ip: None,
             rate_limit: None,
+            engine_check_interval: Duration::from_secs(10),
             hooks: Arc::new(AllowSubscribe),
             handlers: Arc::default(),
         }

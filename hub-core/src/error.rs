@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use crate::broker::BrokerError;
+
 /// A stable error code sent to clients in `error` frames (and in HTTP refusal bodies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -357,9 +359,10 @@ pub enum SendError {
     /// The value could not be encoded.
     #[error(transparent)]
     Encode(#[from] EncodeError),
-    /// The hub's topic table is full.
-    #[error("too many topics")]
-    TooManyTopics,
+    /// The engine refused or could not be reached (`engine_unavailable`, `engine_error`,
+    /// `too_many_topics`).
+    #[error(transparent)]
+    Engine(#[from] BrokerError),
 }
 
 impl SendError {
@@ -368,8 +371,13 @@ impl SendError {
         match self {
             SendError::BadName(code) => *code,
             SendError::Encode(_) => ErrorCode::Undeliverable,
-            SendError::TooManyTopics => ErrorCode::TooManyTopics,
+            SendError::Engine(e) => e.code(),
         }
+    }
+
+    /// Whether the engine could not be reached: worth trying again later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, SendError::Engine(BrokerError::Unavailable(_)))
     }
 }
 
@@ -386,6 +394,9 @@ pub enum RoomError {
     /// The session's room limit is reached.
     #[error("too many rooms")]
     TooManyRooms,
+    /// The engine could not be reached (the node must hear the room's channel).
+    #[error(transparent)]
+    Engine(BrokerError),
 }
 
 /// A custom event handler failed. Its message reaches the client in a `handler_error` frame.
@@ -408,6 +419,12 @@ impl From<DecodeError> for HandlerError {
 
 impl From<SendError> for HandlerError {
     fn from(e: SendError) -> Self {
+        HandlerError(e.to_string())
+    }
+}
+
+impl From<RoomError> for HandlerError {
+    fn from(e: RoomError) -> Self {
         HandlerError(e.to_string())
     }
 }

@@ -7,8 +7,10 @@ use bytes::{BufMut, Bytes};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
+use crate::broker::Position;
 use crate::codec::{Codec, Payload, MAX_DEPTH};
 use crate::error::{DecodeError, EncodeError, ErrorCode};
+use crate::presence::Member;
 use crate::stats::Stats;
 
 /// Where a presence event happened.
@@ -59,7 +61,7 @@ pub(crate) enum Frame {
     Presence {
         join: bool,
         scope: Scope,
-        member: serde_json::Value,
+        member: Member,
     },
     Pong {
         id: Option<u64>,
@@ -68,6 +70,60 @@ pub(crate) enum Frame {
         code: u16,
         reason: &'static str,
     },
+    /// Not a wire frame: tells the transport where a new subscription starts (what a resume
+    /// must name if nothing else of the topic arrives). Placed just before the `subscribe`
+    /// reply and anything recovered.
+    Subscribed {
+        topic: Arc<str>,
+        position: Position,
+    },
+}
+
+/// What kind of frame a transport is handed ([`crate::OutFrame::kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FrameKind {
+    /// `welcome`, the first frame of every session.
+    Welcome,
+    /// `message`: a topic's message.
+    Message,
+    /// `event`: a room or direct event.
+    Event,
+    /// `reply` to a request.
+    Reply,
+    /// `error`.
+    Error,
+    /// `gap`: messages that will not arrive.
+    Gap,
+    /// `dropped`: events dropped for a slow reader.
+    Dropped,
+    /// `join` (presence).
+    Join,
+    /// `leave` (presence).
+    Leave,
+    /// `pong`.
+    Pong,
+    /// `close` (for transports without close frames).
+    Close,
+}
+
+impl FrameKind {
+    /// The frame's `type` on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrameKind::Welcome => "welcome",
+            FrameKind::Message => "message",
+            FrameKind::Event => "event",
+            FrameKind::Reply => "reply",
+            FrameKind::Error => "error",
+            FrameKind::Gap => "gap",
+            FrameKind::Dropped => "dropped",
+            FrameKind::Join => "join",
+            FrameKind::Leave => "leave",
+            FrameKind::Pong => "pong",
+            FrameKind::Close => "close",
+        }
+    }
 }
 
 /// One field value, as the per-codec writers understand it.
@@ -75,10 +131,27 @@ enum Val<'a> {
     Str(&'a str),
     U64(u64),
     Raw(&'a Payload),
-    Value(&'a serde_json::Value),
+    Member(&'a Member),
 }
 
 impl Frame {
+    /// The frame's kind (`Subscribed`, never written, counts as a reply).
+    pub(crate) fn kind(&self) -> FrameKind {
+        match self {
+            Frame::Welcome { .. } => FrameKind::Welcome,
+            Frame::Message { .. } => FrameKind::Message,
+            Frame::Event { .. } => FrameKind::Event,
+            Frame::Reply { .. } | Frame::Subscribed { .. } => FrameKind::Reply,
+            Frame::Error { .. } => FrameKind::Error,
+            Frame::Gap { .. } => FrameKind::Gap,
+            Frame::Dropped { .. } => FrameKind::Dropped,
+            Frame::Presence { join: true, .. } => FrameKind::Join,
+            Frame::Presence { join: false, .. } => FrameKind::Leave,
+            Frame::Pong { .. } => FrameKind::Pong,
+            Frame::Close { .. } => FrameKind::Close,
+        }
+    }
+
     /// The frame's fields in wire order (`type` first).
     fn fields(&self) -> Vec<(&'static str, Val<'_>)> {
         use Val::*;
@@ -155,7 +228,7 @@ impl Frame {
                     Scope::Topic(t) => f.push(("topic", Str(t))),
                     Scope::Room(r) => f.push(("room", Str(r))),
                 }
-                f.push(("member", Value(member)));
+                f.push(("member", Member(member)));
             }
             Frame::Pong { id } => {
                 f.push(("type", Str("pong")));
@@ -168,6 +241,7 @@ impl Frame {
                 f.push(("code", U64(u64::from(*code))));
                 f.push(("reason", Str(reason)));
             }
+            Frame::Subscribed { .. } => {}
         }
         f
     }
@@ -197,7 +271,7 @@ fn encode_json(fields: &[(&'static str, Val<'_>)]) -> Result<Bytes, EncodeError>
             Val::Str(s) => serde_json::to_writer(&mut out, s).map_err(EncodeError::new)?,
             Val::U64(n) => out.extend_from_slice(n.to_string().as_bytes()),
             Val::Raw(p) => out.extend_from_slice(&p.bytes_in(Codec::Json)?),
-            Val::Value(v) => serde_json::to_writer(&mut out, v).map_err(EncodeError::new)?,
+            Val::Member(m) => serde_json::to_writer(&mut out, m).map_err(EncodeError::new)?,
         }
     }
     out.push(b'}');
@@ -218,8 +292,8 @@ fn encode_msgpack(fields: &[(&'static str, Val<'_>)]) -> Result<Bytes, EncodeErr
             Val::Raw(p) => out
                 .get_mut()
                 .extend_from_slice(&p.bytes_in(Codec::MsgPack)?),
-            Val::Value(v) => {
-                rmp_serde::encode::write_named(&mut out, v).map_err(EncodeError::new)?
+            Val::Member(m) => {
+                rmp_serde::encode::write_named(&mut out, m).map_err(EncodeError::new)?
             }
         }
     }
@@ -265,9 +339,6 @@ impl Shared {
     }
 }
 
-/// A position in a topic's stream, as a client sends it in `since`.
-pub(crate) type Since = crate::session::StreamPosition;
-
 /// A decoded client frame, its `data` already captured as a [`Payload`] in the frame's codec.
 #[derive(Debug)]
 pub(crate) struct ClientFrame {
@@ -277,7 +348,7 @@ pub(crate) struct ClientFrame {
     pub(crate) room: Option<String>,
     pub(crate) event: Option<String>,
     pub(crate) data: Option<Payload>,
-    pub(crate) since: Option<Since>,
+    pub(crate) since: Option<Position>,
     pub(crate) presence: bool,
 }
 
@@ -297,7 +368,7 @@ struct Incoming<D> {
     #[serde(default = "Option::default")]
     data: Option<D>,
     #[serde(default)]
-    since: Option<Since>,
+    since: Option<Position>,
     #[serde(default)]
     presence: Option<bool>,
 }

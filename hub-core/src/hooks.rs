@@ -13,7 +13,8 @@ use http::{HeaderMap, Uri};
 use crate::codec::{Codec, Payload};
 use crate::error::{DisconnectReason, HandlerError, Rejection, RoomError};
 use crate::hub::Hub;
-use crate::session::{SessionId, TransportInfo};
+use crate::session::SessionId;
+use crate::transport::TransportInfo;
 
 /// Who a session belongs to: set by [`Hooks::authenticate`], fixed for the session's life.
 ///
@@ -262,8 +263,8 @@ impl EventContext {
     }
 
     /// Joins the sending session to a room (the usual answer to a `join-room` event).
-    pub fn join(&self, room: &str) -> Result<(), RoomError> {
-        self.hub.join(self.session, room)
+    pub async fn join(&self, room: &str) -> Result<(), RoomError> {
+        self.hub.join(self.session, room).await
     }
 
     /// Removes the sending session from a room.

@@ -1,18 +1,29 @@
 //! The transport-independent core of the hub: topics, rooms, presence, heartbeats, codecs and
 //! hooks. No HTTP in here: transports (`hub-ws`, `hub-sse`, `hub-poll`) attach sessions through
-//! the seam in [`session`], and the host talks to the [`Hub`].
+//! the seam in [`transport`], the host talks to the [`Hub`], and topics' streams live in an
+//! engine behind the seam in [`broker`].
 //!
 //! # Layout
 //!
 //! - [`Hub`] / [`HubBuilder`]: the handle the host keeps, and its settings. Server-side publish
-//!   ([`Hub::publish`]), rooms ([`Hub::join`], [`Hub::to`]), direct sends ([`Hub::emit_to`]),
-//!   presence ([`Hub::topic_members`]) and counters ([`Hub::stats`]).
-//! - [`session`]: the transport seam: [`Hub::connect`] gives a [`Session`] (frames in) and an
-//!   [`Outbox`] (frames out, already encoded, in batches).
+//!   ([`Hub::publish`], which waits for the engine), rooms ([`Hub::join`], [`Hub::to`]), direct
+//!   sends ([`Hub::emit_to`]), presence ([`Hub::topic_members`]) and counters ([`Hub::stats`]).
+//! - [`transport`]: the transport seam: [`Hub::connect`] gives a [`Session`] (frames in) and an
+//!   [`Outbox`] (frames out, already encoded, in batches, each saying what it is).
+//! - [`broker`]: the engine seam. The engine owns each topic's stream (positions, history); a
+//!   node owns its sessions and delivers what the engine hands it. [`MemoryBroker`] is the
+//!   in-process engine (the default, for one node); `hub-redis` shares topics, rooms and
+//!   presence between nodes. [`presence`] holds the presence store seam.
 //! - [`Hooks`]: authentication, authorization, connect/disconnect; [`HubBuilder::on_event`] for
 //!   custom client events with replies.
 //! - [`Codec`] / [`Payload`]: JSON and MessagePack. Each frame is encoded at most once per codec,
 //!   whatever the number of receivers, and the bytes are shared.
+//!
+//! Inside, one module per concern: the node's state and its side of the engine seam (`node`),
+//! the local subscriber index with subscribe-with-recovery and the delivery checks
+//! (`streams`), rooms (`rooms`), presence (`presence`), client commands (`dispatch`), the
+//! background sweeper (`sweeper`), the session queue (`queue`) and the in-process engine
+//! (`memory`).
 //!
 //! The wire protocol every transport speaks is in `PROTOCOL.md` at the repository root.
 //!
@@ -29,14 +40,14 @@
 //! let mut conn = hub.connect(req).await.unwrap();
 //!
 //! conn.session.handle(r#"{"type":"subscribe","topic":"scores/all","id":1}"#.into()).await;
-//! hub.publish("scores/all", &serde_json::json!({"home": 1, "away": 0})).unwrap();
+//! hub.publish("scores/all", &serde_json::json!({"home": 1, "away": 0})).await.unwrap();
 //!
 //! let mut out = Vec::new();
 //! conn.outbox.next_batch(&mut out).await;
 //! let texts: Vec<String> = out
 //!     .iter()
 //!     .filter_map(|o| match o {
-//!         Outgoing::Frame(b) => Some(String::from_utf8_lossy(b).into_owned()),
+//!         Outgoing::Frame(f) => Some(String::from_utf8_lossy(f.bytes()).into_owned()),
 //!         _ => None,
 //!     })
 //!     .collect();
@@ -57,31 +68,43 @@
 #![warn(missing_docs)]
 
 pub mod broker;
+mod builder;
 mod codec;
 mod config;
+mod dispatch;
 mod error;
 mod frame;
 mod hooks;
 mod hub;
+mod memory;
+mod names;
+mod node;
 pub mod presence;
-pub mod session;
+mod queue;
+mod rooms;
+mod session;
 mod stats;
+mod streams;
+mod sweeper;
+pub mod transport;
 
 pub use async_trait::async_trait;
+pub use broker::{Broker, BrokerError, EngineStats, NodeId, Position, Publication};
+pub use builder::HubBuilder;
 pub use codec::{Codec, Payload};
 pub use config::SlowConsumerPolicy;
 pub use error::{
     DecodeError, DisconnectReason, EncodeError, ErrorCode, HandlerError, Rejection, RoomError,
     SendError,
 };
+pub use frame::FrameKind;
 pub use hooks::{
     Action, AllowSubscribe, ConnectRequest, EventContext, EventHandler, HandlerResult, Hooks,
     Identity, SessionInfo,
 };
-pub use broker::{Broker, BrokerError, Position, Publication};
-pub use hub::{Broadcast, Hub, HubBuilder, ShutdownReport};
+pub use hub::{Broadcast, Hub, ShutdownReport};
+pub use memory::MemoryBroker;
 pub use presence::{Member, PresenceStore, Scope};
-pub use session::{
-    CommandError, Connection, Outbox, Outgoing, Session, SessionId, StreamPosition, TransportInfo,
-};
-pub use stats::StatsSnapshot;
+pub use session::SessionId;
+pub use stats::{NodeStats, StatsSnapshot};
+pub use transport::{CommandError, Connection, OutFrame, Outbox, Outgoing, Session, TransportInfo};

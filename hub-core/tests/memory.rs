@@ -71,7 +71,12 @@ impl Mem {
             .await
             .expect("timed out waiting for a frame");
             assert!(more, "outbox finished");
-            self.ready.extend(self.batch.drain(..));
+            // Markers for transports that keep positions: nothing to write.
+            self.ready.extend(
+                self.batch
+                    .drain(..)
+                    .filter(|o| !matches!(o, Outgoing::Subscribed { .. })),
+            );
         }
     }
 
@@ -79,9 +84,10 @@ impl Mem {
     async fn recv(&mut self) -> Value {
         loop {
             match self.next_item().await {
-                Outgoing::Frame(bytes) => return decode(self.conn.session.codec(), &bytes),
+                Outgoing::Frame(f) => return decode(self.conn.session.codec(), f.bytes()),
                 Outgoing::Ping => continue,
                 Outgoing::Close(r) => panic!("closed: {r}"),
+                other => panic!("unexpected {other:?}"),
             }
         }
     }
@@ -100,7 +106,11 @@ impl Mem {
         match r {
             Err(_) => true,
             Ok(_) => {
-                self.ready.extend(self.batch.drain(..));
+                self.ready.extend(
+                    self.batch
+                        .drain(..)
+                        .filter(|o| !matches!(o, Outgoing::Subscribed { .. })),
+                );
                 self.ready.iter().all(|o| *o == Outgoing::Ping)
             }
         }
@@ -174,7 +184,7 @@ async fn subscribe_reply_then_messages_in_order() {
     let epoch = reply["data"]["epoch"].as_str().unwrap().to_owned();
 
     for i in 1..=5 {
-        hub.publish("scores/all", &json!({"n": i})).unwrap();
+        hub.publish("scores/all", &json!({"n": i})).await.unwrap();
     }
     for i in 1..=5 {
         let m = a.recv().await;
@@ -222,7 +232,9 @@ async fn a_publish_is_encoded_once_per_codec_whatever_the_subscriber_count() {
         subs.push(s);
     }
     let before = hub.stats();
-    hub.publish("t", &json!({"big": "x".repeat(1000)})).unwrap();
+    hub.publish("t", &json!({"big": "x".repeat(1000)}))
+        .await
+        .unwrap();
     for s in &mut subs {
         let m = s.recv().await;
         assert_eq!(m["offset"], 1);
@@ -265,10 +277,10 @@ async fn rooms_except_sender_multi_room_once_and_direct() {
     let mut a = Mem::connect(&hub, Codec::Json).await;
     let mut b = Mem::connect(&hub, Codec::MsgPack).await;
     let mut c = Mem::connect(&hub, Codec::Json).await;
-    hub.join(a.id(), "chat:1").unwrap();
-    hub.join(b.id(), "chat:1").unwrap();
-    hub.join(b.id(), "chat:2").unwrap();
-    hub.join(c.id(), "chat:2").unwrap();
+    hub.join(a.id(), "chat:1").await.unwrap();
+    hub.join(b.id(), "chat:1").await.unwrap();
+    hub.join(b.id(), "chat:2").await.unwrap();
+    hub.join(c.id(), "chat:2").await.unwrap();
 
     // To a room except the sender.
     let n = hub
@@ -336,7 +348,7 @@ async fn presence_join_and_leave_exactly_once_on_close() {
     assert_eq!(join["member"]["user"], "ana");
     assert_eq!(join["member"]["meta"], json!({"name": "ana"}));
     assert_eq!(join["member"]["session"], ana_id.to_string());
-    assert_eq!(hub.topic_members("lobby").len(), 2);
+    assert_eq!(hub.topic_members("lobby").await.unwrap().len(), 2);
 
     // Presence query over the protocol.
     watcher
@@ -353,7 +365,7 @@ async fn presence_join_and_leave_exactly_once_on_close() {
     assert_eq!(leave["member"]["user"], "ana");
     assert!(watcher.nothing_pending().await, "a second leave was sent");
     assert_eq!(disconnects.load(Ordering::SeqCst), 1);
-    assert_eq!(hub.topic_members("lobby").len(), 1);
+    assert_eq!(hub.topic_members("lobby").await.unwrap().len(), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -417,14 +429,14 @@ async fn resume_with_since_gets_exactly_the_missed_messages() {
         .await;
     let epoch = a.recv().await["data"]["epoch"].as_str().unwrap().to_owned();
     for i in 1..=3 {
-        hub.publish("t", &i).unwrap();
+        hub.publish("t", &i).await.unwrap();
     }
     for _ in 1..=3 {
         a.recv().await;
     }
     drop(a);
     for i in 4..=6 {
-        hub.publish("t", &i).unwrap();
+        hub.publish("t", &i).await.unwrap();
     }
     let mut back = Mem::connect(&hub, Codec::Json).await;
     back.send(
@@ -432,7 +444,7 @@ async fn resume_with_since_gets_exactly_the_missed_messages() {
     )
     .await;
     assert_eq!(back.recv().await["type"], "reply");
-    hub.publish("t", &7).unwrap();
+    hub.publish("t", &7).await.unwrap();
     for i in 4..=7 {
         let m = back.recv().await;
         assert_eq!(m["type"], "message");
@@ -451,7 +463,7 @@ async fn resume_past_history_gets_a_gap_then_what_is_held() {
     let epoch = a.recv().await["data"]["epoch"].as_str().unwrap().to_owned();
     drop(a);
     for i in 1..=10 {
-        hub.publish("t", &i).unwrap();
+        hub.publish("t", &i).await.unwrap();
     }
     let mut back = Mem::connect(&hub, Codec::Json).await;
     back.send(json!({"type": "subscribe", "topic": "t", "since": {"epoch": epoch, "offset": 2}}))
@@ -487,7 +499,7 @@ async fn slow_consumer_is_disconnected_and_others_get_everything() {
     slow.send(json!({"type": "subscribe", "topic": "t"})).await;
     fast.send(json!({"type": "subscribe", "topic": "t"})).await;
     for i in 1..=50u64 {
-        hub.publish("t", &i).unwrap();
+        hub.publish("t", &i).await.unwrap();
         if i % 4 == 0 {
             for j in i - 3..=i {
                 assert_eq!(fast.recv().await["offset"], j);
@@ -495,7 +507,7 @@ async fn slow_consumer_is_disconnected_and_others_get_everything() {
         }
     }
     assert_eq!(slow.closed().await, DisconnectReason::SlowConsumer);
-    assert_eq!(hub.topic_members("t").len(), 1);
+    assert_eq!(hub.topic_members("t").await.unwrap().len(), 1);
     assert_eq!(hub.stats().disconnects.get("slow_consumer"), Some(&1));
 }
 
@@ -508,9 +520,9 @@ async fn drop_policy_tells_a_lagging_session_exactly_what_it_missed() {
         .build();
     let mut s = Mem::connect(&hub, Codec::Json).await;
     s.send(json!({"type": "subscribe", "topic": "t"})).await;
-    hub.join(s.id(), "r").unwrap();
+    hub.join(s.id(), "r").await.unwrap();
     for i in 1..=10 {
-        hub.publish("t", &i).unwrap();
+        hub.publish("t", &i).await.unwrap();
     }
     hub.to("r").emit("e", &0).unwrap();
     // The first four fit; 5..=10 and the event were dropped.
@@ -527,7 +539,7 @@ async fn drop_policy_tells_a_lagging_session_exactly_what_it_missed() {
         (Some(5), Some(10))
     );
     // Caught up: delivery resumes.
-    hub.publish("t", &11).unwrap();
+    hub.publish("t", &11).await.unwrap();
     assert_eq!(s.recv().await["offset"], 11);
     assert!(!s.conn.session.is_closed());
 }
@@ -542,6 +554,7 @@ async fn custom_events_reply_and_fail_with_codes() {
         .on_event("join-room", |ctx: EventContext, data: Payload| async move {
             let room: String = data.decode()?;
             ctx.join(&room)
+                .await
                 .map_err(|e| HandlerError::new(e.to_string()))?;
             Ok(None)
         })
@@ -600,7 +613,7 @@ async fn authorization_is_checked_on_subscribe_publish_and_join() {
     b.send(json!({"type": "subscribe", "topic": "secret", "id": 1}))
         .await;
     assert_eq!(b.recv().await["code"], "forbidden");
-    hub.publish("secret", &1).unwrap();
+    hub.publish("secret", &1).await.unwrap();
     assert!(b.nothing_pending().await);
 
     // Authentication refusal happens before any session exists.
@@ -710,7 +723,7 @@ async fn limits_on_subscriptions_and_topics() {
     a.send(json!({"type": "subscribe", "topic": "c", "id": 2}))
         .await;
     assert_eq!(a.recv().await["code"], "too_many_subscriptions");
-    hub.publish("c", &1).unwrap();
+    hub.publish("c", &1).await.unwrap();
     a.send(json!({"type": "publish", "topic": "d", "data": 1, "id": 3}))
         .await;
     assert_eq!(a.recv().await["code"], "too_many_topics");
@@ -722,7 +735,7 @@ async fn shutdown_flushes_queued_frames_then_closes_and_refuses_new_sessions() {
     let mut a = Mem::connect(&hub, Codec::Json).await;
     a.send(json!({"type": "subscribe", "topic": "t"})).await;
     for i in 1..=3 {
-        hub.publish("t", &i).unwrap();
+        hub.publish("t", &i).await.unwrap();
     }
     let shutdown = tokio::spawn({
         let hub = hub.clone();
@@ -838,7 +851,7 @@ async fn room_limit_per_session_and_bad_room_names() {
         .max_rooms_per_session(2)
         .build();
     let mut a = Mem::connect(&hub, Codec::Json).await;
-    hub.join(a.id(), "r1").unwrap();
+    hub.join(a.id(), "r1").await.unwrap();
     a.send(json!({"type": "join", "room": "r2", "id": 1})).await;
     assert_eq!(
         a.recv().await,
@@ -851,21 +864,21 @@ async fn room_limit_per_session_and_bad_room_names() {
         (Some("too_many_rooms"), Some(2))
     );
     assert_eq!(
-        hub.join(a.id(), "r3"),
+        hub.join(a.id(), "r3").await,
         Err(hub_core::RoomError::TooManyRooms)
     );
     assert_eq!(
-        hub.join(a.id(), "bad room"),
+        hub.join(a.id(), "bad room").await,
         Err(hub_core::RoomError::BadRoom)
     );
     a.send(json!({"type": "join", "room": "", "id": 3})).await;
     assert_eq!(a.recv().await["code"], "bad_room");
     // Joining again is idempotent, and leaving frees a place.
-    hub.join(a.id(), "r1").unwrap();
+    hub.join(a.id(), "r1").await.unwrap();
     a.send(json!({"type": "leave", "room": "r1", "id": 4}))
         .await;
     assert_eq!(a.recv().await["type"], "reply");
-    hub.join(a.id(), "r3").unwrap();
+    hub.join(a.id(), "r3").await.unwrap();
     let mut rooms = hub.rooms_of(a.id());
     rooms.sort();
     assert_eq!(rooms, vec!["r2".to_owned(), "r3".to_owned()]);
@@ -885,7 +898,7 @@ async fn history_is_bounded_in_bytes_too() {
     drop(a);
     // Payloads of 102 bytes (a 100-character JSON string): only the last two fit in 250.
     for _ in 1..=5 {
-        hub.publish("t", &"x".repeat(100)).unwrap();
+        hub.publish("t", &"x".repeat(100)).await.unwrap();
     }
     let mut back = Mem::connect(&hub, Codec::Json).await;
     back.send(json!({"type": "subscribe", "topic": "t", "since": {"epoch": epoch, "offset": 0}}))
@@ -934,8 +947,8 @@ async fn an_idle_topic_is_forgotten_after_its_ttl_and_comes_back_in_a_new_epoch(
         .await;
     assert_eq!(a.recv().await["data"]["epoch"], old_epoch.as_str());
     for i in 1..=3 {
-        hub.publish("t", &i).unwrap();
-        hub.publish("kept", &i).unwrap();
+        hub.publish("t", &i).await.unwrap();
+        hub.publish("kept", &i).await.unwrap();
     }
     for _ in 1..=3 {
         assert_eq!(a.recv().await["type"], "message");
@@ -948,7 +961,7 @@ async fn an_idle_topic_is_forgotten_after_its_ttl_and_comes_back_in_a_new_epoch(
     // position recovers exactly what it missed.
     tokio::time::sleep(Duration::from_secs(55)).await;
     assert_eq!(hub.stats().topics, 2);
-    hub.publish("t", &4).unwrap();
+    hub.publish("t", &4).await.unwrap();
     let mut back = Mem::connect(&hub, Codec::Json).await;
     back.send(json!({"type": "subscribe", "topic": "t", "id": 1,
         "since": {"epoch": old_epoch, "offset": 3}}))
@@ -991,7 +1004,7 @@ async fn an_idle_topic_is_forgotten_after_its_ttl_and_comes_back_in_a_new_epoch(
         ),
         (json!("gap"), json!("epoch"), json!(new_epoch))
     );
-    let p = hub.publish("t", &"again").unwrap();
+    let p = hub.publish("t", &"again").await.unwrap();
     assert_eq!((&*p.epoch, p.offset), (new_epoch.as_str(), 1));
     let m = c.recv().await;
     assert_eq!(
@@ -999,7 +1012,7 @@ async fn an_idle_topic_is_forgotten_after_its_ttl_and_comes_back_in_a_new_epoch(
         (json!(new_epoch), json!(1))
     );
     // The topic that kept its subscriber kept its stream.
-    let p = hub.publish("kept", &4).unwrap();
+    let p = hub.publish("kept", &4).await.unwrap();
     assert_eq!((&*p.epoch, p.offset), (old_epoch.as_str(), 4));
     assert_eq!(keeper.recv().await["offset"], 4);
 }
@@ -1013,18 +1026,20 @@ async fn topics_published_to_by_the_server_alone_expire_and_free_their_slots() {
         .topic_ttl(Duration::from_secs(30))
         .build();
     // No session at all: the server's own publishes start the sweeper.
-    let first = hub.publish("match-1", &1).unwrap();
-    hub.publish("match-2", &1).unwrap();
+    let first = hub.publish("match-1", &1).await.unwrap();
+    hub.publish("match-2", &1).await.unwrap();
     assert!(matches!(
-        hub.publish("match-3", &1),
-        Err(hub_core::SendError::TooManyTopics)
+        hub.publish("match-3", &1).await,
+        Err(hub_core::SendError::Engine(
+            hub_core::BrokerError::TooManyTopics
+        ))
     ));
     tokio::time::sleep(Duration::from_secs(45)).await;
     assert_eq!(hub.stats().topics, 0);
-    let p = hub.publish("match-3", &1).unwrap();
+    let p = hub.publish("match-3", &1).await.unwrap();
     assert_eq!(p.offset, 1);
     // A re-used name starts over in an epoch it never had.
-    let again = hub.publish("match-1", &2).unwrap();
+    let again = hub.publish("match-1", &2).await.unwrap();
     assert_eq!(again.offset, 1);
     assert_ne!(again.epoch, first.epoch);
 }
@@ -1036,8 +1051,8 @@ async fn topic_ttl_max_keeps_topics_for_the_hubs_life() {
         .heartbeat(Duration::from_secs(10), Duration::from_secs(3600))
         .topic_ttl(Duration::MAX)
         .build();
-    hub.publish("t", &1).unwrap();
+    hub.publish("t", &1).await.unwrap();
     tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
     assert_eq!(hub.stats().topics, 1);
-    assert_eq!(hub.publish("t", &2).unwrap().offset, 2);
+    assert_eq!(hub.publish("t", &2).await.unwrap().offset, 2);
 }

@@ -30,7 +30,7 @@ async fn racing_publishers_and_expiry_never_reuse_a_position() {
             for round in 0..ROUNDS {
                 for i in 0..PER_ROUND {
                     let topic = format!("t{}", (i as usize + p) % 3);
-                    let pos = hub.publish(&topic, &(round, i)).expect("publish");
+                    let pos = hub.publish(&topic, &(round, i)).await.expect("publish");
                     got.push((topic, pos.epoch.to_string(), pos.offset));
                     if i % 16 == 0 {
                         // Let the sweeper in between publishes too.

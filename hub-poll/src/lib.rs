@@ -155,7 +155,7 @@
 //! assert_eq!(batch["frames"][0]["type"], "reply");
 //!
 //! // The server publishes; the next poll brings the `message` frame.
-//! hub.publish("scores", &json!({"home": 2, "away": 1}))?;
+//! hub.publish("scores", &json!({"home": 2, "away": 1})).await?;
 //! let (_, batch) = http(addr, "GET", &poll_url(&batch), "").await?;
 //! let message = &batch["frames"][0];
 //! assert_eq!(message["type"], "message");
@@ -873,12 +873,12 @@ async fn pump(hub: Hub, entry: Arc<Entry>, mut outbox: Outbox, table: Weak<Table
             let mut st = lock(&entry.state);
             for item in batch.drain(..) {
                 match item {
-                    Outgoing::Frame(bytes) => {
+                    Outgoing::Frame(f) => {
                         st.last_seq += 1;
                         let seq = st.last_seq;
-                        st.pending.push_back((seq, bytes));
+                        st.pending.push_back((seq, f.into_bytes()));
                     }
-                    Outgoing::Ping => {}
+                    Outgoing::Ping | Outgoing::Subscribed { .. } => {}
                     Outgoing::Close(reason) => {
                         st.last_seq += 1;
                         let seq = st.last_seq;

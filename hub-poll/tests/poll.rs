@@ -311,7 +311,7 @@ async fn observe(conn: &mut Connection) -> Vec<Value> {
         .expect("observer got nothing");
     out.into_iter()
         .filter_map(|o| match o {
-            Outgoing::Frame(b) => Some(serde_json::from_slice(&b).unwrap()),
+            Outgoing::Frame(b) => Some(serde_json::from_slice(b.bytes()).unwrap()),
             _ => None,
         })
         .collect()
@@ -333,7 +333,7 @@ async fn continuous_stream_arrives_exactly_once_in_order_despite_lost_responses(
         let hub = hub.clone();
         async move {
             for n in 1..=N {
-                hub.publish("scores/all", &json!({"n": n})).unwrap();
+                hub.publish("scores/all", &json!({"n": n})).await.unwrap();
                 if n % 8 == 0 {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
@@ -395,7 +395,7 @@ async fn repeated_poll_after_a_dropped_response_returns_the_same_batch() {
     c.request(json!({"type": "subscribe", "topic": "scores/m1"}), 1)
         .await;
     for n in 1..=5 {
-        hub.publish("scores/m1", &json!({"n": n})).unwrap();
+        hub.publish("scores/m1", &json!({"n": n})).await.unwrap();
     }
     let cursor = c.cursor.clone();
     let first = c.poll_at(&cursor, 2000).await;
@@ -405,7 +405,7 @@ async fn repeated_poll_after_a_dropped_response_returns_the_same_batch() {
     assert_eq!(again.raw, first.raw);
 
     // Really lost: the client sends the poll and hangs up without reading the answer.
-    hub.publish("scores/m1", &json!({"n": 6})).unwrap();
+    hub.publish("scores/m1", &json!({"n": 6})).await.unwrap();
     let uri = format!("/poll?session={}&cursor={}", c.session, first.cursor);
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let req = format!("GET {uri} HTTP/1.1\r\nhost: {addr}\r\n\r\n");
@@ -446,7 +446,9 @@ async fn a_long_poll_answers_on_publish_or_empty_after_the_wait() {
         async move { (Instant::now(), c.poll_at(&cursor, 10_000).await) }
     });
     wait_until("the poll to wait", || poll.waiting_polls() == 1).await;
-    hub.publish("scores/all", &json!({"goal": true})).unwrap();
+    hub.publish("scores/all", &json!({"goal": true}))
+        .await
+        .unwrap();
     let (started, b) = timeout(LIMIT, waiting).await.unwrap().unwrap();
     assert!(started.elapsed() < Duration::from_secs(5), "answered late");
     assert_eq!(
@@ -496,7 +498,7 @@ async fn two_polls_at_once_the_older_is_answered_empty_the_newer_waits() {
     // The newer one is the one waiting now.
     wait_until("the newer poll to wait", || poll.waiting_polls() == 1).await;
     assert!(!newer.is_finished());
-    hub.publish("scores/all", &json!({"n": 1})).unwrap();
+    hub.publish("scores/all", &json!({"n": 1})).await.unwrap();
     let new = timeout(LIMIT, newer).await.unwrap().unwrap();
     assert_eq!(
         messages(&new.frames, "scores/all"),
@@ -551,7 +553,7 @@ async fn an_expired_session_leaves_presence_exactly_once() {
     let err: Value = serde_json::from_slice(&b.raw).unwrap();
     assert_eq!(err["code"], "unknown_session");
     // A marker after everything: no second leave before it.
-    hub.publish("chat/lobby", &json!("marker")).unwrap();
+    hub.publish("chat/lobby", &json!("marker")).await.unwrap();
     while !seen.iter().any(|f| f["data"] == json!("marker")) {
         seen.extend(observe(&mut obs).await);
     }
@@ -582,6 +584,7 @@ async fn msgpack_sessions_get_batches_under_the_size_cap() {
     let text = "x".repeat(150);
     for n in 1..=60u64 {
         hub.publish("scores/all", &json!({"n": n, "text": text}))
+            .await
             .unwrap();
     }
     let mut got = Vec::new();
@@ -657,6 +660,7 @@ async fn ws_sse_and_poll_clients_on_one_topic_see_the_same_sequence() {
             "scores/all",
             &json!({"id": format!("m{}", n % 4), "home_score": home, "minute": n % 90}),
         )
+        .await
         .unwrap();
     }
 
@@ -922,7 +926,7 @@ async fn bad_input_gets_a_clear_error_and_loses_nothing() {
     let mut c = Client::open(addr, "", &[]).await;
     c.request(json!({"type": "subscribe", "topic": "scores/all"}), 1)
         .await;
-    hub.publish("scores/all", &json!({"n": 1})).unwrap();
+    hub.publish("scores/all", &json!({"n": 1})).await.unwrap();
     let good = c.cursor.clone();
     let b = c.poll_at(&good, 1000).await;
     assert_eq!(messages(&b.frames, "scores/all").len(), 1);
@@ -999,7 +1003,7 @@ async fn bad_input_gets_a_clear_error_and_loses_nothing() {
     );
 
     // After all that the session serves on, with nothing lost.
-    hub.publish("scores/all", &json!({"n": 2})).unwrap();
+    hub.publish("scores/all", &json!({"n": 2})).await.unwrap();
     c.cursor = good;
     let frames = c.poll_until(|f| f["data"]["n"] == 2).await;
     let ns: Vec<u64> = messages(&frames, "scores/all")
@@ -1052,7 +1056,7 @@ async fn a_poller_too_slow_for_the_bounds_is_told_why_and_then_forgotten() {
     assert!(c.poll(0).await.is_empty());
     // (Yielding after each lets the transport take what its bound allows.)
     for n in 1..=100u64 {
-        hub.publish("scores/all", &json!({"n": n})).unwrap();
+        hub.publish("scores/all", &json!({"n": n})).await.unwrap();
         tokio::task::yield_now().await;
     }
     wait_until("the slow consumer to be closed", || {
@@ -1127,7 +1131,7 @@ async fn every_request_must_come_from_the_user_whose_cookie_opened_the_session()
         .await;
     assert_eq!(r["type"], "reply");
     let cursor = c.cursor.clone();
-    hub.publish("a", &json!("one")).unwrap();
+    hub.publish("a", &json!("one")).await.unwrap();
 
     // Ana's session token with Bob's cookie, with cookies the hook refuses, with none, or with
     // Ana's cookie from a page of an origin the hub does not allow: polls, commands and closes
@@ -1221,7 +1225,7 @@ async fn shutdown_answers_polls_with_the_queued_frames_then_close_and_lets_go() 
         (waiting, frames)
     });
     for n in 1..=3 {
-        hub.publish("scores/all", &json!({"n": n})).unwrap();
+        hub.publish("scores/all", &json!({"n": n})).await.unwrap();
     }
     let shutdown = hub.shutdown(Duration::from_secs(20));
     let client = async {
@@ -1361,14 +1365,16 @@ async fn a_stalled_poller_is_cut_off_while_an_active_one_gets_every_message_in_o
                 panic!("the active poller failed: {:?}", (&mut reader).await.err());
             }
         }
-        hub.publish("load", &json!({"n": n, "pad": pad})).unwrap();
+        hub.publish("load", &json!({"n": n, "pad": pad}))
+            .await
+            .unwrap();
     }
     timeout(LIMIT, reader).await.unwrap().unwrap();
 
     // The stalled session was ended as a slow consumer, alone; the active one goes on.
     assert_eq!(hub.stats().disconnects.get("slow_consumer"), Some(&1));
     assert_eq!(hub.stats().disconnects.values().sum::<u64>(), 1);
-    assert_eq!(hub.topic_members("load").len(), 1);
+    assert_eq!(hub.topic_members("load").await.unwrap().len(), 1);
 
     // What the transport held for it stayed bounded: when it polls again, it gets at least its
     // pending bound and at most that plus one batch of the hub's queue (what was still in the
@@ -1459,7 +1465,7 @@ async fn a_numbered_publish_runs_once_however_often_it_is_replayed() {
     assert_eq!(r.headers["hub-command-seq"], "3");
 
     // Exactly three publishes ran: Bob got each once, in order, then the marker.
-    hub.publish("t", &json!("marker")).unwrap();
+    hub.publish("t", &json!("marker")).await.unwrap();
     let frames = bob.poll_until(|f| f["data"] == "marker").await;
     assert_eq!(
         messages(&frames, "t"),

@@ -1,6 +1,5 @@
 //! The response body, and the writer that turns a session's outbox into SSE text.
 
-use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::fmt;
@@ -10,7 +9,7 @@ use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::Stream;
-use hub_core::{Outbox, Outgoing, Session};
+use hub_core::{FrameKind, Outbox, Outgoing, Session};
 use hyper::body::{Frame, SizeHint};
 
 use crate::id::Cursor;
@@ -314,7 +313,7 @@ impl Writer {
             .batch
             .iter()
             .map(|o| match o {
-                Outgoing::Frame(b) if b.len() < SHARE_MIN => b.len() + per_event,
+                Outgoing::Frame(f) if f.bytes().len() < SHARE_MIN => f.bytes().len() + per_event,
                 Outgoing::Frame(_) => per_event,
                 _ => 16,
             })
@@ -328,45 +327,32 @@ impl Writer {
             out.put(&head);
         }
         let mut cursor = lock(&self.cursor);
+        // A subscription began: the next event carries the id with its position.
+        let mut id_due = false;
         for item in self.batch.drain(..) {
             match item {
-                Outgoing::Frame(bytes) => {
-                    // The common case: a topic's message, its position read from its first
-                    // fields; nothing else of it is looked at, beyond a scan for line breaks.
-                    if let Some((topic, epoch, offset)) = message_head(&bytes) {
-                        if cursor.set_bytes(topic, epoch, offset) {
-                            out.put(b"id: ");
-                            cursor.write_id(&mut out.buf);
-                            out.put(b"\nevent: message\n");
-                            out.data(&bytes, &self.tails);
-                            continue;
+                Outgoing::Frame(f) => {
+                    // What the hub says of the frame: no parsing of its bytes.
+                    let kind = f.kind();
+                    let moved = match f.stream() {
+                        Some((topic, epoch, offset)) => {
+                            cursor.set(topic, epoch, offset);
+                            true
                         }
-                    }
-                    let kind = frame_type(&bytes);
-                    let mut moved = false;
-                    if kind == "message" {
-                        if let Some((topic, epoch, offset)) = message_position(&bytes) {
-                            cursor.set(&topic, &epoch, offset);
-                            moved = true;
-                        }
-                    } else if kind == "gap" {
-                        if let Some((topic, epoch, to)) = history_gap(&bytes) {
-                            cursor.set(&topic, &epoch, to);
-                            moved = true;
-                        }
-                    } else if (kind == "reply" || kind == "error") && cursor.awaits_replies() {
-                        if let Some((topic, epoch, offset)) = subscribed(&bytes, &mut cursor) {
-                            cursor.set(&topic, &epoch, offset);
-                            moved = true;
-                        }
-                    }
-                    out.head(moved.then_some(&*cursor), kind);
-                    out.data(&bytes, &self.tails);
-                    if kind == "welcome" {
+                        None => false,
+                    };
+                    let with_id = moved || std::mem::take(&mut id_due);
+                    out.head(with_id.then_some(&*cursor), kind.as_str());
+                    out.data(f.bytes(), &self.tails);
+                    if kind == FrameKind::Welcome {
                         if let Some(extra) = self.after_welcome.take() {
                             out.put(&extra);
                         }
                     }
+                }
+                Outgoing::Subscribed { topic, position } => {
+                    cursor.set(&topic, &position.epoch, position.offset);
+                    id_due = true;
                 }
                 Outgoing::Ping => out.put(b": ping\n\n"),
                 Outgoing::Close(reason) => {
@@ -376,6 +362,12 @@ impl Writer {
                     self.done = true;
                 }
             }
+        }
+        if id_due && !self.done {
+            // No event followed: an `id:` alone still sets the browser's last event id.
+            out.put(b"id: ");
+            cursor.write_id(&mut out.buf);
+            out.put(b"\n\n");
         }
         drop(cursor);
         // Never happens (the welcome is always the first frame), but never lose the token.
@@ -464,131 +456,10 @@ fn write_data(out: &mut BytesMut, data: &[u8]) {
     out.put_u8(b'\n');
 }
 
-/// Topic, epoch and offset of a `message` frame, as the hub writes it
-/// (`{"type":"message","topic":"..","epoch":"..","offset":N,...`), read from its first bytes:
-/// no UTF-8 check, no allocation. `None` for anything else (names with escapes included); the
-/// caller then takes the general path.
-fn message_head(bytes: &[u8]) -> Option<(&[u8], &[u8], u64)> {
-    /// A JSON string's content up to its closing quote, if it has no escapes.
-    fn plain_string(rest: &[u8]) -> Option<(&[u8], &[u8])> {
-        let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
-        (rest[end] == b'"').then(|| (&rest[..end], &rest[end + 1..]))
-    }
-    let rest = bytes.strip_prefix(br#"{"type":"message","topic":""#)?;
-    let (topic, rest) = plain_string(rest)?;
-    let rest = rest.strip_prefix(br#","epoch":""#)?;
-    let (epoch, rest) = plain_string(rest)?;
-    let rest = rest.strip_prefix(br#","offset":"#)?;
-    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 || !matches!(rest.get(digits), Some(b',' | b'}')) {
-        return None;
-    }
-    let mut offset: u64 = 0;
-    for &d in &rest[..digits] {
-        offset = offset.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
-    }
-    Some((topic, epoch, offset))
-}
-
-/// The frame's `type`: always its first field in the hub's JSON (`{"type":"..."`).
-fn frame_type(bytes: &[u8]) -> &str {
-    const PREFIX: &[u8] = br#"{"type":""#;
-    bytes
-        .strip_prefix(PREFIX)
-        .and_then(|rest| {
-            let end = rest.iter().position(|&b| b == b'"')?;
-            let name = std::str::from_utf8(&rest[..end]).ok()?;
-            name.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-                .then_some(name)
-        })
-        .unwrap_or("unknown")
-}
-
-#[derive(serde::Deserialize)]
-struct Head<'a> {
-    #[serde(borrow)]
-    topic: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    epoch: Option<Cow<'a, str>>,
-    offset: Option<u64>,
-    to: Option<u64>,
-    #[serde(borrow)]
-    reason: Option<Cow<'a, str>>,
-}
-
-/// Topic, epoch and offset of a `message` frame that [`message_head`] could not read (names
-/// with escapes, another field order): a parse of the frame.
-fn message_position(bytes: &[u8]) -> Option<(Cow<'_, str>, Cow<'_, str>, u64)> {
-    let h: Head<'_> = serde_json::from_slice(bytes).ok()?;
-    Some((h.topic?, h.epoch?, h.offset?))
-}
-
-/// Topic, epoch and last lost offset of a `gap` with reason `history`: the client has been told
-/// of those, so a later resume starts after them. Other gaps (`epoch`, `lagged`) move nothing.
-fn history_gap(bytes: &[u8]) -> Option<(Cow<'_, str>, Cow<'_, str>, u64)> {
-    let h: Head<'_> = serde_json::from_slice(bytes).ok()?;
-    if h.reason.as_deref() != Some("history") {
-        return None;
-    }
-    Some((h.topic?, h.epoch?, h.to?))
-}
-
-/// For the reply (or error) to an awaited `subscribe` command: the topic and where to resume it
-/// from: the command's `since` if it gave one (what it recovers follows the reply), else the
-/// topic's position when the subscription began (`{"topic", "epoch", "offset"}`, the reply's
-/// data). Errors just end the wait.
-fn subscribed(bytes: &[u8], cursor: &mut Cursor) -> Option<(String, String, u64)> {
-    #[derive(serde::Deserialize)]
-    struct Reply {
-        #[serde(rename = "type")]
-        kind: String,
-        id: Option<u64>,
-        data: Option<serde_json::Value>,
-    }
-    let r: Reply = serde_json::from_slice(bytes).ok()?;
-    let (topic, since) = cursor.take_pending(r.id?)?;
-    if r.kind != "reply" {
-        return None;
-    }
-    let data = r.data?;
-    if data.get("topic")?.as_str()? != topic {
-        return None;
-    }
-    if let Some((epoch, offset)) = since {
-        return Some((topic, epoch, offset));
-    }
-    let epoch = data.get("epoch")?.as_str()?.to_owned();
-    let offset = data.get("offset")?.as_u64()?;
-    Some((topic, epoch, offset))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_message_positions_fast_and_slow() {
-        let m = br#"{"type":"message","topic":"a/b","epoch":"9f","offset":42,"data":{"x":"\"topic\""}}"#;
-        assert_eq!(frame_type(m), "message");
-        let (t, e, o) = message_head(m).unwrap();
-        assert_eq!((t, e, o), (&b"a/b"[..], &b"9f"[..], 42));
-        let reordered = br#"{"type":"message","data":1,"offset":7,"epoch":"e","topic":"t"}"#;
-        assert!(message_head(reordered).is_none());
-        let (t, e, o) = message_position(reordered).unwrap();
-        assert_eq!((&*t, &*e, o), ("t", "e", 7));
-    }
-
-    #[test]
-    fn only_history_gaps_move_the_cursor() {
-        let g = br#"{"type":"gap","topic":"t","epoch":"e","from":2,"to":4,"reason":"history"}"#;
-        assert_eq!(frame_type(g), "gap");
-        let (t, e, to) = history_gap(g).unwrap();
-        assert_eq!((&*t, &*e, to), ("t", "e", 4));
-        let l = br#"{"type":"gap","topic":"t","epoch":"e","from":2,"to":4,"reason":"lagged"}"#;
-        assert!(history_gap(l).is_none());
-    }
 
     #[test]
     fn splits_raw_line_breaks_into_data_lines() {
@@ -603,13 +474,6 @@ mod tests {
             &out[..],
             b"id: t=e:1\nevent: message\ndata: {\"a\":\ndata: 1,\ndata: \"b\":\ndata: 2}\n\n"
         );
-    }
-
-    #[test]
-    fn unknown_shapes_are_named_unknown() {
-        assert_eq!(frame_type(b"[1,2]"), "unknown");
-        assert_eq!(frame_type(br#"{"type":"a b"}"#), "unknown");
-        assert_eq!(frame_type(br#"{"type":"leave","topic":"t"}"#), "leave");
     }
 
     #[test]
@@ -628,31 +492,6 @@ mod tests {
         // Bytes that differ from a break by one bit, or have the high bit set.
         let near: Vec<u8> = (0..=255u8).filter(|b| *b != b'\n' && *b != b'\r').collect();
         assert!(!has_line_break(&near));
-    }
-
-    #[test]
-    fn reads_the_head_of_the_hubs_message_frames_only() {
-        let m = br#"{"type":"message","topic":"a/b","epoch":"9f","offset":42,"data":{"x":1}}"#;
-        assert_eq!(message_head(m), Some((&b"a/b"[..], &b"9f"[..], 42)));
-        let max = format!(
-            r#"{{"type":"message","topic":"t","epoch":"e","offset":{},"data":1}}"#,
-            u64::MAX
-        );
-        assert_eq!(
-            message_head(max.as_bytes()),
-            Some((&b"t"[..], &b"e"[..], u64::MAX))
-        );
-        for other in [
-            &br#"{"type":"message","topic":"t","epoch":"e","offset":18446744073709551616,"data":1}"#[..],
-            br#"{"type":"message","topic":"t\"","epoch":"e","offset":1,"data":1}"#,
-            br#"{"type":"message","topic":"t","epoch":"e","offset":,"data":1}"#,
-            br#"{"type":"message","topic":"t","epoch":"e","offset":1x,"data":1}"#,
-            br#"{"type":"message","data":1,"offset":7,"epoch":"e","topic":"t"}"#,
-            br#"{"type":"messages","topic":"t","epoch":"e","offset":1,"data":1}"#,
-            br#"{"type":"message","topic":"t"#,
-        ] {
-            assert_eq!(message_head(other), None, "{}", String::from_utf8_lossy(other));
-        }
     }
 
     #[test]

@@ -5,15 +5,12 @@
 //! topic and epoch outside `A-Z a-z 0-9 - _ . / @` percent-encoded (so `=`, `:`, `&` and `%` in
 //! a name never clash with the separators). Example: `metrics/api=9f1c2a7d3b4e5f60:41&x=77ab:3`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use bytes::BufMut;
 
 /// At most this many topics in one `Last-Event-ID`; more is treated as malformed.
 pub(crate) const MAX_ID_TOPICS: usize = 1024;
-
-/// At most this many `subscribe` commands awaiting their reply are tracked.
-const MAX_PENDING: usize = 64;
 
 /// The last position seen per topic.
 ///
@@ -24,10 +21,6 @@ const MAX_PENDING: usize = 64;
 pub(crate) struct Cursor {
     /// Sorted by topic (byte order, as `str`'s `Ord`), one per topic.
     positions: Vec<Position>,
-    /// `subscribe` commands (by request id) awaiting their reply: the topic, and the `since`
-    /// the command gave. On success the topic resumes from `since`, or else from its position
-    /// when the subscription began (the reply's data), even before its first message.
-    pending: HashMap<u64, (String, Option<(String, u64)>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,31 +121,6 @@ impl Cursor {
         if let Ok(i) = self.find(topic.as_bytes()) {
             self.positions.remove(i);
         }
-        self.pending.retain(|_, (t, _)| t != topic);
-    }
-
-    /// Notes that the reply to request `id` will be a `subscribe` reply for `topic`, which
-    /// asked to recover from `since`.
-    pub(crate) fn expect_subscribe_reply(
-        &mut self,
-        id: u64,
-        topic: &str,
-        since: Option<(String, u64)>,
-    ) {
-        if self.pending.len() < MAX_PENDING || self.pending.contains_key(&id) {
-            self.pending.insert(id, (topic.to_owned(), since));
-        }
-    }
-
-    /// Whether any `subscribe` reply is awaited.
-    pub(crate) fn awaits_replies(&self) -> bool {
-        !self.pending.is_empty()
-    }
-
-    /// The topic (and `since`) of the awaited `subscribe` reply to request `id`, forgotten once
-    /// taken.
-    pub(crate) fn take_pending(&mut self, id: u64) -> Option<(String, Option<(String, u64)>)> {
-        self.pending.remove(&id)
     }
 
     /// The position of `topic`, if one was seen.
@@ -224,10 +192,7 @@ impl Cursor {
             .into_iter()
             .map(|(topic, (epoch, offset))| Position::new(topic, epoch, offset))
             .collect();
-        Ok(Cursor {
-            positions,
-            pending: HashMap::new(),
-        })
+        Ok(Cursor { positions })
     }
 }
 

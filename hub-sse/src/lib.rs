@@ -145,7 +145,7 @@
 //! assert_eq!(next_event(&mut lines, "welcome").await?["type"], "welcome");
 //!
 //! // The server publishes; the stream gets an `event: message`.
-//! hub.publish("scores", &json!({"home": 2, "away": 1}))?;
+//! hub.publish("scores", &json!({"home": 2, "away": 1})).await?;
 //! let message = next_event(&mut lines, "message").await?;
 //! assert_eq!(message["topic"], "scores");
 //! assert_eq!(message["data"], json!({"home": 2, "away": 1}));
@@ -189,7 +189,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hub_core::{
-    Codec, CommandError, Connection, ErrorCode, Hub, Rejection, StreamPosition, TransportInfo,
+    Codec, CommandError, Connection, ErrorCode, Hub, Position, Rejection, TransportInfo,
 };
 use hub_http::seq::{self, answered, bad_seq, run_numbered, Verdict};
 use hub_http::BodyError;
@@ -495,10 +495,7 @@ impl SseService {
         for topic in &topics {
             let since = resumed
                 .and_then(|c| c.get(topic))
-                .map(|(epoch, offset)| StreamPosition {
-                    epoch: epoch.to_owned(),
-                    offset,
-                });
+                .map(|(epoch, offset)| Position::new(epoch, offset));
             if let Err(e) = session.subscribe(topic, since.clone()).await {
                 return command_refusal(topic, &e);
             }
@@ -518,10 +515,7 @@ impl SseService {
                 let Some((epoch, offset)) = c.get(topic) else {
                     continue;
                 };
-                let since = StreamPosition {
-                    epoch: epoch.to_owned(),
-                    offset,
-                };
+                let since = Position::new(epoch, offset);
                 match session.subscribe(topic, Some(since)).await {
                     Ok(()) => {
                         cursor.set(topic, epoch, offset);
@@ -734,18 +728,6 @@ impl SseService {
             );
         };
         let topic = map.get("topic").and_then(|t| t.as_str());
-        let request_id = map.get("id").and_then(|i| i.as_u64());
-        // Keep the event id in step with subscriptions made and dropped by command.
-        let subscribing = match (kind, topic, request_id) {
-            ("subscribe", Some(topic), Some(rid)) => {
-                let since = map.get("since").and_then(|s| {
-                    let epoch = s.get("epoch")?.as_str()?.to_owned();
-                    Some((epoch, s.get("offset")?.as_u64()?))
-                });
-                Some((rid, topic.to_owned(), since))
-            }
-            _ => None,
-        };
         let unsubscribing = match (kind, topic) {
             ("unsubscribe", Some(topic)) => Some(topic.to_owned()),
             _ => None,
@@ -770,9 +752,7 @@ impl SseService {
         };
         let cursor = entry.cursor.clone();
         let run = async move {
-            if let Some((rid, topic, since)) = subscribing {
-                lock(&cursor).expect_subscribe_reply(rid, &topic, since);
-            }
+            // A subscribe tells the stream's writer where it starts (the hub's `Subscribed`).
             session.handle(bytes).await;
             if let Some(topic) = unsubscribing {
                 lock(&cursor).remove(&topic);

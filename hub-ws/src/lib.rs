@@ -80,7 +80,7 @@
 //! assert_eq!(reply["id"], 1);
 //!
 //! // The server publishes; the subscriber gets a `message` frame.
-//! hub.publish("scores", &json!({"home": 2, "away": 1}))?;
+//! hub.publish("scores", &json!({"home": 2, "away": 1})).await?;
 //! let message = recv(&mut ws).await?;
 //! assert_eq!(message["type"], "message");
 //! assert_eq!(message["topic"], "scores");
@@ -496,7 +496,11 @@ impl FrameWriter {
             parts.clear();
             while next < batch.len() && buf.len() < GATHER_MAX && parts.len() + 2 <= MAX_SLICES {
                 let (opcode, payload): (u8, &[u8]) = match &batch[next] {
-                    Outgoing::Frame(bytes) => (self.opcode, bytes),
+                    Outgoing::Frame(f) => (self.opcode, f.bytes()),
+                    Outgoing::Subscribed { .. } => {
+                        next += 1;
+                        continue;
+                    }
                     Outgoing::Ping => (OPCODE_PING, &[]),
                     Outgoing::Close(_) => {
                         next += 1;
@@ -640,6 +644,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use hub_core::OutFrame;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
     use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 
@@ -729,7 +734,7 @@ mod tests {
             let pad = if i % 97 == 0 { 3_000 + i } else { i % 600 };
             let payload = Bytes::from(format!("{i}:{}", "y".repeat(pad)));
             expected.extend(reference(OpCode::Data(Data::Text), &payload));
-            batch.push(Outgoing::Frame(payload));
+            batch.push(Outgoing::Frame(OutFrame::opaque(payload)));
             if i % 100 == 0 {
                 expected.extend([0x89, 0x00]);
                 batch.push(Outgoing::Ping);

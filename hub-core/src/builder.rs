@@ -1,0 +1,228 @@
+//! [`HubBuilder`]: the hub's settings, and the engine it runs on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::broker::{Broker, Retention};
+use crate::config::{Config, RateLimit, SlowConsumerPolicy};
+use crate::hooks::{EventHandler, Hooks};
+use crate::hub::Hub;
+use crate::memory::MemoryBroker;
+use crate::node::{Inner, NodeLink};
+use crate::presence::PresenceStore;
+
+/// Builds a [`Hub`]. Every setting has a default suited to a public-facing service.
+#[derive(Default)]
+#[must_use]
+pub struct HubBuilder {
+    config: Config,
+    handlers: HashMap<String, Arc<dyn EventHandler>>,
+    broker: Option<Arc<dyn Broker>>,
+    presence: Option<Arc<dyn PresenceStore>>,
+}
+
+impl HubBuilder {
+    /// Heartbeat interval (pings sent) and timeout (a silent session is closed). Defaults 25 s
+    /// and 60 s. A silent session is closed between `timeout` and `timeout + interval` after it
+    /// was last heard from.
+    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.config.heartbeat_interval = interval.max(Duration::from_millis(1));
+        self.config.heartbeat_timeout = timeout;
+        self
+    }
+
+    /// Frames a session may have queued before the slow-consumer policy applies. Default 1024.
+    pub fn queue_capacity(mut self, frames: usize) -> Self {
+        self.config.queue_capacity = frames.max(1);
+        self
+    }
+
+    /// Largest frame (and message) a client may send, in bytes. Default 64 KiB.
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.config.max_frame_size = bytes;
+        self
+    }
+
+    /// Messages kept per topic for resuming clients. Default 100; 0 keeps none.
+    pub fn history_len(mut self, messages: usize) -> Self {
+        self.config.history_len = messages;
+        self
+    }
+
+    /// Payload bytes kept per topic for resuming clients (the oldest messages go first when
+    /// either this or [`HubBuilder::history_len`] is exceeded). Default 1 MiB.
+    pub fn history_bytes(mut self, bytes: usize) -> Self {
+        self.config.history_bytes = bytes;
+        self
+    }
+
+    /// What to do with a session whose queue is full. Default [`SlowConsumerPolicy::Disconnect`].
+    pub fn slow_consumer(mut self, policy: SlowConsumerPolicy) -> Self {
+        self.config.slow_consumer = policy;
+        self
+    }
+
+    /// Longest topic, room or event name in bytes. Default 128.
+    pub fn max_name_len(mut self, bytes: usize) -> Self {
+        self.config.max_name_len = bytes;
+        self
+    }
+
+    /// Topics one session may follow at once. Default 256.
+    pub fn max_subscriptions(mut self, n: usize) -> Self {
+        self.config.max_subscriptions = n;
+        self
+    }
+
+    /// Rooms one session may be in at once. Default 256.
+    pub fn max_rooms_per_session(mut self, n: usize) -> Self {
+        self.config.max_rooms_per_session = n;
+        self
+    }
+
+    /// Topics the hub holds at once (a publish or subscribe that would create one more is
+    /// refused with `too_many_topics`). A topic lives while it has subscribers, and for
+    /// [`HubBuilder::topic_ttl`] after its last message once it has none. Default 100,000.
+    pub fn max_topics(mut self, n: usize) -> Self {
+        self.config.max_topics = n;
+        self
+    }
+
+    /// How long a topic that has no subscribers is kept, with its position and history, after
+    /// its last message (or after its last subscriber left, whichever is later). Default 5
+    /// minutes; `Duration::MAX` keeps every topic for the hub's life.
+    ///
+    /// A forgotten topic frees its history. If it is used again, its stream starts over in a
+    /// new epoch (offsets from 1 again), so a client that resumes from a position of the old
+    /// stream gets a `gap` with reason `epoch` (nothing recovered), never another stream's
+    /// messages. Within the TTL a returning client recovers exactly what it missed (as far as
+    /// the history holds). Checked at every heartbeat interval, so a topic may outlive its TTL
+    /// by up to one interval.
+    pub fn topic_ttl(mut self, ttl: Duration) -> Self {
+        self.config.topic_ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// Send `join`/`leave` events to a room's members when members come and go. Default off.
+    pub fn room_presence_events(mut self, on: bool) -> Self {
+        self.config.room_presence_events = on;
+        self
+    }
+
+    /// Browser origins allowed to connect (e.g. `https://example.com`). A request with an
+    /// `Origin` header outside the list is refused with 403 `origin_not_allowed`; requests
+    /// without `Origin` (non-browser clients) are not affected. Default: any origin.
+    pub fn allowed_origins<I, S>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.allowed_origins = Some(origins.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Sessions the hub holds at once; more are refused with 503 `too_many_connections`.
+    /// Default 100,000.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.config.max_connections = n;
+        self
+    }
+
+    /// Sessions one client address may hold at once; more are refused with 503
+    /// `too_many_connections`. Default: no per-address limit (clients behind one NAT share an
+    /// address).
+    pub fn max_connections_per_ip(mut self, n: usize) -> Self {
+        self.config.max_connections_per_ip = Some(n);
+        self
+    }
+
+    /// A token bucket on the frames each session sends: `per_second` refill, `burst` capacity.
+    /// A frame over the limit is answered with `rate_limited` and not run; a client that sends
+    /// another whole burst while limited is disconnected (reason `rate_limited`, close 1008).
+    /// Default: no limit.
+    pub fn rate_limit(mut self, per_second: f64, burst: u32) -> Self {
+        self.config.rate_limit = Some(RateLimit {
+            per_second: per_second.max(0.0),
+            burst: f64::from(burst.max(1)),
+        });
+        self
+    }
+
+    /// The host's hooks (authentication, authorization, connect/disconnect).
+    pub fn hooks(mut self, hooks: impl Hooks) -> Self {
+        self.config.hooks = Arc::new(hooks);
+        self
+    }
+
+    /// Routes the custom client event `name` to `handler`; what it returns is the `reply`.
+    ///
+    /// ```
+    /// use hub_core::{Hub, Payload};
+    /// let hub = Hub::builder()
+    ///     .on_event("chat-message", |ctx: hub_core::EventContext, data: Payload| async move {
+    ///         let msg: serde_json::Value = data.decode()?;
+    ///         let room = msg["room"].as_str().unwrap_or("lobby").to_owned();
+    ///         ctx.hub().to(room).except(ctx.session_id()).emit("new-message", &msg)?;
+    ///         Ok(Some(Payload::from_value(&"delivered")?))
+    ///     })
+    ///     .build();
+    /// # drop(hub);
+    /// ```
+    pub fn on_event(mut self, name: impl Into<String>, handler: impl EventHandler) -> Self {
+        self.handlers.insert(name.into(), Arc::new(handler));
+        self
+    }
+
+    /// The engine that owns the topics' streams and connects this node to the others
+    /// (`hub_redis::RedisEngine` for several nodes). Default: a new in-process
+    /// [`MemoryBroker`], for one node.
+    ///
+    /// The hub's history settings ([`HubBuilder::history_len`], [`HubBuilder::history_bytes`],
+    /// [`HubBuilder::topic_ttl`]) are handed to the engine, which keeps the history.
+    pub fn broker(mut self, broker: Arc<dyn Broker>) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
+    /// Where presence is shared between nodes (with a shared engine, usually the same object
+    /// as [`HubBuilder::broker`]). Default: none, the node's own tables are the truth, which is
+    /// right for one node only.
+    pub fn presence_store(mut self, store: Arc<dyn PresenceStore>) -> Self {
+        self.presence = Some(store);
+        self
+    }
+
+    /// How often a node with a shared engine compares what it delivered with every followed
+    /// stream's top, to find loss no later message would reveal (it also does so after every
+    /// reconnect to the engine). Default 10 s.
+    pub fn engine_check_interval(mut self, every: Duration) -> Self {
+        self.config.engine_check_interval = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Builds the hub. Needs no runtime; background work (heartbeats, topic TTLs) starts with
+    /// the first session, or the first publish made inside a tokio runtime.
+    pub fn build(mut self) -> Hub {
+        self.config.handlers = Arc::new(self.handlers);
+        let broker = self.broker.unwrap_or_else(|| Arc::new(MemoryBroker::new()));
+        let retention = Retention {
+            max_messages: self.config.history_len,
+            max_bytes: self.config.history_bytes,
+            topic_ttl: (self.config.topic_ttl_ms != u64::MAX)
+                .then(|| Duration::from_millis(self.config.topic_ttl_ms)),
+            max_topics: self.config.max_topics,
+        };
+        let config = self.config;
+        let presence = self.presence;
+        let inner = Arc::new_cyclic(|me| Inner::new(config, broker.clone(), presence, me.clone()));
+        broker.attach(
+            Arc::new(NodeLink {
+                id: inner.node,
+                inner: Arc::downgrade(&inner),
+            }),
+            retention,
+        );
+        Hub { inner }
+    }
+}

@@ -1,0 +1,244 @@
+//! Client commands: decoding a client's frame, running it, answering it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::broker::Position;
+use crate::codec::Payload;
+use crate::error::{DisconnectReason, ErrorCode, RoomError};
+use crate::frame::{decode_client, ClientFrame, Frame};
+use crate::hooks::{Action, EventContext};
+use crate::hub::Hub;
+use crate::names::{check_name, truncate, valid_event};
+use crate::presence::Scope;
+use crate::session::{lock, Rate, SessionState};
+use crate::stats::Stats;
+use crate::streams::{OpError, SubscribeReq};
+
+fn missing(field: &str) -> OpError {
+    (ErrorCode::BadField, format!("missing field `{field}`"))
+}
+
+fn need<'a>(v: &'a Option<String>, field: &str) -> Result<&'a str, OpError> {
+    v.as_deref().ok_or_else(|| missing(field))
+}
+
+fn internal(e: impl std::fmt::Display) -> OpError {
+    (ErrorCode::Internal, e.to_string())
+}
+
+impl Hub {
+    pub(crate) async fn handle_frame(&self, s: &Arc<SessionState>, bytes: Bytes) {
+        let inner = &self.inner;
+        let now = inner.now_ms();
+        s.touch(now);
+        Stats::add(&inner.stats.frames_in, 1);
+        if let Some(limit) = &inner.config.rate_limit {
+            match s.take_token(limit, now) {
+                Rate::Ok => {}
+                Rate::Limited => {
+                    let msg = format!("at most {} frames per second", limit.per_second);
+                    inner.send_error(s, None, ErrorCode::RateLimited, msg);
+                    return;
+                }
+                Rate::Flood => {
+                    inner.close_session(s, DisconnectReason::RateLimited);
+                    return;
+                }
+            }
+        }
+        if bytes.len() > inner.config.max_frame_size {
+            let msg = format!("frame over {} bytes", inner.config.max_frame_size);
+            inner.send_error(s, None, ErrorCode::FrameTooLarge, msg);
+            return;
+        }
+        let frame = match decode_client(s.codec, &bytes) {
+            Ok(f) => f,
+            Err((e, id)) => {
+                inner.send_error(s, id, e.code(), e.message().to_owned());
+                return;
+            }
+        };
+        let id = frame.id;
+        match self.run(s, frame).await {
+            Ok(None) => {}
+            Ok(Some(data)) => {
+                if let Some(id) = id {
+                    inner.push_one(s, Frame::Reply { id, data });
+                }
+            }
+            Err((code, message)) => inner.send_error(s, id, code, message),
+        }
+    }
+
+    pub(crate) async fn subscribe_session(
+        &self,
+        s: &Arc<SessionState>,
+        topic: &str,
+        since: Option<Position>,
+    ) -> Result<(), crate::transport::CommandError> {
+        let to_err = |(code, message): OpError| crate::transport::CommandError { code, message };
+        check_name(topic, self.inner.config.max_name_len, ErrorCode::BadTopic).map_err(to_err)?;
+        let hooks = &self.inner.config.hooks;
+        if !hooks.authorize(&s.identity, Action::Subscribe(topic)).await {
+            return Err(to_err((
+                ErrorCode::Forbidden,
+                format!("not allowed to subscribe to {topic}"),
+            )));
+        }
+        self.inner
+            .subscribe(
+                s,
+                topic,
+                SubscribeReq {
+                    id: None,
+                    since,
+                    presence: false,
+                },
+            )
+            .await
+            .map_err(to_err)
+    }
+
+    /// Runs one client operation. `Ok(None)`: nothing more to send (it answered itself).
+    async fn run(&self, s: &Arc<SessionState>, f: ClientFrame) -> Result<Option<Payload>, OpError> {
+        let inner = &self.inner;
+        let hooks = &inner.config.hooks;
+        let max = inner.config.max_name_len;
+        match f.kind.as_str() {
+            "subscribe" => {
+                let topic = need(&f.topic, "topic")?;
+                check_name(topic, max, ErrorCode::BadTopic)?;
+                if !hooks.authorize(&s.identity, Action::Subscribe(topic)).await {
+                    return Err((
+                        ErrorCode::Forbidden,
+                        format!("not allowed to subscribe to {topic}"),
+                    ));
+                }
+                inner
+                    .subscribe(
+                        s,
+                        topic,
+                        SubscribeReq {
+                            id: f.id,
+                            since: f.since,
+                            presence: f.presence,
+                        },
+                    )
+                    .await?;
+                Ok(None)
+            }
+            "unsubscribe" => {
+                let topic = need(&f.topic, "topic")?;
+                check_name(topic, max, ErrorCode::BadTopic)?;
+                inner.unsubscribe(s, topic)?;
+                Ok(Some(Payload::null()))
+            }
+            "publish" => {
+                let topic = need(&f.topic, "topic")?;
+                check_name(topic, max, ErrorCode::BadTopic)?;
+                if !hooks.authorize(&s.identity, Action::Publish(topic)).await {
+                    return Err((
+                        ErrorCode::Forbidden,
+                        format!("not allowed to publish to {topic}"),
+                    ));
+                }
+                let pos = inner
+                    .broker
+                    .publish(topic, f.data.unwrap_or_default())
+                    .await
+                    .map_err(|e| (e.code(), e.to_string()))?;
+                Stats::add(&inner.stats.published, 1);
+                let reply = json!({"epoch": &*pos.epoch, "offset": pos.offset});
+                Payload::from_value(&reply).map(Some).map_err(internal)
+            }
+            "event" => {
+                let name = need(&f.event, "event")?;
+                if !valid_event(name, max) {
+                    return Err((
+                        ErrorCode::BadEvent,
+                        format!("event name must be 1 to {max} bytes"),
+                    ));
+                }
+                let Some(handler) = inner.config.handlers.get(name).cloned() else {
+                    return Err((
+                        ErrorCode::UnknownEvent,
+                        format!("no handler for event {name:?}"),
+                    ));
+                };
+                let ctx = EventContext {
+                    hub: self.clone(),
+                    session: s.id,
+                    identity: s.identity.clone(),
+                    event: Arc::from(name),
+                };
+                match handler.call(ctx, f.data.unwrap_or_default()).await {
+                    Ok(reply) => Ok(Some(reply.unwrap_or_default())),
+                    Err(e) => Err((ErrorCode::HandlerError, e.to_string())),
+                }
+            }
+            "join" => {
+                let room = need(&f.room, "room")?;
+                check_name(room, max, ErrorCode::BadRoom)?;
+                if !hooks.authorize(&s.identity, Action::Join(room)).await {
+                    return Err((ErrorCode::Forbidden, format!("not allowed to join {room}")));
+                }
+                match inner.join_room(s, room).await {
+                    Ok(()) => Ok(Some(Payload::null())),
+                    Err(RoomError::TooManyRooms) => Err((
+                        ErrorCode::TooManyRooms,
+                        format!("at most {} rooms", inner.config.max_rooms_per_session),
+                    )),
+                    Err(RoomError::BadRoom) => Err((ErrorCode::BadRoom, "bad room name".into())),
+                    Err(RoomError::NoSession) => Ok(None),
+                    Err(RoomError::Engine(e)) => Err((e.code(), e.to_string())),
+                }
+            }
+            "leave" => {
+                let room = need(&f.room, "room")?;
+                check_name(room, max, ErrorCode::BadRoom)?;
+                if inner.leave_room(s, room) {
+                    Ok(Some(Payload::null()))
+                } else {
+                    Err((ErrorCode::NotMember, format!("not in room {room}")))
+                }
+            }
+            "presence" => {
+                let members = match (&f.topic, &f.room) {
+                    (Some(topic), _) => {
+                        check_name(topic, max, ErrorCode::BadTopic)?;
+                        if !lock(&s.membership).topics.contains(topic.as_str()) {
+                            return Err((
+                                ErrorCode::NotSubscribed,
+                                format!("not subscribed to {topic}"),
+                            ));
+                        }
+                        inner.members(Scope::Topic(topic)).await
+                    }
+                    (None, Some(room)) => {
+                        check_name(room, max, ErrorCode::BadRoom)?;
+                        if !lock(&s.membership).rooms.contains(room.as_str()) {
+                            return Err((ErrorCode::NotMember, format!("not in room {room}")));
+                        }
+                        inner.members(Scope::Room(room)).await
+                    }
+                    (None, None) => return Err(missing("topic")),
+                }
+                .map_err(|e| (e.code(), e.to_string()))?;
+                Payload::from_value(&json!({ "members": members }))
+                    .map(Some)
+                    .map_err(internal)
+            }
+            "ping" => {
+                inner.push_one(s, Frame::Pong { id: f.id });
+                Ok(None)
+            }
+            other => Err((
+                ErrorCode::UnknownType,
+                format!("unknown frame type {:?}", truncate(other, 64)),
+            )),
+        }
+    }
+}

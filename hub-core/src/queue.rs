@@ -1,0 +1,170 @@
+//! A session's outgoing queue: bounded, shared frames, drained in batches by the transport.
+//!
+//! Fan-out pushes an `Arc<Shared>` (never a copy of the bytes) without waiting; the
+//! transport's writer takes everything queued at once ([`crate::Outbox::next_batch`]). When the
+//! queue is full the hub's [`SlowConsumerPolicy`] applies to that session alone.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::task::Waker;
+
+use crate::config::SlowConsumerPolicy;
+use crate::error::DisconnectReason;
+use crate::frame::{Frame, Shared};
+use crate::session::lock;
+
+/// What happened to a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    Queued,
+    /// Dropped under the `Drop` policy, or because the session is closing.
+    Dropped,
+    /// The queue overflowed under the `Disconnect` policy: the caller must close the session.
+    Overflow,
+}
+
+/// Frames lost to a lagging session under the `Drop` policy, reported once it catches up.
+#[derive(Debug, Default)]
+pub(crate) struct Lag {
+    /// Per topic: epoch and the first and last dropped offsets (contiguous: once lagging, every
+    /// frame is dropped until the writer drains the queue).
+    topics: HashMap<Arc<str>, (Arc<str>, u64, u64)>,
+    others: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct QueueState {
+    pub(crate) items: VecDeque<Arc<Shared>>,
+    pub(crate) waker: Option<Waker>,
+    pub(crate) ping: bool,
+    pub(crate) closing: Option<DisconnectReason>,
+    pub(crate) close_sent: bool,
+    pub(crate) lag: Option<Box<Lag>>,
+    /// `Subscribed` markers among `items` (they do not count against the capacity).
+    pub(crate) markers: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct Queue {
+    pub(crate) state: Mutex<QueueState>,
+    capacity: usize,
+    policy: SlowConsumerPolicy,
+}
+
+impl Queue {
+    pub(crate) fn new(capacity: usize, policy: SlowConsumerPolicy) -> Queue {
+        Queue {
+            state: Mutex::new(QueueState::default()),
+            capacity: capacity.max(1),
+            policy,
+        }
+    }
+
+    /// Queues a frame without waiting. O(1); wakes the writer only if it sleeps.
+    pub(crate) fn push(&self, frame: &Arc<Shared>) -> Pushed {
+        let waker = {
+            let mut st = lock(&self.state);
+            if st.closing.is_some() {
+                return Pushed::Dropped;
+            }
+            // A `Subscribed` marker writes nothing and comes at most once per subscribe (their
+            // number is bounded by the subscription limit): it never counts against the queue.
+            let marker = matches!(frame.frame, Frame::Subscribed { .. });
+            if !marker && (st.lag.is_some() || st.items.len() - st.markers >= self.capacity) {
+                match self.policy {
+                    SlowConsumerPolicy::Disconnect => return Pushed::Overflow,
+                    SlowConsumerPolicy::Drop => {
+                        let lag = st.lag.get_or_insert_with(Box::default);
+                        match &frame.frame {
+                            Frame::Message {
+                                topic,
+                                epoch,
+                                offset,
+                                ..
+                            } => {
+                                lag.topics
+                                    .entry(topic.clone())
+                                    .and_modify(|e| e.2 = *offset)
+                                    .or_insert((epoch.clone(), *offset, *offset));
+                            }
+                            _ => lag.others += 1,
+                        }
+                        return Pushed::Dropped;
+                    }
+                }
+            }
+            st.items.push_back(frame.clone());
+            st.markers += usize::from(marker);
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Pushed::Queued
+    }
+
+    pub(crate) fn request_ping(&self) {
+        let waker = {
+            let mut st = lock(&self.state);
+            if st.closing.is_some() {
+                return;
+            }
+            st.ping = true;
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Ends the queue: queued frames are kept (and written before the close) when the reason
+    /// flushes, dropped otherwise. Returns how many frames were dropped.
+    pub(crate) fn close(&self, reason: DisconnectReason) -> usize {
+        let (waker, dropped) = {
+            let mut st = lock(&self.state);
+            if st.closing.is_some() {
+                return 0;
+            }
+            st.closing = Some(reason);
+            let dropped = if reason.flushes() {
+                0
+            } else {
+                let n = st.items.len() - st.markers;
+                st.items = VecDeque::new();
+                st.markers = 0;
+                n
+            };
+            (st.waker.take(), dropped)
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        dropped
+    }
+
+    /// Why the queue was closed, if it was.
+    pub(crate) fn closing(&self) -> Option<DisconnectReason> {
+        lock(&self.state).closing
+    }
+}
+
+/// The frames that tell a lagging session what it lost.
+pub(crate) fn lag_frames(lag: Lag) -> Vec<Arc<Shared>> {
+    let mut frames: Vec<Arc<Shared>> = lag
+        .topics
+        .into_iter()
+        .map(|(topic, (epoch, from, to))| {
+            Shared::new(Frame::Gap {
+                topic,
+                epoch,
+                from,
+                to,
+                reason: "lagged",
+            })
+        })
+        .collect();
+    if lag.others > 0 {
+        frames.push(Shared::new(Frame::Dropped { count: lag.others }));
+    }
+    frames
+}
