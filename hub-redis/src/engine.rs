@@ -48,11 +48,19 @@ struct Inner {
     tasks: Vec<AbortHandle>,
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
+impl Inner {
+    fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
         for task in &self.tasks {
             task.abort();
         }
+        self.shared.link.close();
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -93,6 +101,8 @@ pub(crate) struct Shared {
     outbound_tx: mpsc::Sender<Outgoing>,
     /// A `tick` is refreshing ttls now (one at a time).
     ticking: AtomicBool,
+    /// Closed ([`RedisEngine::close`], or the last handle dropped): loops stop.
+    closed: AtomicBool,
 }
 
 pub(crate) fn random_u64() -> u64 {
@@ -169,6 +179,7 @@ impl RedisEngine {
             inbound_tx,
             outbound_tx,
             ticking: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         });
         let limit = shared.settings.connect_timeout * 2 + shared.settings.command_timeout;
         match tokio::time::timeout(limit, shared.connect_first()).await {
@@ -188,6 +199,14 @@ impl RedisEngine {
 
     pub(crate) fn shared(&self) -> &Shared {
         &self.inner.shared
+    }
+
+    /// Stops the engine: its tasks end, its connections close, and every operation fails
+    /// with `engine_unavailable` from now on (the node gets no more events). Dropping the
+    /// last handle does the same; this is for a host whose node and engine keep each other
+    /// alive.
+    pub fn close(&self) {
+        self.inner.close();
     }
 
     /// Waits until this node hears its own routes ([`Route::Node`] and [`Route::All`]): they
@@ -232,7 +251,7 @@ impl Shared {
     /// Subscribes the node's own channels, retrying until they are (a reconnect also does).
     async fn subscribe_own(self: Arc<Self>, names: [String; 2]) {
         loop {
-            if *self.own_ready.borrow() {
+            if *self.own_ready.borrow() || self.closed.load(Ordering::Acquire) {
                 return;
             }
             if let Ok(mut conn) = self.sub_conn() {
@@ -426,16 +445,21 @@ impl Broker for RedisEngine {
             Channel::Topic(t) => Sub::Topic(t.to_owned()),
             Channel::Room(_) => Sub::Room,
         };
-        let mut conn = shared.sub_conn()?;
+        // At once when down (not after waiting for the lock).
+        shared.sub_conn()?;
         shared
-            .timed(async {
+            .bounded(async {
                 let mut subs = shared.subs.lock().await;
                 if subs.contains_key(&name) {
                     return Ok(());
                 }
+                // The connection of now: a reconnect may have happened while waiting.
+                let mut conn = shared.sub_conn()?;
                 // Added only once Redis confirmed: the set never claims a channel that is not
                 // subscribed (a reconnect waits for this lock, then resubscribes the set).
-                conn.subscribe(&name).await?;
+                conn.subscribe(&name)
+                    .await
+                    .map_err(|e| shared.map_error(e))?;
                 subs.insert(name.clone(), sub);
                 Ok(())
             })
@@ -446,14 +470,17 @@ impl Broker for RedisEngine {
         let shared = self.shared();
         let name = shared.keys.channel(channel);
         shared
-            .timed(async {
+            .bounded(async {
                 let mut subs = shared.subs.lock().await;
                 if subs.remove(&name).is_none() {
                     return Ok(());
                 }
                 // Disconnected: nothing to undo, a reconnect does not resubscribe it.
                 match shared.sub_conn() {
-                    Ok(mut conn) => conn.unsubscribe(&name).await,
+                    Ok(mut conn) => conn
+                        .unsubscribe(&name)
+                        .await
+                        .map_err(|e| shared.map_error(e)),
                     Err(_) => Ok(()),
                 }
             })

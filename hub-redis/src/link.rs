@@ -110,9 +110,24 @@ impl Link {
         }
     }
 
+    /// Closed for good (the supervisor is stopped first, so nothing reconnects).
+    pub(crate) fn close(&self) {
+        self.connected.store(false, Ordering::Release);
+        self.install(None);
+    }
+
     /// Something failed in a way that may mean the connection is gone: check it now.
     pub(crate) fn suspect(&self) {
         self.signals.wake.notify_one();
+    }
+}
+
+/// A Redis error in Redis's own words where it answered (`OOM command not allowed ...`,
+/// `READONLY You can't write ...`).
+fn describe(e: &RedisError) -> String {
+    match (e.code(), e.detail()) {
+        (Some(code), Some(detail)) => format!("redis answered {code} {detail}"),
+        _ => format!("redis: {e}"),
     }
 }
 
@@ -149,10 +164,18 @@ impl Shared {
         &self,
         exchange: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, BrokerError> {
+        self.bounded(async { exchange.await.map_err(|e| self.map_error(e)) })
+            .await
+    }
+
+    /// Runs `work` under the command timeout.
+    pub(crate) async fn bounded<T>(
+        &self,
+        work: impl Future<Output = Result<T, BrokerError>>,
+    ) -> Result<T, BrokerError> {
         let limit = self.settings.command_timeout;
-        match tokio::time::timeout(limit, exchange).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.map_error(e)),
+        match tokio::time::timeout(limit, work).await {
+            Ok(result) => result,
             Err(_) => {
                 self.link.suspect();
                 Err(BrokerError::Unavailable(format!(
@@ -193,17 +216,17 @@ impl Shared {
                 | ServerErrorKind::MasterDown
                 | ServerErrorKind::TryAgain
                 | ServerErrorKind::ClusterDown,
-            ) => BrokerError::Unavailable(format!("redis: {e}")),
+            ) => BrokerError::Unavailable(describe(&e)),
             ErrorKind::Server(ServerErrorKind::ReadOnly) => {
                 // A replica now (a failover): connect again, the address may lead to the new
                 // primary.
                 tracing::warn!("redis answers READONLY: reconnecting");
                 self.link.signals.force.store(true, Ordering::Release);
                 self.link.suspect();
-                BrokerError::Engine(format!("redis: {e}"))
+                BrokerError::Engine(describe(&e))
             }
             ErrorKind::Server(_) | ErrorKind::Extension | ErrorKind::UnexpectedReturnType => {
-                BrokerError::Engine(format!("redis: {e}"))
+                BrokerError::Engine(describe(&e))
             }
             _ => {
                 self.link.suspect();

@@ -11,8 +11,10 @@ local meta, stream = KEYS[1], KEYS[2]
 local epoch = redis.call('HGET', meta, 'e')
 if not epoch then
   epoch = ARGV[1]
-  redis.call('DEL', stream)
+  -- HSET first: a script without flags is checked for OOM at its first write only, and
+  -- DEL would pass that check.
   redis.call('HSET', meta, 'e', epoch, 'o', 0, 'b', 0)
+  redis.call('DEL', stream)
   if ARGV[2] ~= '0' then redis.call('PEXPIRE', meta, ARGV[2]) end
   return {epoch, 0}
 end

@@ -18,8 +18,10 @@ local bytes = 0
 if not epoch then
   -- A new epoch: what is left of an older stream under this name goes, offsets restart at 1.
   epoch = ARGV[1]
-  redis.call('DEL', stream)
+  -- HSET first: a script without flags is checked for OOM at its first write only, and
+  -- DEL would pass that check.
   redis.call('HSET', meta, 'e', epoch, 'o', 0, 'b', 0)
+  redis.call('DEL', stream)
 else
   bytes = tonumber(redis.call('HGET', meta, 'b')) or 0
 end

@@ -137,16 +137,25 @@ impl RedisServer {
             return None;
         }
         for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
+            let port = RedisServer::free_port();
             let mut server = RedisServer { child: None, port };
             if server.spawn() {
                 return Some(server);
             }
         }
         panic!("redis-server did not start");
+    }
+
+    /// A port nothing listens on (as far as anyone can know).
+    pub(crate) fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    }
+
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     fn spawn(&mut self) -> bool {
