@@ -108,7 +108,8 @@
 //! `max_messages` messages and `max_bytes` payload bytes (oldest first until both hold; a
 //! single message larger than `max_bytes` is not kept), and `topic_ttl` as the keys' ttl,
 //! refreshed by every publish and, for every topic this node subscribes to, by
-//! [`Broker::tick`]: a topic with subscribers never expires. A topic that expired (or that
+//! [`Broker::tick`]: a topic with subscribers never expires (so `topic_ttl` must be longer
+//! than the interval of the hub's ticks, its heartbeat interval). A topic that expired (or that
 //! Redis lost) starts a new epoch at its next publish or read, with offsets from 1.
 //! `max_topics` is not enforced (Redis's memory is the bound). Offsets stay exact up to
 //! 10^14 per topic.
