@@ -170,6 +170,20 @@ pub struct Retention {
     pub max_topics: usize,
 }
 
+impl Default for Retention {
+    /// The hub's defaults: 100 messages, 1 MiB, five minutes, 100,000 topics. `Retention` is
+    /// `#[non_exhaustive]`, so an engine's own tests (outside hub-core) start from this and set
+    /// the public fields.
+    fn default() -> Retention {
+        Retention {
+            max_messages: 100,
+            max_bytes: 1024 * 1024,
+            topic_ttl: Some(Duration::from_secs(5 * 60)),
+            max_topics: 100_000,
+        }
+    }
+}
+
 /// What part of a topic's history to read ([`Broker::history`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HistoryFrom {
