@@ -307,6 +307,12 @@ where
         // Armed once for the session's life, not once per loop.
         let aborted = session.aborted();
         tokio::pin!(aborted);
+        // The client frame being handled. Writing goes on meanwhile (a handler that waits, or a
+        // publish paced by congested fan-out, must not stop this session's own frames), while
+        // the next frame is read only once this one is done: frames run one at a time, in
+        // order, and a client that sends faster than the hub runs its frames is read more
+        // slowly (TCP then pushes back on it).
+        let mut handling: Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = None;
         loop {
             tokio::select! {
                 biased;
@@ -352,11 +358,29 @@ where
                         return;
                     }
                 }
-                msg = ws.next() => match Read::from(msg) {
+                () = async {
+                    match handling.as_mut() {
+                        Some(h) => h.await,
+                        None => std::future::pending().await,
+                    }
+                }, if handling.is_some() => {
+                    handling = None;
+                }
+                msg = ws.next(), if handling.is_none() => match Read::from(msg) {
                     // Boxed: the hub's command handling is a large future, and kept inline it
                     // would make every connection's task that much larger for its whole life
                     // (measured: 624 bytes of each idle connection). Clients send rarely.
-                    Read::Frame(bytes) => Box::pin(session.handle(bytes)).await,
+                    Read::Frame(bytes) => {
+                        let mut h = Box::pin(session.handle(bytes));
+                        // Most frames are done at once: no need to come round the loop.
+                        let done = std::future::poll_fn(|cx| {
+                            Poll::Ready(h.as_mut().poll(cx).is_ready())
+                        })
+                        .await;
+                        if !done {
+                            handling = Some(h);
+                        }
+                    }
                     Read::Alive => session.touch(),
                     Read::Nothing => {}
                     Read::Closed => {
