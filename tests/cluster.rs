@@ -1,5 +1,7 @@
 //! Several nodes acting as one hub over Redis: real clients on different nodes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::Arc;
@@ -23,7 +25,10 @@ async fn node(url: &str, prefix: &str) -> (Hub, std::net::SocketAddr) {
         .presence_store(Arc::new(engine.clone()))
         .build();
     engine.ready().await;
-    let addr = serve_ws_hyper(hub.clone(), |hub, peer| hub::ws::WsService::new(hub).with_peer(peer)).await;
+    let addr = serve_ws_hyper(hub.clone(), |hub, peer| {
+        hub::ws::WsService::new(hub).with_peer(peer)
+    })
+    .await;
     (hub, addr)
 }
 
@@ -33,7 +38,9 @@ async fn publish_on_a_reaches_b() {
     let prefix = format!("hubclu-{}", std::process::id());
     let (a, _addr_a) = node(url, &prefix).await;
     let (_b, addr_b) = node(url, &prefix).await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr_b}/")).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr_b}/"))
+        .await
+        .unwrap();
     assert_eq!(recv_json(&mut ws, WAIT).await["type"], "welcome");
     send_json(&mut ws, json!({"type":"subscribe","topic":"t","id":1})).await;
     let r = recv_json(&mut ws, WAIT).await;

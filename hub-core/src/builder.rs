@@ -38,6 +38,25 @@ impl HubBuilder {
         self
     }
 
+    /// Bytes a session may have queued (what its frames weigh: payloads and names) before the
+    /// slow-consumer policy applies, besides [`HubBuilder::queue_capacity`]'s frames. A single
+    /// frame larger than this still goes through an empty queue. Default 1 MiB.
+    pub fn queue_bytes(mut self, bytes: usize) -> Self {
+        self.config.queue_bytes = bytes.max(1);
+        self
+    }
+
+    /// The longest one publish waits while fan-out is congested. When more than one in eight
+    /// sessions have queues past half their bound (and at least two), a publish waits for them
+    /// to drain before it returns: a burst slows its publisher (the host's `publish` waits; a
+    /// publishing client's next frame is read later) instead of overflowing the queues of
+    /// subscribers that keep up. A few stalled sessions never hold publishers back: the
+    /// slow-consumer policy deals with them. Default 500 ms; `Duration::ZERO` turns pacing off.
+    pub fn pacing(mut self, max_wait: Duration) -> Self {
+        self.config.pace_max = max_wait;
+        self
+    }
+
     /// Largest frame (and message) a client may send, in bytes. Default 64 KiB.
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
         self.config.max_frame_size = bytes;

@@ -27,6 +27,10 @@ pub(crate) struct Config {
     pub(crate) heartbeat_interval: Duration,
     pub(crate) heartbeat_timeout: Duration,
     pub(crate) queue_capacity: usize,
+    /// The queue's bound in bytes (what its frames weigh).
+    pub(crate) queue_bytes: usize,
+    /// The longest a publish waits for congested queues to drain.
+    pub(crate) pace_max: Duration,
     pub(crate) max_frame_size: usize,
     pub(crate) history_len: usize,
     pub(crate) history_bytes: usize,
@@ -54,6 +58,8 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(25),
             heartbeat_timeout: Duration::from_secs(60),
             queue_capacity: 1024,
+            queue_bytes: 1024 * 1024,
+            pace_max: Duration::from_millis(500),
             max_frame_size: 64 * 1024,
             history_len: 100,
             history_bytes: 1024 * 1024,

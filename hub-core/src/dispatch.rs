@@ -151,6 +151,8 @@ impl Hub {
                     .await
                     .map_err(|e| (e.code(), e.to_string()))?;
                 Stats::add(&inner.stats.published, 1);
+                // Reading this client's next frame waits while fan-out is congested.
+                inner.pace().await;
                 let reply = json!({"epoch": &*pos.epoch, "offset": pos.offset});
                 Payload::from_value(&reply).map(Some).map_err(internal)
             }

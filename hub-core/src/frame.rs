@@ -328,6 +328,31 @@ impl Shared {
         })
     }
 
+    /// About what the frame weighs in a queue (its payload and names, plus a frame's fixed
+    /// overhead), known before it is encoded: what the queue's byte bound counts.
+    pub(crate) fn weight(&self) -> usize {
+        const FIXED: usize = 48;
+        FIXED
+            + match &self.frame {
+                Frame::Message {
+                    topic, epoch, data, ..
+                } => topic.len() + epoch.len() + data.as_bytes().len(),
+                Frame::Event { event, data } => event.len() + data.as_bytes().len(),
+                Frame::Reply { data, .. } => data.as_bytes().len(),
+                Frame::Error { message, .. } => message.len(),
+                Frame::Welcome { session, .. } => session.len(),
+                Frame::Gap { topic, epoch, .. } => topic.len() + epoch.len(),
+                Frame::Presence { scope, member, .. } => {
+                    let name = match scope {
+                        Scope::Topic(n) | Scope::Room(n) => n.len(),
+                    };
+                    name + member.user.len() + 64
+                }
+                Frame::Subscribed { .. } => 0,
+                Frame::Dropped { .. } | Frame::Pong { .. } | Frame::Close { .. } => 0,
+            }
+    }
+
     /// The frame's bytes in `codec`, encoded on first use.
     pub(crate) fn encoded(&self, codec: Codec, stats: &Stats) -> Result<Bytes, EncodeError> {
         self.encoded[codec.index()]

@@ -111,6 +111,7 @@ impl Hub {
             identity,
             &req,
             &inner.config,
+            &inner.congestion,
             inner.now_ms(),
         ));
         inner.sessions.insert(id, state.clone());
@@ -162,6 +163,7 @@ impl Hub {
         self.inner.ensure_sweeper();
         let pos = self.inner.broker.publish(topic, data).await?;
         Stats::add(&self.inner.stats.published, 1);
+        self.inner.pace().await;
         Ok(pos)
     }
 

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::error::{DisconnectReason, ErrorCode, Rejection};
 use crate::frame::{Frame, Shared};
 use crate::presence::{Member, PresenceStore, PresenceWorker};
-use crate::queue::Pushed;
+use crate::queue::{Congestion, Pushed};
 use crate::rooms::Room;
 use crate::session::{lock, SessionId, SessionState};
 use crate::stats::Stats;
@@ -43,6 +43,8 @@ pub(crate) struct Inner {
     /// This node's subscriptions to the engine's channels.
     pub(crate) channels: Channels,
     pub(crate) stats: Stats,
+    /// Session queues past their high-water mark: publishers pace themselves by it.
+    pub(crate) congestion: Arc<Congestion>,
     pub(crate) start: tokio::time::Instant,
     pub(crate) sweeper: AtomicBool,
     pub(crate) shutting_down: AtomicBool,
@@ -78,6 +80,7 @@ impl Inner {
             rooms: DashMap::new(),
             channels: Channels::default(),
             stats: Stats::default(),
+            congestion: Arc::default(),
             start: tokio::time::Instant::now(),
             sweeper: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
@@ -86,6 +89,47 @@ impl Inner {
             attached: DashMap::new(),
             detached: tokio::sync::Notify::new(),
             me,
+        }
+    }
+
+    /// Whether so many session queues are congested that publishers should wait: more than
+    /// one in eight open sessions (and at least two). A few stalled sessions never hold
+    /// publishers back: the slow-consumer policy deals with them.
+    fn congested(&self) -> bool {
+        let n = self.congestion.queues.load(Ordering::Acquire);
+        n >= 2 && n * 8 > self.open.load(Ordering::Acquire)
+    }
+
+    /// Pushes back on a publisher while fan-out is congested: waits until enough queues have
+    /// drained, or [`Config::pace_max`] at most. A burst then slows its publisher (the host's
+    /// publish waits; a publishing client's socket is read more slowly) instead of overflowing
+    /// the queues of subscribers that keep up with the others.
+    pub(crate) async fn pace(&self) {
+        if self.config.pace_max.is_zero() {
+            return;
+        }
+        if !self.congested() {
+            if self.congestion.queues.load(Ordering::Acquire) > 0 {
+                // A few queues are behind: let the tasks that share this worker (their writers
+                // may be among them) run before the next publish, without waiting for them. A
+                // publisher whose engine answers at once would otherwise never yield.
+                tokio::task::yield_now().await;
+            }
+            return;
+        }
+        Stats::add(&self.stats.paced, 1);
+        let deadline = tokio::time::Instant::now() + self.config.pace_max;
+        loop {
+            let drained = self.congestion.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if !self.congested() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                Stats::add(&self.stats.pace_timeouts, 1);
+                return;
+            }
         }
     }
 

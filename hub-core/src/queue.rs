@@ -5,8 +5,11 @@
 //! queue is full the hub's [`SlowConsumerPolicy`] applies to that session alone.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
+
+use tokio::sync::Notify;
 
 use crate::config::SlowConsumerPolicy;
 use crate::error::DisconnectReason;
@@ -32,6 +35,25 @@ pub(crate) struct Lag {
     others: u64,
 }
 
+/// How many of a node's session queues are past their high-water mark (half their frame or
+/// byte bound), and a signal when one drains: what publishers pace themselves by.
+#[derive(Debug, Default)]
+pub(crate) struct Congestion {
+    pub(crate) queues: AtomicUsize,
+    pub(crate) drained: Notify,
+}
+
+impl Congestion {
+    fn rise(&self) {
+        self.queues.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn fall(&self) {
+        self.queues.fetch_sub(1, Ordering::AcqRel);
+        self.drained.notify_waiters();
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct QueueState {
     pub(crate) items: VecDeque<Arc<Shared>>,
@@ -42,21 +64,63 @@ pub(crate) struct QueueState {
     pub(crate) lag: Option<Box<Lag>>,
     /// `Subscribed` markers among `items` (they do not count against the capacity).
     pub(crate) markers: usize,
+    /// What `items` weigh ([`Shared::weight`]).
+    pub(crate) bytes: usize,
+    /// Past the high-water mark (counted in the node's [`Congestion`]).
+    pub(crate) high: bool,
+}
+
+impl QueueState {
+    /// Empties the queue's accounting once its items were taken; `true` if it was congested
+    /// (the caller then tells the node, after releasing the lock).
+    pub(crate) fn drained(&mut self) -> bool {
+        self.markers = 0;
+        self.bytes = 0;
+        std::mem::take(&mut self.high)
+    }
 }
 
 #[derive(Debug)]
 pub(crate) struct Queue {
     pub(crate) state: Mutex<QueueState>,
+    /// At most this many frames...
     capacity: usize,
+    /// ...and this many bytes (a single frame larger than this is still taken when the queue
+    /// is empty: the bound delays nobody's one big message).
+    max_bytes: usize,
     policy: SlowConsumerPolicy,
+    pub(crate) congestion: Arc<Congestion>,
 }
 
 impl Queue {
-    pub(crate) fn new(capacity: usize, policy: SlowConsumerPolicy) -> Queue {
+    pub(crate) fn new(
+        capacity: usize,
+        max_bytes: usize,
+        policy: SlowConsumerPolicy,
+        congestion: Arc<Congestion>,
+    ) -> Queue {
         Queue {
             state: Mutex::new(QueueState::default()),
             capacity: capacity.max(1),
+            max_bytes: max_bytes.max(1),
             policy,
+            congestion,
+        }
+    }
+
+    /// Says the queue drained (its writer took everything): no longer congested.
+    pub(crate) fn drained(&self) {
+        self.congestion.fall();
+    }
+
+    /// The session is over for good: it no longer counts as congested.
+    pub(crate) fn settle(&self) {
+        let was = {
+            let mut st = lock(&self.state);
+            std::mem::take(&mut st.high)
+        };
+        if was {
+            self.congestion.fall();
         }
     }
 
@@ -70,7 +134,11 @@ impl Queue {
             // A `Subscribed` marker writes nothing and comes at most once per subscribe (their
             // number is bounded by the subscription limit): it never counts against the queue.
             let marker = matches!(frame.frame, Frame::Subscribed { .. });
-            if !marker && (st.lag.is_some() || st.items.len() - st.markers >= self.capacity) {
+            let weight = frame.weight();
+            let frames = st.items.len() - st.markers;
+            let full =
+                frames >= self.capacity || (frames > 0 && st.bytes + weight > self.max_bytes);
+            if !marker && (st.lag.is_some() || full) {
                 match self.policy {
                     SlowConsumerPolicy::Disconnect => return Pushed::Overflow,
                     SlowConsumerPolicy::Drop => {
@@ -95,6 +163,14 @@ impl Queue {
             }
             st.items.push_back(frame.clone());
             st.markers += usize::from(marker);
+            st.bytes += weight;
+            if !st.high
+                && (st.items.len() - st.markers >= self.capacity.div_ceil(2)
+                    || st.bytes >= self.max_bytes / 2)
+            {
+                st.high = true;
+                self.congestion.rise();
+            }
             st.waker.take()
         };
         if let Some(w) = waker {
@@ -120,22 +196,24 @@ impl Queue {
     /// Ends the queue: queued frames are kept (and written before the close) when the reason
     /// flushes, dropped otherwise. Returns how many frames were dropped.
     pub(crate) fn close(&self, reason: DisconnectReason) -> usize {
-        let (waker, dropped) = {
+        let (waker, dropped, was_high) = {
             let mut st = lock(&self.state);
             if st.closing.is_some() {
                 return 0;
             }
             st.closing = Some(reason);
-            let dropped = if reason.flushes() {
-                0
+            let (dropped, was_high) = if reason.flushes() {
+                (0, false)
             } else {
                 let n = st.items.len() - st.markers;
                 st.items = VecDeque::new();
-                st.markers = 0;
-                n
+                (n, st.drained())
             };
-            (st.waker.take(), dropped)
+            (st.waker.take(), dropped, was_high)
         };
+        if was_high {
+            self.congestion.fall();
+        }
         if let Some(w) = waker {
             w.wake();
         }

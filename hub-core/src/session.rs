@@ -17,7 +17,7 @@ use crate::config::{Config, RateLimit};
 use crate::error::DisconnectReason;
 use crate::hooks::{ConnectRequest, Identity, SessionInfo};
 use crate::presence::Member;
-use crate::queue::Queue;
+use crate::queue::{Congestion, Queue};
 use crate::transport::TransportInfo;
 
 /// Locks a mutex, ignoring poisoning: every critical section in this crate leaves its data
@@ -108,6 +108,7 @@ impl SessionState {
         identity: Identity,
         req: &ConnectRequest,
         config: &Config,
+        congestion: &Arc<Congestion>,
         now_ms: u64,
     ) -> SessionState {
         SessionState {
@@ -116,7 +117,12 @@ impl SessionState {
             codec: req.codec,
             transport: req.transport,
             peer: req.peer,
-            queue: Queue::new(config.queue_capacity, config.slow_consumer),
+            queue: Queue::new(
+                config.queue_capacity,
+                config.queue_bytes,
+                config.slow_consumer,
+                congestion.clone(),
+            ),
             membership: Mutex::new(Membership::default()),
             last_seen: AtomicU64::new(now_ms),
             bucket: Mutex::new(Bucket {

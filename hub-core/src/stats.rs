@@ -33,6 +33,9 @@ pub(crate) struct Stats {
     pub(crate) control_in: AtomicU64,
     /// Presence updates dropped because the presence queue was full.
     pub(crate) presence_dropped: AtomicU64,
+    /// Publishes that waited for congested queues to drain, and those that gave up waiting.
+    pub(crate) paced: AtomicU64,
+    pub(crate) pace_timeouts: AtomicU64,
     encodes: [AtomicU64; 2],
     disconnects: [AtomicU64; DisconnectReason::ALL.len()],
 }
@@ -58,6 +61,8 @@ impl Stats {
             deliveries: self.deliveries.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
             errors_sent: self.errors_sent.load(Relaxed),
+            paced: self.paced.load(Relaxed),
+            pace_timeouts: self.pace_timeouts.load(Relaxed),
             node: NodeStats {
                 published_in: self.published_in.load(Relaxed),
                 duplicates: self.engine_duplicates.load(Relaxed),
@@ -105,6 +110,10 @@ pub struct StatsSnapshot {
     pub dropped: u64,
     /// `error` frames sent to clients.
     pub errors_sent: u64,
+    /// Publishes that waited because fan-out was congested ([`crate::HubBuilder::pacing`]).
+    pub paced: u64,
+    /// Of those, the ones that stopped waiting at the bound.
+    pub pace_timeouts: u64,
     /// Frames encoded as JSON (each frame at most once, however many sessions got it).
     pub encodes_json: u64,
     /// Frames encoded as MessagePack.

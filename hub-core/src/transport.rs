@@ -282,6 +282,8 @@ impl Drop for Session {
     fn drop(&mut self) {
         let inner = &self.hub.inner;
         inner.close_session(&self.state, DisconnectReason::Normal);
+        // Whatever its writer did not take no longer holds publishers back.
+        self.state.queue.settle();
         inner.detach(self.state.id);
     }
 }
@@ -316,6 +318,7 @@ impl Outbox {
         }
         let mut taken = std::mem::take(&mut self.spare);
         let mut extra: Vec<Arc<Shared>> = Vec::new();
+        let mut drained = false;
         let (ping, close) = poll_fn(|cx| {
             let mut st = lock(&self.state.queue.state);
             if st.items.is_empty() && !st.ping && st.lag.is_none() && st.closing.is_none() {
@@ -326,7 +329,7 @@ impl Outbox {
                 return Poll::Pending;
             }
             std::mem::swap(&mut st.items, &mut taken);
-            st.markers = 0;
+            drained = st.drained();
             if let Some(lag) = st.lag.take() {
                 extra = lag_frames(*lag);
             }
@@ -341,6 +344,10 @@ impl Outbox {
             Poll::Ready((ping, close))
         })
         .await;
+        if drained {
+            // Publishers pacing themselves wait for this.
+            self.state.queue.drained();
+        }
 
         let codec = self.state.codec;
         for shared in taken.drain(..).chain(extra) {
