@@ -1408,11 +1408,12 @@ var Hub = (function () {
   /** The open connection is gone, or the current attempt failed. */
   Hub.prototype._onClose = function (ev) {
     var wasOpen = this._open;
-    this._detach();
-    if (ev.auth) return this._stop(ev.auth);
-    if (!wasOpen) return this._tryNext(ev); // could not connect: the next transport, or wait
     var reason = ev.reason || "closed";
-    if (reason === "kicked") return this._stop(HubError("kicked", "the server ended this session (kicked)"));
+    // Not to come back: what waited fails with the reason itself.
+    if (ev.auth) return this._stop(ev.auth);
+    if (wasOpen && reason === "kicked") return this._stop(HubError("kicked", "the server ended this session (kicked)"));
+    this._detach();
+    if (!wasOpen) return this._tryNext(ev); // could not connect: the next transport, or wait
     if (this._state === "closed") return undefined;
     this._round = this._order();
     this._roundAt = 0;
