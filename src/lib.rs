@@ -89,6 +89,12 @@ pub mod js;
 
 /// The README's Rust examples, compiled (and run, where they end) as doctests, so that they
 /// stay true to the API.
-#[cfg(all(doctest, feature = "ws", feature = "sse", feature = "poll"))]
+#[cfg(all(
+    doctest,
+    feature = "ws",
+    feature = "sse",
+    feature = "poll",
+    feature = "js"
+))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
