@@ -182,6 +182,7 @@ test("sports: the transport switch moves the page between transports without a h
   }
   const log = await settle(page, server);
   assert.equal(checkSequence(log, assert).length, 1);
+  await shot(page, "sports-switch");
   assertNoPageErrors(p);
 });
 
@@ -200,6 +201,7 @@ for (const transport of ["ws", "sse", "poll"]) {
     await new Promise((r) => setTimeout(r, 1500));
     assert.equal(await page.evaluate(() => matchday.hub.state), "closed");
     assert.equal((await server.call("/stats", "GET")).sessions, 0, "no session came back");
+    await shot(page, `sports-${transport}-kicked`);
     assertNoPageErrors(p);
   });
 }
@@ -222,6 +224,7 @@ for (const transport of ["ws", "sse", "poll"]) {
     await until(page, "updates again", (k) => matchday.log.length >= k + 10, n);
     const log = await settle(page, server);
     assert.equal(checkSequence(log, assert).length, 1);
+    await shot(page, `sports-${transport}-heartbeat`);
     assertNoPageErrors(p);
   });
 }
@@ -257,6 +260,7 @@ test("sports over ws: malformed and unknown frames are reported, the connection 
   assert.equal(await page.evaluate(() => matchday.hub.reconnects), 0);
   const log = await settle(page, server);
   checkSequence(log, assert);
+  await shot(page, "sports-malformed-frames");
   assert.deepEqual(errors.map(String), []);
 });
 
@@ -270,4 +274,5 @@ test("hub.mjs is the same client as an ES module, and sets no global", async (t)
     return { type: typeof m.default, same: m.default === m.Hub, global: m.default === window.Hub, version: m.default.version, codecs: Object.keys(m.default.codecs) };
   });
   assert.deepEqual(got, { type: "function", same: true, global: false, version: 1, codecs: ["json", "msgpack"] });
+  await shot(p.page, "sports-esm");
 });
