@@ -15,13 +15,14 @@
 //!
 //! | route | what |
 //! | --- | --- |
-//! | `GET /` | the dashboard: plain HTML/CSS/JS with canvas sparklines and the browser's native `EventSource` |
-//! | `GET /events?topic=...` | the hub's SSE endpoint (PROTOCOL.md, "Server-sent events"); `POST /events?session=...` for commands |
+//! | `GET /` | the dashboard: plain HTML/CSS/JS with canvas sparklines, on hub.js over server-sent events |
+//! | `GET /hub.js` | hub.js, the browser client |
+//! | `GET /events` | the hub's SSE endpoint (PROTOCOL.md, "Server-sent events"); `POST /events?session=...` for commands |
 //!
-//! The page opens one stream for every `metrics/*` topic; the "alerts" switch subscribes and
-//! unsubscribes `alerts` on that same stream with a `POST` command. When the connection drops,
-//! the browser reconnects by itself and sends `Last-Event-ID`: the charts continue without a
-//! hole (or say what was lost).
+//! The page subscribes to every `metrics/*` topic on one stream; the "alerts" switch
+//! subscribes and unsubscribes `alerts` (commands by `POST`, hub.js's business). When the
+//! connection drops, hub.js reconnects with backoff and resumes every topic from its last
+//! position: the charts continue without a hole (or say what was lost).
 //!
 //! ```text
 //! cargo run --release --example dashboard               # http://127.0.0.1:3001/
@@ -35,6 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::response::Html;
 use axum::routing::get;
 use axum::Router;
+use hub::js::HubJs;
 use hub::sse::SseService;
 use hub::Hub;
 use serde_json::json;
@@ -141,7 +143,7 @@ fn now_ms() -> u64 {
 }
 
 /// Publishes every service's metrics each tick, and alerts on changes of state.
-async fn simulate(hub: Hub) {
+pub(crate) async fn simulate(hub: Hub) {
     let mut rng = Rng::seeded();
     let mut services: Vec<Service> = SERVICES
         .iter()
@@ -186,6 +188,18 @@ async fn simulate(hub: Hub) {
     }
 }
 
+/// Messages kept per topic: two minutes, so a browser that reconnects within that gets every
+/// point.
+pub(crate) const HISTORY: usize = 480;
+
+/// The HTTP routes: the page, hub.js and the SSE endpoint.
+pub(crate) fn router(hub: &Hub) -> Router {
+    Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route_service("/hub.js", HubJs::script())
+        .route_service("/events", SseService::new(hub.clone()))
+}
+
 fn parse_addr() -> Result<SocketAddr, String> {
     let mut args = std::env::args().skip(1);
     let mut addr = DEFAULT_ADDR.to_owned();
@@ -223,13 +237,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Two minutes of history per topic: a browser that reconnects within that gets every point.
-    let hub = Hub::builder().history_len(480).build();
+    let hub = Hub::builder().history_len(HISTORY).build();
     tokio::spawn(simulate(hub.clone()));
 
-    let app = Router::new()
-        .route("/", get(|| async { Html(PAGE) }))
-        .route_service("/events", SseService::new(hub.clone()));
+    let app = router(&hub);
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {

@@ -18,14 +18,21 @@
 //!
 //! | route | what |
 //! | --- | --- |
-//! | `GET /` | the scoreboard page: plain HTML/CSS/JS, the browser's native `WebSocket` only |
+//! | `GET /` | the scoreboard page: plain HTML/CSS/JS on hub.js, with a transport switch (`?transport=auto\|ws\|sse\|poll`) |
+//! | `GET /legacy` | the same board with nothing but `XMLHttpRequest` long-polling (no library) |
 //! | `GET /matches` | the current state of every match, a JSON array; the headers `x-scores-epoch` and `x-scores-offset` give the position of `scores/all` it reflects |
+//! | `GET /hub.js`, `GET /hub.mjs` | hub.js, the browser client ([`hub::js::HubJs`]), as a script and as an ES module |
 //! | `GET /ws` | the hub's WebSocket endpoint (PROTOCOL.md) |
+//! | `GET /events` | server-sent events, commands by `POST` |
+//! | `/poll` | long-polling |
 //!
 //! The page renders `/matches`, then subscribes to `scores/all` with `since` = that position,
-//! so it gets exactly the updates after the snapshot. When the connection drops it reconnects
-//! with backoff and resubscribes with `since` = the last position it saw: nothing is missed,
-//! or the hub says what was lost with a `gap` and the page reloads `/matches`.
+//! so it gets exactly the updates after the snapshot. hub.js connects over WebSocket (or SSE,
+//! or long-polling, when the one before cannot connect); when the connection drops it
+//! reconnects with backoff and resumes from the last position it delivered: nothing is
+//! missed, and the page notes how many updates it caught up on; or the hub says what was lost
+//! (`recovered: false`, e.g. after the server restarted) and the page reloads `/matches`. The
+//! line in the header shows the state, the transport and the reconnections.
 //!
 //! ```text
 //! cargo run --release --example sports_scores               # http://127.0.0.1:3000/
@@ -46,7 +53,9 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use axum::Router;
+use hub::js::HubJs;
 use hub::poll::PollService;
+use hub::sse::SseService;
 use hub::ws::WsService;
 use hub::{Hub, Position};
 use serde::Serialize;
@@ -368,14 +377,17 @@ pub(crate) async fn run_feed(feed: Feed, every: Duration) {
     }
 }
 
-/// The HTTP routes of the demo, all in one place: another page or transport is one more line
-/// (e.g. `.route_service("/poll", hub::poll::PollService::new(hub.clone()))`).
+/// The HTTP routes of the demo, all in one place: hub.js and the three transports it may use
+/// are one line each.
 pub(crate) fn router(hub: &Hub, feed: Feed) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/legacy", get(legacy_page))
         .route("/matches", get(matches))
+        .route_service("/hub.js", HubJs::script())
+        .route_service("/hub.mjs", HubJs::module())
         .route_service("/ws", WsService::new(hub.clone()))
+        .route_service("/events", SseService::new(hub.clone()))
         .route_service("/poll", PollService::new(hub.clone()))
         .with_state(feed)
 }

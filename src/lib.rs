@@ -13,6 +13,10 @@
 //! | `sse` (default) | [`sse`] | server-sent events, with commands by POST |
 //! | `poll` (default) | [`poll`] | long-polling with cursors |
 //!
+//! and, behind the `js` feature (default), [`js`]: hub.js, the browser client (WebSocket,
+//! falling back to SSE, then long-polling; reconnection and resume), and the service that
+//! serves it at a path of your router (e.g. `/hub.js`).
+//!
 //! The wire protocol is in `PROTOCOL.md`; a browser needs nothing but its native `WebSocket`,
 //! `EventSource` or `XMLHttpRequest`.
 //!
@@ -80,8 +84,17 @@ pub use hub_sse as sse;
 #[cfg(feature = "poll")]
 pub use hub_poll as poll;
 
+#[cfg(feature = "js")]
+pub mod js;
+
 /// The README's Rust examples, compiled (and run, where they end) as doctests, so that they
 /// stay true to the API.
-#[cfg(all(doctest, feature = "ws", feature = "sse", feature = "poll"))]
+#[cfg(all(
+    doctest,
+    feature = "ws",
+    feature = "sse",
+    feature = "poll",
+    feature = "js"
+))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

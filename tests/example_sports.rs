@@ -1,8 +1,8 @@
 //! The sports-scores example against the contract its page relies on.
 //!
 //! The example's own code (feed, router, page) is compiled into this test, then served on a
-//! free port and driven the way `examples/assets/sports_ws.html` drives it: `GET /matches` for
-//! the board and the position it reflects, a native-WebSocket-style JSON session on `/ws`
+//! free port and driven the way `examples/assets/sports_ws.html` (on hub.js) drives it over
+//! WebSocket: `GET /matches` for the board and the position it reflects, a JSON session on `/ws`
 //! that subscribes to `scores/all` with `id` and `since`, live `message` frames of the exact
 //! match shape, a resume after a dropped connection that misses nothing, and a `gap` when the
 //! position names another epoch. The feed is ticked by hand with a fixed seed: no sleeps, and
@@ -164,10 +164,10 @@ async fn page_and_matches_are_served() {
     assert!(headers["content-type"].starts_with("text/html"));
     assert_eq!(body, sports::PAGE);
     for needle in [
-        "new WebSocket(",
+        "<script src=\"/hub.js\"></script>",
         "\"scores/all\"",
         "since",
-        "\"gap\"",
+        "recovered",
         "/matches",
     ] {
         assert!(body.contains(needle), "the page uses {needle}");

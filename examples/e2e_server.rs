@@ -1,0 +1,536 @@
+//! The server the browser tests drive (`tests/browser/`): not a demo, a test fixture.
+//!
+//! It serves one of the examples (`sports`, `chat` or `dashboard`: its pages, hub.js and the
+//! three transports, with the example's own code) behind a TCP proxy that the tests control:
+//!
+//! ```text
+//! cargo run --example e2e_server -- sports [--addr 127.0.0.1:0] [--refuse-ws] [--refuse-sse]
+//!                                          [--tick-ms 1000] [--heartbeat-ms 25000] [--seed N]
+//! ```
+//!
+//! It prints one line of JSON, `{"url": "http://127.0.0.1:<port>/", "admin":
+//! "http://127.0.0.1:<port>/", "pid": <pid>}`, then serves. The page URL is the proxy; the
+//! admin URL is a separate listener (so that dropping connections never drops the test's own
+//! requests):
+//!
+//! | admin route | does |
+//! | --- | --- |
+//! | `POST /drop[?down_ms=N]` | closes every connection through the proxy at once (the server's side sees them end too), and for `N` ms closes new ones as soon as they are accepted (a network outage): `{"dropped": n}` |
+//! | `POST /stall` | stops forwarding on every open connection, keeping them open: a peer that died without a word, found only by missed heartbeats. New connections work. `{"stalled": n}` |
+//! | `POST /pause`, `POST /resume` | stop / start the example's feed (sports); `/pause` answers once no tick runs, with the position of `scores/all` then: `{"epoch", "offset"}` |
+//! | `POST /kick` | disconnects every subscriber of `scores/all` (reason `kicked`): `{"kicked": n}` |
+//! | `GET /stats` | `{"ws_refused", "sse_refused", "connections", "sessions"}` |
+//!
+//! `--refuse-ws` answers every WebSocket upgrade with `503` (as a proxy that does not pass
+//! upgrades would), `--refuse-sse` every `Accept: text/event-stream` request. `SIGTERM` shuts
+//! the hub down gracefully (sessions end with reason `shutdown`), then the process exits: the
+//! tests restart it on the same port with `--addr`.
+//!
+//! TODO(redis): with `hub-redis` merged, `--engine redis --redis-url <url>` belongs here, so
+//! that a restarted process continues the same streams (same epochs): the restart test of
+//! `tests/browser/` then expects `recovered: true` (see `HUB_E2E_ENGINE` there).
+
+#[allow(dead_code, unreachable_pub)] // the examples' `main`s and the like
+#[path = "sports_scores.rs"]
+mod sports;
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "chat.rs"]
+mod chat;
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "dashboard.rs"]
+mod dashboard;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use hub::{Hub, SessionId};
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+const USAGE: &str = "usage: e2e_server <sports|chat|dashboard> [--addr ip:port] [--refuse-ws] \
+[--refuse-sse] [--tick-ms N] [--heartbeat-ms N] [--seed N]";
+
+/// What the command line asks for.
+struct Args {
+    example: String,
+    addr: SocketAddr,
+    refuse_ws: bool,
+    refuse_sse: bool,
+    tick: Duration,
+    heartbeat: Option<Duration>,
+    seed: u64,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = std::env::args().skip(1);
+    let example = args.next().ok_or("which example?")?;
+    if !matches!(example.as_str(), "sports" | "chat" | "dashboard") {
+        return Err(format!("unknown example {example:?}"));
+    }
+    let mut out = Args {
+        example,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        refuse_ws: false,
+        refuse_sse: false,
+        tick: sports::TICK,
+        heartbeat: None,
+        seed: 1,
+    };
+    let number = |v: Option<String>, what: &str| -> Result<u64, String> {
+        v.ok_or(format!("{what} needs a value"))?
+            .parse()
+            .map_err(|e| format!("bad {what}: {e}"))
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--addr" => {
+                let v = args.next().ok_or("--addr needs a value")?;
+                out.addr = v.parse().map_err(|e| format!("bad --addr {v:?}: {e}"))?;
+            }
+            "--refuse-ws" => out.refuse_ws = true,
+            "--refuse-sse" => out.refuse_sse = true,
+            "--tick-ms" => {
+                out.tick = Duration::from_millis(number(args.next(), "--tick-ms")?.max(1))
+            }
+            "--heartbeat-ms" => {
+                out.heartbeat = Some(Duration::from_millis(
+                    number(args.next(), "--heartbeat-ms")?.max(100),
+                ))
+            }
+            "--seed" => out.seed = number(args.next(), "--seed")?,
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The proxy
+// ---------------------------------------------------------------------------------------------
+
+/// One proxied connection: its task, and the switch that stalls it.
+struct Link {
+    task: AbortHandle,
+    stall: watch::Sender<bool>,
+}
+
+/// Forwards every connection of the public port to the example's server, so that the tests
+/// can cut or stall them at the TCP level, whatever the transport (an upgraded WebSocket is
+/// no longer the HTTP server's to close).
+#[derive(Default)]
+struct Proxy {
+    links: Mutex<HashMap<u64, Link>>,
+    next: AtomicU64,
+    /// New connections are closed at once until then (an outage).
+    down_until: Mutex<Option<std::time::Instant>>,
+}
+
+impl Proxy {
+    fn links(&self) -> MutexGuard<'_, HashMap<u64, Link>> {
+        self.links.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Accepts forever, forwarding each connection to `inner`.
+    async fn run(self: Arc<Self>, public: TcpListener, inner: SocketAddr) {
+        loop {
+            let Ok((client, _)) = public.accept().await else {
+                continue;
+            };
+            let down = *self
+                .down_until
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if down.is_some_and(|until| std::time::Instant::now() < until) {
+                drop(client);
+                continue;
+            }
+            let id = self.next.fetch_add(1, Ordering::Relaxed);
+            let (stall, stalled) = watch::channel(false);
+            let me = self.clone();
+            // Registered before it runs, so that it can always remove itself.
+            let mut links = self.links();
+            let task = tokio::spawn(async move {
+                if let Ok(server) = TcpStream::connect(inner).await {
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    let _ = tokio::try_join!(pump(cr, sw, stalled.clone()), pump(sr, cw, stalled));
+                }
+                me.links().remove(&id);
+            });
+            links.insert(
+                id,
+                Link {
+                    task: task.abort_handle(),
+                    stall,
+                },
+            );
+        }
+    }
+
+    /// Closes every open connection, and every new one for `down` (an outage); returns how
+    /// many were open.
+    fn drop_all(&self, down: Duration) -> usize {
+        *self
+            .down_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(std::time::Instant::now() + down);
+        let links: Vec<Link> = self.links().drain().map(|(_, l)| l).collect();
+        for l in &links {
+            l.task.abort();
+        }
+        links.len()
+    }
+
+    /// Stops forwarding on every open connection (they stay open); returns how many.
+    fn stall_all(&self) -> usize {
+        let links = self.links();
+        for l in links.values() {
+            let _ = l.stall.send(true);
+        }
+        links.len()
+    }
+
+    fn count(&self) -> usize {
+        self.links().len()
+    }
+}
+
+/// Copies `from` to `to` until the end, or forever without a byte once stalled.
+async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    mut stalled: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if *stalled.borrow() {
+            std::future::pending::<()>().await;
+        }
+        let n = tokio::select! {
+            n = from.read(&mut buf) => n?,
+            changed = stalled.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return Ok(());
+        }
+        if *stalled.borrow() {
+            continue; // swallowed: a stalled link delivers nothing
+        }
+        to.write_all(&buf[..n]).await?;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refusing transports
+// ---------------------------------------------------------------------------------------------
+
+/// Which transports the server refuses, and how often it did.
+#[derive(Default)]
+struct Refuse {
+    ws: bool,
+    sse: bool,
+    ws_refused: AtomicU64,
+    sse_refused: AtomicU64,
+}
+
+/// Whether header `name` of `req` contains `needle` (ASCII case-insensitive).
+fn has(req: &Request, name: header::HeaderName, needle: &str) -> bool {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains(needle))
+}
+
+async fn refuse(State(r): State<Arc<Refuse>>, req: Request, next: Next) -> Response {
+    let which = if r.ws && has(&req, header::UPGRADE, "websocket") {
+        r.ws_refused.fetch_add(1, Ordering::Relaxed);
+        Some("WebSocket")
+    } else if r.sse && has(&req, header::ACCEPT, "text/event-stream") {
+        r.sse_refused.fetch_add(1, Ordering::Relaxed);
+        Some("server-sent events")
+    } else {
+        None
+    };
+    match which {
+        Some(what) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            json!({"code": "refused", "message": format!("{what} refused by the test server")})
+                .to_string(),
+        )
+            .into_response(),
+        None => next.run(req).await,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The feed, with a pause switch
+// ---------------------------------------------------------------------------------------------
+
+/// Ticks the sports feed every `every` unless paused. The switch is held while a tick runs,
+/// so that once `pause` has it no tick is running or will run.
+async fn run_feed(feed: sports::Feed, every: Duration, paused: Arc<Mutex<bool>>) {
+    let mut clock = tokio::time::interval(every);
+    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    clock.tick().await;
+    loop {
+        clock.tick().await;
+        let p = paused.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*p {
+            feed.tick();
+        }
+    }
+}
+
+/// What the admin routes act on.
+#[derive(Clone)]
+struct Admin {
+    hub: Hub,
+    proxy: Arc<Proxy>,
+    refuse: Arc<Refuse>,
+    feed: Option<sports::Feed>,
+    paused: Arc<Mutex<bool>>,
+}
+
+/// The query string of an admin request (axum's `query` feature is off in this workspace).
+struct Query(String);
+
+impl Query {
+    /// The value of `name=<number>`, if there is one.
+    fn number(&self, name: &str) -> Option<u64> {
+        self.0
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| v.parse().ok())
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Query {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Query(parts.uri.query().unwrap_or_default().to_owned()))
+    }
+}
+
+/// A JSON answer (axum's `json` feature is off in this workspace).
+struct Json(serde_json::Value);
+
+impl IntoResponse for Json {
+    fn into_response(self) -> Response {
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.0.to_string(),
+        )
+            .into_response()
+    }
+}
+
+fn admin_router(admin: Admin) -> Router {
+    Router::new()
+        .route(
+            "/drop",
+            post(|State(a): State<Admin>, q: Query| async move {
+                let down = Duration::from_millis(q.number("down_ms").unwrap_or(0));
+                Json(json!({"dropped": a.proxy.drop_all(down)}))
+            }),
+        )
+        .route(
+            "/stall",
+            post(|State(a): State<Admin>| async move { Json(json!({"stalled": a.proxy.stall_all()})) }),
+        )
+        .route(
+            "/pause",
+            post(|State(a): State<Admin>| async move {
+                *a.paused.lock().unwrap_or_else(PoisonError::into_inner) = true;
+                let last = a.feed.as_ref().and_then(|f| f.snapshot().1);
+                Json(match last {
+                    Some(p) => json!({"epoch": p.epoch.to_string(), "offset": p.offset}),
+                    None => json!({"epoch": null, "offset": 0}),
+                })
+            }),
+        )
+        .route(
+            "/resume",
+            post(|State(a): State<Admin>| async move {
+                *a.paused.lock().unwrap_or_else(PoisonError::into_inner) = false;
+                Json(json!({"paused": false}))
+            }),
+        )
+        .route(
+            "/kick",
+            post(|State(a): State<Admin>| async move {
+                let ids: Vec<SessionId> = a
+                    .hub
+                    .topic_members(sports::ALL_TOPIC)
+                    .into_iter()
+                    .map(|m| m.session)
+                    .collect();
+                let kicked = ids.into_iter().filter(|id| a.hub.disconnect(*id)).count();
+                Json(json!({"kicked": kicked}))
+            }),
+        )
+        .route(
+            "/stats",
+            get(|State(a): State<Admin>| async move {
+                Json(json!({
+                    "ws_refused": a.refuse.ws_refused.load(Ordering::Relaxed),
+                    "sse_refused": a.refuse.sse_refused.load(Ordering::Relaxed),
+                    "connections": a.proxy.count(),
+                    "sessions": a.hub.session_count(),
+                }))
+            }),
+        )
+        .with_state(admin)
+}
+
+/// Waits for SIGTERM (or Ctrl-C).
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("e2e_server: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+
+    let mut builder = Hub::builder();
+    if let Some(hb) = args.heartbeat {
+        builder = builder.heartbeat(hb, hb * 3);
+    }
+    let paused = Arc::new(Mutex::new(false));
+    let (hub, app, feed) = match args.example.as_str() {
+        "sports" => {
+            let hub = builder.history_len(sports::HISTORY).build();
+            let feed = sports::Feed::new(hub.clone(), args.seed);
+            tokio::spawn(run_feed(feed.clone(), args.tick, paused.clone()));
+            let app = sports::router(&hub, feed.clone());
+            (hub, app, Some(feed))
+        }
+        "chat" => {
+            let hub = chat::build_hub(builder);
+            let app = chat::router(&hub);
+            (hub, app, None)
+        }
+        _ => {
+            let hub = builder.history_len(dashboard::HISTORY).build();
+            tokio::spawn(dashboard::simulate(hub.clone()));
+            let app = dashboard::router(&hub);
+            (hub, app, None)
+        }
+    };
+    let refusals = Arc::new(Refuse {
+        ws: args.refuse_ws,
+        sse: args.refuse_sse,
+        ..Refuse::default()
+    });
+    let app = app.layer(middleware::from_fn_with_state(refusals.clone(), refuse));
+
+    let bind = |addr: SocketAddr| async move { TcpListener::bind(addr).await };
+    let (public, inner, admin_l) = match (
+        bind(args.addr).await,
+        bind(SocketAddr::from(([127, 0, 0, 1], 0))).await,
+        bind(SocketAddr::from(([127, 0, 0, 1], 0))).await,
+    ) {
+        (Ok(p), Ok(i), Ok(a)) => (p, i, a),
+        (p, i, a) => {
+            let err = [p.err(), i.err(), a.err()].into_iter().flatten().next();
+            eprintln!("e2e_server: cannot listen: {err:?}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (Ok(public_addr), Ok(inner_addr), Ok(admin_addr)) = (
+        public.local_addr(),
+        inner.local_addr(),
+        admin_l.local_addr(),
+    ) else {
+        eprintln!("e2e_server: no local address");
+        return ExitCode::FAILURE;
+    };
+
+    let proxy = Arc::new(Proxy::default());
+    tokio::spawn(proxy.clone().run(public, inner_addr));
+    tokio::spawn(async move {
+        let _ = axum::serve(inner, app).await;
+    });
+    let admin = Admin {
+        hub: hub.clone(),
+        proxy,
+        refuse: refusals,
+        feed,
+        paused,
+    };
+    tokio::spawn(async move {
+        let _ = axum::serve(admin_l, admin_router(admin)).await;
+    });
+
+    let line = json!({
+        "url": format!("http://{public_addr}/"),
+        "admin": format!("http://{admin_addr}/"),
+        "pid": std::process::id(),
+    });
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+
+    terminated().await;
+    let report = hub.shutdown(Duration::from_secs(3)).await;
+    eprintln!("e2e_server: shut down ({} sessions)", report.sessions);
+    ExitCode::SUCCESS
+}
