@@ -41,7 +41,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::http::{header, HeaderValue};
 use axum::response::{Html, IntoResponse};
@@ -383,8 +383,6 @@ struct NameKey(String);
 /// joins its user's room.
 pub(crate) struct ChatHooks {
     names: Arc<Names>,
-    /// Set once the hub is built (the hooks are part of it).
-    hub: Arc<OnceLock<Hub>>,
 }
 
 /// Checks a wanted name: the cleaned name, or why not.
@@ -422,12 +420,9 @@ impl Hooks for ChatHooks {
         Ok(Identity::user(name).with_meta(meta).with_data(NameKey(key)))
     }
 
-    fn on_connect(&self, session: &SessionInfo) {
+    async fn on_connect(&self, hub: &Hub, session: &SessionInfo) {
         let name = session.identity.user_id();
         let Some(NameKey(key)) = session.identity.data::<NameKey>() else {
-            return;
-        };
-        let Some(hub) = self.hub.get() else {
             return;
         };
         if !self.names.take(name, key) {
@@ -435,7 +430,7 @@ impl Hooks for ChatHooks {
             hub.disconnect(session.id);
             return;
         }
-        if let Err(e) = hub.join(session.id, &user_room(name)) {
+        if let Err(e) = hub.join(session.id, &user_room(name)).await {
             tracing::warn!(error = %e, "cannot join the user's room");
         }
     }
@@ -452,13 +447,9 @@ impl Hooks for ChatHooks {
 pub(crate) fn build_hub(builder: HubBuilder) -> Hub {
     let chat = Arc::new(Chat::default());
     let names = Arc::new(Names::default());
-    let cell = Arc::new(OnceLock::new());
     let (c1, c2, c3, n3) = (chat.clone(), chat.clone(), chat, names.clone());
-    let hub = builder
-        .hooks(ChatHooks {
-            names,
-            hub: cell.clone(),
-        })
+    builder
+        .hooks(ChatHooks { names })
         .room_presence_events(true)
         .on_event("join-room", move |ctx: EventContext, data: Payload| {
             let chat = c1.clone();
@@ -482,11 +473,7 @@ pub(crate) fn build_hub(builder: HubBuilder) -> Hub {
         .on_event("typing", |ctx: EventContext, data: Payload| async move {
             typing(&ctx, &data)
         })
-        .build();
-    // The hooks hold the hub they belong to (to join rooms at connect): a cycle, for the
-    // process's life, as the hub itself is.
-    let _ = cell.set(hub.clone());
-    hub
+        .build()
 }
 
 /// The HTTP routes, all in one place: the page, hub.js and the three transports.

@@ -296,18 +296,22 @@ async fn refuse(State(r): State<Arc<Refuse>>, req: Request, next: Next) -> Respo
 
 /// Ticks the sports feed every `every` unless paused. The switch is held while a tick runs,
 /// so that once `pause` has it no tick is running or will run.
-async fn run_feed(feed: sports::Feed, every: Duration, paused: Arc<Mutex<bool>>) {
+async fn run_feed(feed: sports::Feed, every: Duration, paused: Paused) {
     let mut clock = tokio::time::interval(every);
     clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     clock.tick().await;
     loop {
         clock.tick().await;
-        let p = paused.lock().unwrap_or_else(PoisonError::into_inner);
+        // Held across the tick: once `/pause` has the lock, no tick is half done.
+        let p = paused.lock().await;
         if !*p {
-            feed.tick();
+            feed.tick().await;
         }
     }
 }
+
+/// Whether the feed is paused (an async lock: a tick publishes while holding it).
+type Paused = Arc<tokio::sync::Mutex<bool>>;
 
 /// What the admin routes act on.
 #[derive(Clone)]
@@ -316,7 +320,7 @@ struct Admin {
     proxy: Arc<Proxy>,
     refuse: Arc<Refuse>,
     feed: Option<sports::Feed>,
-    paused: Arc<Mutex<bool>>,
+    paused: Paused,
 }
 
 /// The query string of an admin request (axum's `query` feature is off in this workspace).
@@ -376,8 +380,11 @@ fn admin_router(admin: Admin) -> Router {
         .route(
             "/pause",
             post(|State(a): State<Admin>| async move {
-                *a.paused.lock().unwrap_or_else(PoisonError::into_inner) = true;
-                let last = a.feed.as_ref().and_then(|f| f.snapshot().1);
+                *a.paused.lock().await = true;
+                let last = match &a.feed {
+                    Some(f) => f.snapshot().await.1,
+                    None => None,
+                };
                 Json(match last {
                     Some(p) => json!({"epoch": p.epoch.to_string(), "offset": p.offset}),
                     None => json!({"epoch": null, "offset": 0}),
@@ -387,7 +394,7 @@ fn admin_router(admin: Admin) -> Router {
         .route(
             "/resume",
             post(|State(a): State<Admin>| async move {
-                *a.paused.lock().unwrap_or_else(PoisonError::into_inner) = false;
+                *a.paused.lock().await = false;
                 Json(json!({"paused": false}))
             }),
         )
@@ -397,6 +404,8 @@ fn admin_router(admin: Admin) -> Router {
                 let ids: Vec<SessionId> = a
                     .hub
                     .topic_members(sports::ALL_TOPIC)
+                    .await
+                    .unwrap_or_default()
                     .into_iter()
                     .map(|m| m.session)
                     .collect();
@@ -454,11 +463,11 @@ async fn main() -> ExitCode {
     if let Some(hb) = args.heartbeat {
         builder = builder.heartbeat(hb, hb * 3);
     }
-    let paused = Arc::new(Mutex::new(false));
+    let paused: Paused = Arc::default();
     let (hub, app, feed) = match args.example.as_str() {
         "sports" => {
             let hub = builder.history_len(sports::HISTORY).build();
-            let feed = sports::Feed::new(hub.clone(), args.seed);
+            let feed = sports::Feed::new(hub.clone(), args.seed).await;
             tokio::spawn(run_feed(feed.clone(), args.tick, paused.clone()));
             let app = sports::router(&hub, feed.clone());
             (hub, app, Some(feed))

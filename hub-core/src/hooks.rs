@@ -214,9 +214,11 @@ pub trait Hooks: Send + Sync + 'static {
         matches!(action, Action::Subscribe(_))
     }
 
-    /// Called once when a session opens.
-    fn on_connect(&self, session: &SessionInfo) {
-        let _ = session;
+    /// Called once when a session opens, before any of its frames is handled: the place to
+    /// join it to its rooms (`hub.join(session.id, "user:...").await`). Its `welcome` is
+    /// already queued.
+    async fn on_connect(&self, hub: &Hub, session: &SessionInfo) {
+        let _ = (hub, session);
     }
 
     /// Called exactly once when a session ends, with why.

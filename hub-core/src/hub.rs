@@ -128,17 +128,17 @@ impl Hub {
             },
         );
         tracing::debug!(session = %state.id, transport = state.transport.name, "session opened");
-        inner.config.hooks.on_connect(&state.info());
         inner.attached.insert(state.id, state.clone());
+        let session = Session {
+            hub: self.clone(),
+            state: state.clone(),
+        };
+        inner.config.hooks.on_connect(self, &state.info()).await;
         Ok(Connection {
-            outbox: Outbox::new(inner.clone(), state.clone()),
-            session: Session {
-                hub: self.clone(),
-                state,
-            },
+            outbox: Outbox::new(inner.clone(), state),
+            session,
         })
     }
-
     /// Publishes a value to a topic (encoded once as JSON; converted once for MessagePack
     /// sessions if any). Waits for the engine, which gives the message its position; every
     /// subscriber on every node gets it.
