@@ -504,21 +504,21 @@ where
                 topic: w.topic.into(),
                 epoch: w.epoch.into(),
                 offset: w.offset,
-                data: wire::payload_or_null(w.data, bytes),
+                data: wire::payload_or_own_null(w.data, bytes),
             }
         }
         "event" => {
             let w: EventW<D> = wire::parse(codec, bytes)?;
             ServerFrame::Event {
                 event: w.event.into(),
-                data: wire::payload_or_null(w.data, bytes),
+                data: wire::payload_or_own_null(w.data, bytes),
             }
         }
         "reply" => {
             let w: ReplyW<D> = wire::parse(codec, bytes)?;
             ServerFrame::Reply {
                 id: w.id,
-                data: wire::payload_or_null(w.data, bytes),
+                data: wire::payload_or_own_null(w.data, bytes),
             }
         }
         "error" => {

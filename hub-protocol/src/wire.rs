@@ -169,11 +169,18 @@ where
 pub(crate) trait Capture {
     /// The payload, sharing `whole`'s bytes where it can.
     fn payload(self, whole: &Bytes) -> Payload;
+
+    /// `null` in this capture's encoding.
+    fn null() -> Payload;
 }
 
 impl Capture for &serde_json::value::RawValue {
     fn payload(self, whole: &Bytes) -> Payload {
         Payload::trusted(Codec::Json, share_or_copy(whole, self.get()))
+    }
+
+    fn null() -> Payload {
+        Payload::null()
     }
 }
 
@@ -181,11 +188,22 @@ impl Capture for MsgPackData {
     fn payload(self, _whole: &Bytes) -> Payload {
         Payload::trusted(Codec::MsgPack, Bytes::from(self.0))
     }
+
+    fn null() -> Payload {
+        Payload::trusted(Codec::MsgPack, Bytes::from_static(&[0xc0]))
+    }
 }
 
-/// `data` as a payload, `null` when absent.
+/// A client frame's `data` as a payload; JSON `null` when absent or `null`, in either encoding
+/// (as hub-core has always handed it to handlers).
 pub(crate) fn payload_or_null<D: Capture>(data: Option<D>, whole: &Bytes) -> Payload {
     data.map(|d| d.payload(whole)).unwrap_or_default()
+}
+
+/// A server frame's `data` as a payload; `null` in the frame's encoding when absent (a present
+/// `null` is kept as it is, see [`present`]), so that a decoded frame encodes back to itself.
+pub(crate) fn payload_or_own_null<D: Capture>(data: Option<D>, whole: &Bytes) -> Payload {
+    data.map_or_else(D::null, |d| d.payload(whole))
 }
 
 /// `part` as a `Bytes`: a shared slice of `whole` when it lies inside it (a borrowed raw JSON
