@@ -269,7 +269,8 @@ pub enum DisconnectReason {
 }
 
 impl DisconnectReason {
-    const ALL: [DisconnectReason; 10] = [
+    /// Every reason, in [`DisconnectReason::index`] order (a constant, to size arrays).
+    pub const ALL: [DisconnectReason; 10] = [
         DisconnectReason::Normal,
         DisconnectReason::Shutdown,
         DisconnectReason::Kicked,
