@@ -199,39 +199,81 @@ SEQUENCES = {
 }
 
 
+# Malformed and odd single frames (JSON), for the frame and protocol targets.
+ODD_JSON = {
+    "not-json": b"{nope",
+    "array": b"[1,2]",
+    "empty": b"",
+    "whitespace": b" \t\r ",
+    "leading-space": b'  {"type":"ping","id":1}',
+    "trailing-garbage": b'{"type":"ping","id":1} x',
+    "two-objects": b'{"type":"ping"}{"type":"ping"}',
+    "dup-keys": b'{"type":"ping","type":"subscribe","id":1,"id":2}',
+    "big-number-data": b'{"type":"publish","topic":"t","data":1e400,"id":1}',
+    "big-int-data": b'{"type":"publish","topic":"t","data":123456789012345678901234567890}',
+    "neg-zero-data": b'{"type":"publish","topic":"t","data":-0.0}',
+    "id-too-big": b'{"type":"ping","id":18446744073709551616}',
+    "id-exp": b'{"type":"ping","id":1e2}',
+    "lone-surrogate": b'{"type":"publish","topic":"t","data":"\\ud800"}',
+    "escaped-type": b'{"\\u0074ype":"p\\u0069ng","id":1}',
+    "invalid-utf8": b'{"type":"publish","topic":"t","data":"\xff\xfe"}',
+    "invalid-utf8-type": b'{"type":"\xc3\x28","id":1}',
+    "nul-in-topic": b'{"type":"subscribe","topic":"a\\u0000b","id":1}',
+    "deep-data": b'{"type":"publish","topic":"t","data":' + b"[" * 126 + b"]" * 126 + b"}",
+    "too-deep": b'{"type":"publish","topic":"t","data":' + b"[" * 200 + b"]" * 200 + b"}",
+    "deep-event": b'{"type":"event","event":"decode","data":' + b"{\"a\":" * 120 + b"1"
+    + b"}" * 120 + b"}",
+    "unterminated": b'{"type":"publish","topic":"t","data":{"a":',
+    "data-unicode": '{"type":"publish","topic":"t","data":"h\u00e9llo \u2603 \U0001F600"}'.encode(),
+}
+
+
+# Malformed and odd single frames (MessagePack), for the frame and protocol targets.
+ODD_MSGPACK = {
+    "array": mp([1, 2, 3]),
+    "nil": b"\xc0",
+    "empty": b"",
+    "reserved-c1": b"\x81\xa4type\xc1",
+    "truncated": mp({"type": "publish", "topic": "t", "data": "abc"})[:-2],
+    "trailing": mp({"type": "ping", "id": 1}) + b"\x00",
+    "map16": mp_map16({"type": "ping", "id": 1}),
+    "map32": mp_map32({"type": "subscribe", "topic": "t", "id": 2}),
+    "map32-huge-len": b"\xdf\xff\xff\xff\xff\xa4type",
+    "str32-huge-len": b"\x81\xa4type\xdb\xff\xff\xff\xff",
+    "int-keys": Raw(b"\x82\x01\x02") + mp("type") + mp("ping"),
+    "type-bin": Raw(b"\x82") + mp("type") + mp(Bin(b"ping")) + mp("id") + mp(1),
+    "invalid-utf8-str": Raw(b"\x82") + mp("type") + b"\xa2\xc3\x28" + mp("id") + mp(1),
+    "data-bin": mp({"type": "publish", "topic": "t", "data": Bin(b"\x00\x01\xff"), "id": 1}),
+    "data-ext": mp({"type": "publish", "topic": "t", "data": Ext(5, b"\x01"), "id": 2}),
+    "data-ext8": mp({"type": "publish", "topic": "t", "data": Ext(-1, b"\x00" * 12), "id": 3}),
+    "data-int-keys": mp({"type": "publish", "topic": "t", "data": {1: "a", 2: "b"}, "id": 4}),
+    "data-nested-int-keys": mp({"type": "event", "event": "echo",
+                                "data": {"a": {7: [None]}}, "id": 5}),
+    "data-float32": Raw(b"\x84") + mp("type") + mp("publish") + mp("topic") + mp("t") + mp("id") + mp(6)
+    + mp("data") + b"\xca\x7f\xc0\x00\x00",
+    "data-nan": mp({"type": "publish", "topic": "t", "data": float("nan"), "id": 7}),
+    "data-neg-ints": mp({"type": "publish", "topic": "t",
+                         "data": [-1, -33, -129, -40000, -(1 << 40), (1 << 64) - 1], "id": 8}),
+    "data-bool-keys": mp({"type": "event", "event": "decode", "data": {True: 1}, "id": 9}),
+    "deep-data": Raw(b"\x83") + mp("type") + mp("publish") + mp("topic") + mp("t")
+    + mp("data") + b"\x91" * 126 + b"\xc0",
+    "too-deep": Raw(b"\x83") + mp("type") + mp("publish") + mp("topic") + mp("t")
+    + mp("data") + b"\x91" * 200 + b"\xc0",
+    "id-negative-int8": Raw(b"\x82") + mp("type") + mp("ping") + mp("id") + b"\xd0\x80",
+    "since-array": mp({"type": "subscribe", "topic": "t", "since": ["e", 1], "id": 10}),
+    "presence-str": mp({"type": "subscribe", "topic": "t", "presence": "yes", "id": 11}),
+    "topic-bin": Raw(b"\x83") + mp("type") + mp("subscribe") + mp("topic") + mp(Bin(b"t"))
+    + mp("id") + mp(12),
+}
+
+
 def json_seeds():
     t = "frame_json"
     for name, v in {**PROTOCOL_CLIENT, **PROTOCOL_SERVER, **MORE}.items():
         write(t, name + ".json", js(v))
     for name, seq in SEQUENCES.items():
         write(t, name + ".json", b"\n".join(js(v) for v in seq))
-    odd = {
-        "not-json": b"{nope",
-        "array": b"[1,2]",
-        "empty": b"",
-        "whitespace": b" \t\r ",
-        "leading-space": b'  {"type":"ping","id":1}',
-        "trailing-garbage": b'{"type":"ping","id":1} x',
-        "two-objects": b'{"type":"ping"}{"type":"ping"}',
-        "dup-keys": b'{"type":"ping","type":"subscribe","id":1,"id":2}',
-        "big-number-data": b'{"type":"publish","topic":"t","data":1e400,"id":1}',
-        "big-int-data": b'{"type":"publish","topic":"t","data":123456789012345678901234567890}',
-        "neg-zero-data": b'{"type":"publish","topic":"t","data":-0.0}',
-        "id-too-big": b'{"type":"ping","id":18446744073709551616}',
-        "id-exp": b'{"type":"ping","id":1e2}',
-        "lone-surrogate": b'{"type":"publish","topic":"t","data":"\\ud800"}',
-        "escaped-type": b'{"\\u0074ype":"p\\u0069ng","id":1}',
-        "invalid-utf8": b'{"type":"publish","topic":"t","data":"\xff\xfe"}',
-        "invalid-utf8-type": b'{"type":"\xc3\x28","id":1}',
-        "nul-in-topic": b'{"type":"subscribe","topic":"a\\u0000b","id":1}',
-        "deep-data": b'{"type":"publish","topic":"t","data":' + b"[" * 126 + b"]" * 126 + b"}",
-        "too-deep": b'{"type":"publish","topic":"t","data":' + b"[" * 200 + b"]" * 200 + b"}",
-        "deep-event": b'{"type":"event","event":"decode","data":' + b"{\"a\":" * 120 + b"1"
-        + b"}" * 120 + b"}",
-        "unterminated": b'{"type":"publish","topic":"t","data":{"a":',
-        "data-unicode": '{"type":"publish","topic":"t","data":"h\u00e9llo \u2603 \U0001F600"}'.encode(),
-    }
-    for name, b in odd.items():
+    for name, b in ODD_JSON.items():
         write(t, name + ".json", b)
 
 
@@ -244,43 +286,7 @@ def msgpack_seeds():
         "83a474797065a9737562736372696265a5746f706963aa73636f7265732f616c6ca2696401"))
     for name, seq in SEQUENCES.items():
         write(t, name + ".mp", b"\xc1".join(mp(v) for v in seq))
-    odd = {
-        "array": mp([1, 2, 3]),
-        "nil": b"\xc0",
-        "empty": b"",
-        "reserved-c1": b"\x81\xa4type\xc1",
-        "truncated": mp({"type": "publish", "topic": "t", "data": "abc"})[:-2],
-        "trailing": mp({"type": "ping", "id": 1}) + b"\x00",
-        "map16": mp_map16({"type": "ping", "id": 1}),
-        "map32": mp_map32({"type": "subscribe", "topic": "t", "id": 2}),
-        "map32-huge-len": b"\xdf\xff\xff\xff\xff\xa4type",
-        "str32-huge-len": b"\x81\xa4type\xdb\xff\xff\xff\xff",
-        "int-keys": Raw(b"\x82\x01\x02") + mp("type") + mp("ping"),
-        "type-bin": Raw(b"\x82") + mp("type") + mp(Bin(b"ping")) + mp("id") + mp(1),
-        "invalid-utf8-str": Raw(b"\x82") + mp("type") + b"\xa2\xc3\x28" + mp("id") + mp(1),
-        "data-bin": mp({"type": "publish", "topic": "t", "data": Bin(b"\x00\x01\xff"), "id": 1}),
-        "data-ext": mp({"type": "publish", "topic": "t", "data": Ext(5, b"\x01"), "id": 2}),
-        "data-ext8": mp({"type": "publish", "topic": "t", "data": Ext(-1, b"\x00" * 12), "id": 3}),
-        "data-int-keys": mp({"type": "publish", "topic": "t", "data": {1: "a", 2: "b"}, "id": 4}),
-        "data-nested-int-keys": mp({"type": "event", "event": "echo",
-                                    "data": {"a": {7: [None]}}, "id": 5}),
-        "data-float32": Raw(b"\x84") + mp("type") + mp("publish") + mp("topic") + mp("t") + mp("id") + mp(6)
-        + mp("data") + b"\xca\x7f\xc0\x00\x00",
-        "data-nan": mp({"type": "publish", "topic": "t", "data": float("nan"), "id": 7}),
-        "data-neg-ints": mp({"type": "publish", "topic": "t",
-                             "data": [-1, -33, -129, -40000, -(1 << 40), (1 << 64) - 1], "id": 8}),
-        "data-bool-keys": mp({"type": "event", "event": "decode", "data": {True: 1}, "id": 9}),
-        "deep-data": Raw(b"\x83") + mp("type") + mp("publish") + mp("topic") + mp("t")
-        + mp("data") + b"\x91" * 126 + b"\xc0",
-        "too-deep": Raw(b"\x83") + mp("type") + mp("publish") + mp("topic") + mp("t")
-        + mp("data") + b"\x91" * 200 + b"\xc0",
-        "id-negative-int8": Raw(b"\x82") + mp("type") + mp("ping") + mp("id") + b"\xd0\x80",
-        "since-array": mp({"type": "subscribe", "topic": "t", "since": ["e", 1], "id": 10}),
-        "presence-str": mp({"type": "subscribe", "topic": "t", "presence": "yes", "id": 11}),
-        "topic-bin": Raw(b"\x83") + mp("type") + mp("subscribe") + mp("topic") + mp(Bin(b"t"))
-        + mp("id") + mp(12),
-    }
-    for name, b in odd.items():
+    for name, b in ODD_MSGPACK.items():
         write(t, name + ".mp", bytes(b))
 
 
@@ -373,11 +379,117 @@ def poll_seeds():
         write(t, name, bytes(b))
 
 
+# Server frames beyond PROTOCOL.md's examples: every type, optional fields absent, new fields,
+# unknown types and reasons, and fields missing or of the wrong type.
+MEMBER = {"session": "5f0e8c1d2a3b4c6d", "user": "ana", "meta": {"name": "Ana"}}
+SERVER_MORE = {
+    "srv-welcome-msgpack": {"type": "welcome", "session": "0000000000000001", "protocol": 1,
+                            "encoding": "msgpack", "heartbeat_ms": 1, "timeout_ms": 2},
+    "srv-welcome-no-protocol": {"type": "welcome", "session": "0000000000000001",
+                                "encoding": "json", "heartbeat_ms": 1, "timeout_ms": 2},
+    "srv-welcome-v2": {"type": "welcome", "session": "0000000000000001", "protocol": 2,
+                       "encoding": "json", "heartbeat_ms": 1, "timeout_ms": 2},
+    "srv-welcome-bad-session": {"type": "welcome", "session": "+000000000000001", "protocol": 1,
+                                "encoding": "json", "heartbeat_ms": 1, "timeout_ms": 2},
+    "srv-welcome-bad-encoding": {"type": "welcome", "session": "0000000000000001",
+                                 "protocol": 1, "encoding": "cbor", "heartbeat_ms": 1,
+                                 "timeout_ms": 2},
+    "srv-message-kinds": {"type": "message", "topic": "t", "epoch": "e", "offset": 18446744073709551615,
+                          "data": [1, -2, 3.5, "x\n\u2603", None, True, {"k": {"n": []}}]},
+    "srv-message-null": {"type": "message", "topic": "t", "epoch": "e", "offset": 1, "data": None},
+    "srv-message-no-data": {"type": "message", "topic": "t", "epoch": "e", "offset": 1},
+    "srv-message-no-offset": {"type": "message", "topic": "t", "epoch": "e", "data": 1},
+    "srv-message-neg-offset": {"type": "message", "topic": "t", "epoch": "e", "offset": -1},
+    "srv-message-new-field": {"type": "message", "topic": "t", "epoch": "e", "offset": 2,
+                              "data": {}, "trace": {"span": [1, 2]}},
+    "srv-event-no-data": {"type": "event", "event": "e"},
+    "srv-reply-no-data": {"type": "reply", "id": 3},
+    "srv-reply-id-str": {"type": "reply", "id": "3", "data": 1},
+    "srv-error-no-id": {"type": "error", "code": "bad_frame", "message": "expected value"},
+    "srv-error-unknown-code": {"type": "error", "id": 1, "code": "quota_exceeded", "message": "x"},
+    "srv-error-no-message": {"type": "error", "code": "internal"},
+    "srv-error-code-int": {"type": "error", "code": 500, "message": "x"},
+    "srv-gap-epoch": {"type": "gap", "topic": "t", "epoch": "e", "from": 0, "to": 0,
+                      "reason": "epoch"},
+    "srv-gap-lagged": {"type": "gap", "topic": "t", "epoch": "e", "from": 3, "to": 9,
+                       "reason": "lagged"},
+    "srv-gap-new-reason": {"type": "gap", "topic": "t", "epoch": "e", "from": 1, "to": 1,
+                           "reason": "engine"},
+    "srv-dropped": {"type": "dropped", "count": 12},
+    "srv-leave-room": {"type": "leave", "room": "chat:42", "member": MEMBER},
+    "srv-join-no-meta": {"type": "join", "topic": "t",
+                         "member": {"session": "0000000000000002", "user": ""}},
+    "srv-join-no-scope": {"type": "join", "member": MEMBER},
+    "srv-join-bad-member": {"type": "join", "topic": "t", "member": {"session": 1, "user": "u"}},
+    "srv-pong": {"type": "pong", "id": 6},
+    "srv-pong-noid": {"type": "pong"},
+    "srv-close-shutdown": {"type": "close", "code": 1001, "reason": "shutdown"},
+    "srv-close-no-reason": {"type": "close", "code": 4000},
+    "srv-close-code-big": {"type": "close", "code": 65536, "reason": "x"},
+    "srv-session": {"type": "session", "session": "5f0e8c1d2a3b4c6d", "token": "ab" * 32,
+                    "commands": "/events?session=5f0e8c1d2a3b4c6d"},
+    "srv-resume": {"type": "resume", "resumed": True, "topics": ["a"], "failed": []},
+    "srv-unknown-odd-fields": {"type": "hologram", "code": {"x": 1}, "id": "no", "data": [[[]]]},
+    "srv-type-int": {"type": 1},
+    "srv-no-type": {"code": 1008},
+}
+
+
+def protocol_seeds():
+    """hub-protocol's decoders, one frame per input: client frames (what the server decodes)
+    and server frames (what a client decodes), each in both encodings."""
+    client = {**PROTOCOL_CLIENT, **MORE}
+    server = {**PROTOCOL_SERVER, **SERVER_MORE}
+    for name, v in {**client, **PROTOCOL_SERVER}.items():
+        write("client_frame_json", name + ".json", js(v))
+        write("client_frame_msgpack", name + ".mp", mp(v))
+    for name, v in {**server, **PROTOCOL_CLIENT}.items():
+        write("server_frame_json", name + ".json", js(v))
+        write("server_frame_msgpack", name + ".mp", mp(v))
+    write("client_frame_msgpack", "protocol-subscribe-bytes.mp", bytes.fromhex(
+        "83a474797065a9737562736372696265a5746f706963aa73636f7265732f616c6ca2696401"))
+    for name, b in ODD_JSON.items():
+        write("client_frame_json", name + ".json", b)
+        write("server_frame_json", name + ".json", b.replace(b'"publish","topic":"t"',
+                                                             b'"event","event":"e"'))
+    for name, b in ODD_MSGPACK.items():
+        write("client_frame_msgpack", name + ".mp", bytes(b))
+        write("server_frame_msgpack", name + ".mp", bytes(b))
+    extra_mp = {
+        "srv-data-bin": mp({"type": "event", "event": "e", "data": Bin(b"\x00\xff")}),
+        "srv-data-ext": mp({"type": "reply", "id": 1, "data": Ext(5, b"\x01")}),
+        "srv-data-int-keys": mp({"type": "event", "event": "e", "data": {1: "a"}}),
+        "srv-meta-bin": mp({"type": "join", "topic": "t",
+                            "member": {"session": "0000000000000001", "user": "u",
+                                       "meta": Bin(b"\x01")}}),
+        "srv-meta-float32": Raw(b"\x83") + mp("type") + mp("join") + mp("topic") + mp("t")
+        + mp("member") + Raw(b"\x83") + mp("session") + mp("0000000000000001") + mp("user")
+        + mp("u") + mp("meta") + b"\xca\x3f\xc0\x00\x00",
+        "srv-map16": mp_map16({"type": "pong", "id": 1}),
+        "srv-map32": mp_map32({"type": "dropped", "count": 2}),
+    }
+    for name, b in extra_mp.items():
+        write("server_frame_msgpack", name + ".mp", bytes(b))
+    extra_json = {
+        "srv-welcome-spaces": b' { "type" : "welcome" , "session" : "5f0e8c1d2a3b4c6d" , '
+        b'"protocol" : 1 , "encoding" : "json" , "heartbeat_ms" : 25000 , "timeout_ms" : 60000 } ',
+        "srv-data-spaces": b'{"type":"event","event":"e","data": [ 1 , { "a" : "b" } ] }',
+        "srv-escapes": b'{"type":"message","topic":"\\u0074\\n","epoch":"\\ud83d\\ude00",'
+        b'"offset":1,"data":"\\u0000"}',
+        "srv-meta-deep": b'{"type":"join","topic":"t","member":{"session":"0000000000000001",'
+        b'"user":"u","meta":' + b"[" * 200 + b"]" * 200 + b"}}",
+        "srv-dup-type": b'{"type":"pong","type":"gap"}',
+    }
+    for name, b in extra_json.items():
+        write("server_frame_json", name + ".json", b)
+
+
 if __name__ == "__main__":
     json_seeds()
     msgpack_seeds()
     sse_seeds()
     poll_seeds()
+    protocol_seeds()
     for target in sorted(os.listdir(CORPUS)):
         files = os.listdir(os.path.join(CORPUS, target))
         size = sum(os.path.getsize(os.path.join(CORPUS, target, f)) for f in files)

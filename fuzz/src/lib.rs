@@ -5,6 +5,10 @@
 //! Every harness drives the real code through a public (or `#[doc(hidden)] fuzzing`) entry
 //! point and panics when an invariant breaks; libFuzzer reports the panic as a crash.
 
+mod protocol;
+
+pub use protocol::{client_frame, server_frame};
+
 use std::sync::OnceLock;
 use std::time::Duration;
 

@@ -53,3 +53,31 @@ fn poll_cursor() {
 fn poll_command_body() {
     replay("poll_command_body", hub_fuzz::poll_command_body);
 }
+
+#[test]
+fn client_frame_json() {
+    replay("client_frame_json", |d| {
+        hub_fuzz::client_frame(hub_protocol::Codec::Json, d)
+    });
+}
+
+#[test]
+fn client_frame_msgpack() {
+    replay("client_frame_msgpack", |d| {
+        hub_fuzz::client_frame(hub_protocol::Codec::MsgPack, d)
+    });
+}
+
+#[test]
+fn server_frame_json() {
+    replay("server_frame_json", |d| {
+        hub_fuzz::server_frame(hub_protocol::Codec::Json, d)
+    });
+}
+
+#[test]
+fn server_frame_msgpack() {
+    replay("server_frame_msgpack", |d| {
+        hub_fuzz::server_frame(hub_protocol::Codec::MsgPack, d)
+    });
+}

@@ -1,0 +1,328 @@
+//! Client-to-server frames: encoded by clients, decoded strictly by the server.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use crate::codec::{Codec, Payload};
+use crate::error::{DecodeError, EncodeError, ErrorCode};
+use crate::types::{Position, Scope};
+use crate::wire::{self, Capture, MsgPackData, Val};
+
+/// A frame a client sends (PROTOCOL.md, "Client to server"): an operation and an optional `id`.
+///
+/// A frame with an `id` gets exactly one answer carrying it (a `reply` or an `error`).
+///
+/// ## Decoding (the server's side)
+///
+/// [`ClientFrame::decode`] is strict, and each failure has a stable code:
+///
+/// - `bad_frame`: not valid JSON / MessagePack, not a map, trailing bytes, nesting over 128;
+/// - `bad_field`: a field of the wrong type (whatever the `type`), no `type`, or a field the
+///   operation needs missing (`topic`, `room`, `event`; `presence` needs `topic` or `room`);
+/// - `unknown_type`: `type` names no operation.
+///
+/// The error keeps the frame's `id` when it can be read, so that the answer carries it. Fields
+/// an operation does not use are ignored. JSON `data` is a slice of the input bytes, never a
+/// copy; MessagePack `data` is converted value by value, without a tree.
+///
+/// ```
+/// use bytes::Bytes;
+/// use hub_protocol::{ClientFrame, ClientOp, Codec, ErrorCode};
+///
+/// let frame = ClientFrame::new(ClientOp::Subscribe {
+///     topic: "scores/all".into(),
+///     since: None,
+///     presence: false,
+/// })
+/// .with_id(1);
+/// let bytes = frame.encode(Codec::MsgPack).unwrap();
+/// // PROTOCOL.md's example, byte for byte.
+/// assert_eq!(bytes.as_ref(), &[
+///     0x83, 0xa4, b't', b'y', b'p', b'e', 0xa9, b's', b'u', b'b', b's', b'c', b'r', b'i', b'b',
+///     b'e', 0xa5, b't', b'o', b'p', b'i', b'c', 0xaa, b's', b'c', b'o', b'r', b'e', b's', b'/',
+///     b'a', b'l', b'l', 0xa2, b'i', b'd', 0x01,
+/// ]);
+/// assert_eq!(ClientFrame::decode(Codec::MsgPack, &bytes).unwrap(), frame);
+///
+/// let bad = ClientFrame::decode(Codec::Json, &Bytes::from_static(br#"{"type":"jump","id":4}"#));
+/// let err = bad.unwrap_err();
+/// assert_eq!((err.code(), err.id()), (ErrorCode::UnknownType, Some(4)));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientFrame {
+    /// The client's request id.
+    pub id: Option<u64>,
+    /// What the frame asks for.
+    pub op: ClientOp,
+}
+
+/// The operation of a [`ClientFrame`] (its `type` and the fields of that type).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ClientOp {
+    /// `subscribe`: follow a topic.
+    Subscribe {
+        /// The topic.
+        topic: String,
+        /// Resume after this position (the messages after it from history, or a `gap`).
+        since: Option<Position>,
+        /// Also get the topic's `join`/`leave` events.
+        presence: bool,
+    },
+    /// `unsubscribe`: stop following a topic.
+    Unsubscribe {
+        /// The topic.
+        topic: String,
+    },
+    /// `publish`: publish `data` to a topic.
+    Publish {
+        /// The topic.
+        topic: String,
+        /// The message (`null` when the frame has none).
+        data: Payload,
+    },
+    /// `event`: a custom event for the server's handler of that name.
+    Event {
+        /// The event's name.
+        event: String,
+        /// The event's data (`null` when the frame has none).
+        data: Payload,
+    },
+    /// `join`: join a room.
+    Join {
+        /// The room.
+        room: String,
+    },
+    /// `leave`: leave a room.
+    Leave {
+        /// The room.
+        room: String,
+    },
+    /// `presence`: who is in a topic or room (a frame with both names the topic).
+    Presence(Scope),
+    /// `ping`: answered by `pong`.
+    Ping,
+}
+
+impl ClientOp {
+    /// The operation's `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientOp::Subscribe { .. } => "subscribe",
+            ClientOp::Unsubscribe { .. } => "unsubscribe",
+            ClientOp::Publish { .. } => "publish",
+            ClientOp::Event { .. } => "event",
+            ClientOp::Join { .. } => "join",
+            ClientOp::Leave { .. } => "leave",
+            ClientOp::Presence(_) => "presence",
+            ClientOp::Ping => "ping",
+        }
+    }
+}
+
+/// A client frame the server could not take, with its stable code and the frame's `id` if it
+/// could be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    error: DecodeError,
+    id: Option<u64>,
+}
+
+impl FrameError {
+    /// The stable code (`bad_frame`, `bad_field`, `unknown_type`).
+    pub fn code(&self) -> ErrorCode {
+        self.error.code()
+    }
+
+    /// A human-readable description (not stable).
+    pub fn message(&self) -> &str {
+        self.error.message()
+    }
+
+    /// The frame's `id`, when it could be read: the `error` answer carries it.
+    pub fn id(&self) -> Option<u64> {
+        self.id
+    }
+
+    /// The error and the id.
+    pub fn into_parts(self) -> (DecodeError, Option<u64>) {
+        (self.error, self.id)
+    }
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+impl ClientFrame {
+    /// A frame without an id.
+    pub fn new(op: ClientOp) -> ClientFrame {
+        ClientFrame { id: None, op }
+    }
+
+    /// The same frame with an id.
+    #[must_use]
+    pub fn with_id(mut self, id: u64) -> ClientFrame {
+        self.id = Some(id);
+        self
+    }
+
+    /// Encodes the frame: `type` first, then the operation's fields, then `id`.
+    pub fn encode(&self, codec: Codec) -> Result<Bytes, EncodeError> {
+        use Val::*;
+        let mut f = Vec::with_capacity(5);
+        f.push(("type", Str(self.op.kind())));
+        match &self.op {
+            ClientOp::Subscribe {
+                topic,
+                since,
+                presence,
+            } => {
+                f.push(("topic", Str(topic)));
+                if let Some(p) = since {
+                    f.push((
+                        "since",
+                        Map(vec![("epoch", Str(&p.epoch)), ("offset", U64(p.offset))]),
+                    ));
+                }
+                if *presence {
+                    f.push(("presence", Bool(true)));
+                }
+            }
+            ClientOp::Unsubscribe { topic } => f.push(("topic", Str(topic))),
+            ClientOp::Publish { topic, data } => {
+                f.push(("topic", Str(topic)));
+                f.push(("data", Raw(data)));
+            }
+            ClientOp::Event { event, data } => {
+                f.push(("event", Str(event)));
+                f.push(("data", Raw(data)));
+            }
+            ClientOp::Join { room } | ClientOp::Leave { room } => f.push(("room", Str(room))),
+            ClientOp::Presence(scope) => f.push((scope.field(), Str(scope.name()))),
+            ClientOp::Ping => {}
+        }
+        if let Some(id) = self.id {
+            f.push(("id", U64(id)));
+        }
+        wire::encode(codec, &f)
+    }
+
+    /// Decodes one frame from a client (see "Decoding" above).
+    pub fn decode(codec: Codec, bytes: &Bytes) -> Result<ClientFrame, FrameError> {
+        let fail = |error| FrameError { error, id: None };
+        wire::looks_like_map(codec, bytes).map_err(fail)?;
+        match codec {
+            Codec::Json => {
+                match serde_json::from_slice::<Incoming<&serde_json::value::RawValue>>(bytes) {
+                    Ok(inc) => inc.into_frame(bytes),
+                    Err(e) => {
+                        let id = serde_json::from_slice::<IdOnly>(bytes)
+                            .ok()
+                            .and_then(|i| i.id);
+                        Err(FrameError {
+                            error: DecodeError::from_json(e),
+                            id,
+                        })
+                    }
+                }
+            }
+            Codec::MsgPack => match wire::parse::<Incoming<MsgPackData>>(codec, bytes) {
+                Ok(inc) => inc.into_frame(bytes),
+                Err(error) => {
+                    // The id of the frame, when everything up to it was readable.
+                    let mut de = rmp_serde::Deserializer::from_read_ref(&bytes[..]);
+                    de.set_max_depth(crate::codec::MAX_DEPTH);
+                    let id = IdOnly::deserialize(&mut de).ok().and_then(|i| i.id);
+                    Err(FrameError { error, id })
+                }
+            },
+        }
+    }
+}
+
+/// The frame as serde sees it, every field optional; `D` captures `data` without a tree.
+#[derive(Deserialize)]
+struct Incoming<D> {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    room: Option<String>,
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(default = "Option::default")]
+    data: Option<D>,
+    #[serde(default)]
+    since: Option<Position>,
+    #[serde(default)]
+    presence: Option<bool>,
+}
+
+impl<D: Capture> Incoming<D> {
+    /// The typed frame, or the operation's missing field / unknown type.
+    fn into_frame(self, whole: &Bytes) -> Result<ClientFrame, FrameError> {
+        let id = self.id;
+        let missing = |field: &str| FrameError {
+            error: DecodeError::field(format!("missing field `{field}`")),
+            id,
+        };
+        let op = match self.kind.as_str() {
+            "subscribe" => ClientOp::Subscribe {
+                topic: self.topic.ok_or_else(|| missing("topic"))?,
+                since: self.since,
+                presence: self.presence.unwrap_or(false),
+            },
+            "unsubscribe" => ClientOp::Unsubscribe {
+                topic: self.topic.ok_or_else(|| missing("topic"))?,
+            },
+            "publish" => ClientOp::Publish {
+                topic: self.topic.ok_or_else(|| missing("topic"))?,
+                data: wire::payload_or_null(self.data, whole),
+            },
+            "event" => ClientOp::Event {
+                event: self.event.ok_or_else(|| missing("event"))?,
+                data: wire::payload_or_null(self.data, whole),
+            },
+            "join" => ClientOp::Join {
+                room: self.room.ok_or_else(|| missing("room"))?,
+            },
+            "leave" => ClientOp::Leave {
+                room: self.room.ok_or_else(|| missing("room"))?,
+            },
+            "presence" => match (self.topic, self.room) {
+                (Some(topic), _) => ClientOp::Presence(Scope::Topic(topic.into())),
+                (None, Some(room)) => ClientOp::Presence(Scope::Room(room.into())),
+                (None, None) => return Err(missing("topic")),
+            },
+            "ping" => ClientOp::Ping,
+            other => {
+                return Err(FrameError {
+                    error: DecodeError::new(
+                        ErrorCode::UnknownType,
+                        format!("unknown frame type {:?}", wire::truncate(other, 64)),
+                    ),
+                    id,
+                })
+            }
+        };
+        Ok(ClientFrame { id, op })
+    }
+}
+
+/// Only the `id` of a frame, to answer a frame that failed to decode with its `id` when the
+/// client sent one.
+#[derive(Deserialize)]
+struct IdOnly {
+    #[serde(default)]
+    id: Option<u64>,
+}
