@@ -43,38 +43,19 @@ use crate::error::ErrorCode;
 use crate::frame::{Frame, Shared};
 use crate::session::SessionId;
 
-/// Where a message sits in its topic's stream: the stream's epoch and the message's offset.
-///
-/// An epoch is opaque (compare for equality only); offsets count 1, 2, 3, ... within it. A
-/// topic's position "now" is the offset of its last message (0 for a stream with none).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct Position {
-    /// The stream's epoch.
-    pub epoch: Arc<str>,
-    /// The offset within the epoch.
-    pub offset: u64,
-}
-
-impl Position {
-    /// A position.
-    pub fn new(epoch: impl Into<Arc<str>>, offset: u64) -> Position {
-        Position {
-            epoch: epoch.into(),
-            offset,
-        }
-    }
-}
-
-impl fmt::Display for Position {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.epoch, self.offset)
-    }
-}
+pub use hub_protocol::Position;
 
 /// A node's id: the high 32 bits of every [`SessionId`] it issues, so that a session can be
 /// reached from any node. Random per hub (per process).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(pub u32);
+
+impl NodeId {
+    /// The node that holds a session.
+    pub fn of(session: SessionId) -> NodeId {
+        NodeId(session.node())
+    }
+}
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -99,7 +80,7 @@ impl Publication {
     }
 
     fn parts(&self) -> (&Arc<str>, &Arc<str>, u64, &Payload) {
-        match &self.0.frame {
+        match self.0.frame() {
             Frame::Message {
                 topic,
                 epoch,

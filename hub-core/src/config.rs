@@ -16,7 +16,7 @@ pub enum SlowConsumerPolicy {
     #[default]
     Disconnect,
     /// Drop frames for that session only; when it catches up, tell it exactly what it missed
-    /// (`gap` with `reason: "lagged"` per topic, `dropped` for events without positions).
+    /// (`gap` with `reason: GapReason::Lagged` per topic, `dropped` for events without positions).
     Drop,
 }
 

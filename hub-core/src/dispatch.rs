@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::broker::Position;
 use crate::codec::Payload;
 use crate::error::{DisconnectReason, ErrorCode, RoomError};
-use crate::frame::{decode_client, ClientFrame, Frame};
+use crate::frame::Frame;
 use crate::hooks::{Action, EventContext};
 use crate::hub::Hub;
 use crate::names::{check_name, truncate, valid_event};
@@ -16,14 +16,7 @@ use crate::presence::Scope;
 use crate::session::{lock, Rate, SessionState};
 use crate::stats::Stats;
 use crate::streams::{OpError, SubscribeReq};
-
-fn missing(field: &str) -> OpError {
-    (ErrorCode::BadField, format!("missing field `{field}`"))
-}
-
-fn need<'a>(v: &'a Option<String>, field: &str) -> Result<&'a str, OpError> {
-    v.as_deref().ok_or_else(|| missing(field))
-}
+use hub_protocol::{ClientFrame, ClientOp, Scope as WireScope};
 
 fn internal(e: impl std::fmt::Display) -> OpError {
     (ErrorCode::Internal, e.to_string())
@@ -54,10 +47,10 @@ impl Hub {
             inner.send_error(s, None, ErrorCode::FrameTooLarge, msg);
             return;
         }
-        let frame = match decode_client(s.codec, &bytes) {
+        let frame = match ClientFrame::decode(s.codec, &bytes) {
             Ok(f) => f,
-            Err((e, id)) => {
-                inner.send_error(s, id, e.code(), e.message().to_owned());
+            Err(e) => {
+                inner.send_error(s, e.id(), e.code(), e.message().to_owned());
                 return;
             }
         };
@@ -107,11 +100,17 @@ impl Hub {
         let inner = &self.inner;
         let hooks = &inner.config.hooks;
         let max = inner.config.max_name_len;
-        match f.kind.as_str() {
-            "subscribe" => {
-                let topic = need(&f.topic, "topic")?;
-                check_name(topic, max, ErrorCode::BadTopic)?;
-                if !hooks.authorize(&s.identity, Action::Subscribe(topic)).await {
+        match f.op {
+            ClientOp::Subscribe {
+                topic,
+                since,
+                presence,
+            } => {
+                check_name(&topic, max, ErrorCode::BadTopic)?;
+                if !hooks
+                    .authorize(&s.identity, Action::Subscribe(&topic))
+                    .await
+                {
                     return Err((
                         ErrorCode::Forbidden,
                         format!("not allowed to subscribe to {topic}"),
@@ -120,26 +119,24 @@ impl Hub {
                 inner
                     .subscribe(
                         s,
-                        topic,
+                        &topic,
                         SubscribeReq {
                             id: f.id,
-                            since: f.since,
-                            presence: f.presence,
+                            since,
+                            presence,
                         },
                     )
                     .await?;
                 Ok(None)
             }
-            "unsubscribe" => {
-                let topic = need(&f.topic, "topic")?;
-                check_name(topic, max, ErrorCode::BadTopic)?;
-                inner.unsubscribe(s, topic)?;
+            ClientOp::Unsubscribe { topic } => {
+                check_name(&topic, max, ErrorCode::BadTopic)?;
+                inner.unsubscribe(s, &topic)?;
                 Ok(Some(Payload::null()))
             }
-            "publish" => {
-                let topic = need(&f.topic, "topic")?;
-                check_name(topic, max, ErrorCode::BadTopic)?;
-                if !hooks.authorize(&s.identity, Action::Publish(topic)).await {
+            ClientOp::Publish { topic, data } => {
+                check_name(&topic, max, ErrorCode::BadTopic)?;
+                if !hooks.authorize(&s.identity, Action::Publish(&topic)).await {
                     return Err((
                         ErrorCode::Forbidden,
                         format!("not allowed to publish to {topic}"),
@@ -147,7 +144,7 @@ impl Hub {
                 }
                 let pos = inner
                     .broker
-                    .publish(topic, f.data.unwrap_or_default())
+                    .publish(&topic, data)
                     .await
                     .map_err(|e| (e.code(), e.to_string()))?;
                 Stats::add(&inner.stats.published, 1);
@@ -156,38 +153,36 @@ impl Hub {
                 let reply = json!({"epoch": &*pos.epoch, "offset": pos.offset});
                 Payload::from_value(&reply).map(Some).map_err(internal)
             }
-            "event" => {
-                let name = need(&f.event, "event")?;
-                if !valid_event(name, max) {
+            ClientOp::Event { event, data } => {
+                if !valid_event(&event, max) {
                     return Err((
                         ErrorCode::BadEvent,
                         format!("event name must be 1 to {max} bytes"),
                     ));
                 }
-                let Some(handler) = inner.config.handlers.get(name).cloned() else {
+                let Some(handler) = inner.config.handlers.get(&event).cloned() else {
                     return Err((
                         ErrorCode::UnknownEvent,
-                        format!("no handler for event {name:?}"),
+                        format!("no handler for event {:?}", truncate(&event, 64)),
                     ));
                 };
                 let ctx = EventContext {
                     hub: self.clone(),
                     session: s.id,
                     identity: s.identity.clone(),
-                    event: Arc::from(name),
+                    event: Arc::from(event.as_str()),
                 };
-                match handler.call(ctx, f.data.unwrap_or_default()).await {
+                match handler.call(ctx, data).await {
                     Ok(reply) => Ok(Some(reply.unwrap_or_default())),
                     Err(e) => Err((ErrorCode::HandlerError, e.to_string())),
                 }
             }
-            "join" => {
-                let room = need(&f.room, "room")?;
-                check_name(room, max, ErrorCode::BadRoom)?;
-                if !hooks.authorize(&s.identity, Action::Join(room)).await {
+            ClientOp::Join { room } => {
+                check_name(&room, max, ErrorCode::BadRoom)?;
+                if !hooks.authorize(&s.identity, Action::Join(&room)).await {
                     return Err((ErrorCode::Forbidden, format!("not allowed to join {room}")));
                 }
-                match inner.join_room(s, room).await {
+                match inner.join_room(s, &room).await {
                     Ok(()) => Ok(Some(Payload::null())),
                     Err(RoomError::TooManyRooms) => Err((
                         ErrorCode::TooManyRooms,
@@ -198,20 +193,19 @@ impl Hub {
                     Err(RoomError::Engine(e)) => Err((e.code(), e.to_string())),
                 }
             }
-            "leave" => {
-                let room = need(&f.room, "room")?;
-                check_name(room, max, ErrorCode::BadRoom)?;
-                if inner.leave_room(s, room) {
+            ClientOp::Leave { room } => {
+                check_name(&room, max, ErrorCode::BadRoom)?;
+                if inner.leave_room(s, &room) {
                     Ok(Some(Payload::null()))
                 } else {
                     Err((ErrorCode::NotMember, format!("not in room {room}")))
                 }
             }
-            "presence" => {
-                let members = match (&f.topic, &f.room) {
-                    (Some(topic), _) => {
+            ClientOp::Presence(scope) => {
+                let members = match &scope {
+                    WireScope::Topic(topic) => {
                         check_name(topic, max, ErrorCode::BadTopic)?;
-                        if !lock(&s.membership).topics.contains(topic.as_str()) {
+                        if !lock(&s.membership).topics.contains(&**topic) {
                             return Err((
                                 ErrorCode::NotSubscribed,
                                 format!("not subscribed to {topic}"),
@@ -219,27 +213,26 @@ impl Hub {
                         }
                         inner.members(Scope::Topic(topic)).await
                     }
-                    (None, Some(room)) => {
+                    WireScope::Room(room) => {
                         check_name(room, max, ErrorCode::BadRoom)?;
-                        if !lock(&s.membership).rooms.contains(room.as_str()) {
+                        if !lock(&s.membership).rooms.contains(&**room) {
                             return Err((ErrorCode::NotMember, format!("not in room {room}")));
                         }
                         inner.members(Scope::Room(room)).await
                     }
-                    (None, None) => return Err(missing("topic")),
                 }
                 .map_err(|e| (e.code(), e.to_string()))?;
                 Payload::from_value(&json!({ "members": members }))
                     .map(Some)
                     .map_err(internal)
             }
-            "ping" => {
+            ClientOp::Ping => {
                 inner.push_one(s, Frame::Pong { id: f.id });
                 Ok(None)
             }
             other => Err((
                 ErrorCode::UnknownType,
-                format!("unknown frame type {:?}", truncate(other, 64)),
+                format!("unknown frame type {:?}", other.kind()),
             )),
         }
     }

@@ -119,7 +119,7 @@ impl Hub {
         inner.push_one(
             &state,
             Frame::Welcome {
-                session: state.id.to_string(),
+                session: state.id,
                 encoding: state.codec,
                 heartbeat_ms: u64::try_from(inner.config.heartbeat_interval.as_millis())
                     .unwrap_or(u64::MAX),
@@ -213,11 +213,11 @@ impl Hub {
     ) -> Result<bool, SendError> {
         let (event, data) = self.event_parts(event, Payload::from_value(data)?)?;
         let inner = &self.inner;
-        if session.node() != inner.node {
+        if NodeId::of(session) != inner.node {
             inner.send_control(
-                crate::broker::Route::Node(session.node()),
+                crate::broker::Route::Node(NodeId::of(session)),
                 Control::Direct {
-                    session: session.0,
+                    session: session.as_u64(),
                     event: event.to_string(),
                     codec: Control::codec_tag(&data),
                     data: data.as_bytes().to_vec(),
@@ -276,12 +276,12 @@ impl Hub {
             return Err(RoomError::BadRoom);
         }
         let inner = &self.inner;
-        if session.node() != inner.node && inner.clustered() {
+        if NodeId::of(session) != inner.node && inner.clustered() {
             return inner
                 .send_control(
-                    crate::broker::Route::Node(session.node()),
+                    crate::broker::Route::Node(NodeId::of(session)),
                     Control::Join {
-                        session: session.0,
+                        session: session.as_u64(),
                         room: room.to_owned(),
                     },
                 )
@@ -294,12 +294,12 @@ impl Hub {
     /// Removes a session from a room, on whichever node holds it.
     pub fn leave(&self, session: SessionId, room: &str) -> Result<(), RoomError> {
         let inner = &self.inner;
-        if session.node() != inner.node && inner.clustered() {
+        if NodeId::of(session) != inner.node && inner.clustered() {
             return inner
                 .send_control(
-                    crate::broker::Route::Node(session.node()),
+                    crate::broker::Route::Node(NodeId::of(session)),
                     Control::Leave {
-                        session: session.0,
+                        session: session.as_u64(),
                         room: room.to_owned(),
                     },
                 )
@@ -314,12 +314,14 @@ impl Hub {
     /// node holds it. Returns whether it was found here, or handed to the engine for its node.
     pub fn disconnect(&self, session: SessionId) -> bool {
         let inner = &self.inner;
-        if session.node() != inner.node {
+        if NodeId::of(session) != inner.node {
             return inner.clustered()
                 && inner
                     .send_control(
-                        crate::broker::Route::Node(session.node()),
-                        Control::Disconnect { session: session.0 },
+                        crate::broker::Route::Node(NodeId::of(session)),
+                        Control::Disconnect {
+                            session: session.as_u64(),
+                        },
                     )
                     .is_ok();
         }

@@ -159,7 +159,14 @@ impl Inner {
     ) {
         Stats::add(&self.stats.errors_sent, 1);
         tracing::debug!(session = %s.id, code = code.as_str(), %message, "error sent");
-        self.push_one(s, Frame::Error { id, code, message });
+        self.push_one(
+            s,
+            Frame::Error {
+                id,
+                code: code.into(),
+                message,
+            },
+        );
     }
 
     /// Pushes `frame` to every target without waiting; sessions that overflow under the
@@ -278,7 +285,7 @@ impl Inner {
     /// A new session id of this node, not in use.
     pub(crate) fn new_session_id(&self) -> SessionId {
         loop {
-            let id = SessionId::new(self.node, random_u32());
+            let id = SessionId::from_parts(self.node.0, random_u32());
             if !self.sessions.contains_key(&id) {
                 return id;
             }
@@ -335,7 +342,7 @@ impl Inner {
                     Stats::add(&self.stats.engine_undecodable, 1);
                     return;
                 };
-                let except: Vec<SessionId> = except.into_iter().map(SessionId).collect();
+                let except: Vec<SessionId> = except.into_iter().map(SessionId::from_u64).collect();
                 let frame = Shared::new(Frame::Event {
                     event: Arc::from(event.as_str()),
                     data,
@@ -348,9 +355,10 @@ impl Inner {
                 codec,
                 data,
             } => {
-                let (Some(s), Some(data)) =
-                    (self.local_session(SessionId(session)), payload(codec, data))
-                else {
+                let (Some(s), Some(data)) = (
+                    self.local_session(SessionId::from_u64(session)),
+                    payload(codec, data),
+                ) else {
                     return;
                 };
                 self.push_one(
@@ -373,12 +381,12 @@ impl Inner {
                 self.emit_all_local(&frame);
             }
             Control::Disconnect { session } => {
-                if let Some(s) = self.local_session(SessionId(session)) {
+                if let Some(s) = self.local_session(SessionId::from_u64(session)) {
                     self.close_session(&s, DisconnectReason::Kicked);
                 }
             }
             Control::Join { session, room } => {
-                if let Some(s) = self.local_session(SessionId(session)) {
+                if let Some(s) = self.local_session(SessionId::from_u64(session)) {
                     let inner = self.clone();
                     tokio::spawn(async move {
                         if let Err(e) = inner.join_room(&s, &room).await {
@@ -388,7 +396,7 @@ impl Inner {
                 }
             }
             Control::Leave { session, room } => {
-                if let Some(s) = self.local_session(SessionId(session)) {
+                if let Some(s) = self.local_session(SessionId::from_u64(session)) {
                     self.leave_room(&s, &room);
                 }
             }
@@ -399,7 +407,7 @@ impl Inner {
                 member,
             } => {
                 // Each node tells its own watchers of its own sessions' comings and goings.
-                if member.session.node() != self.node {
+                if NodeId::of(member.session) != self.node {
                     self.presence_event_local(join, room, &scope, member);
                 }
             }

@@ -11,36 +11,11 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 
 use crate::broker::BrokerError;
 use crate::session::SessionId;
 
-/// A member of a topic or room, as presence shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Member {
-    /// The member's session.
-    #[serde(with = "session_text")]
-    pub session: SessionId,
-    /// The session's user id.
-    pub user: String,
-    /// The session's presence metadata.
-    pub meta: serde_json::Value,
-}
-
-mod session_text {
-    use crate::session::SessionId;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(id: &SessionId, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(id)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SessionId, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        SessionId::parse(&text).ok_or_else(|| serde::de::Error::custom("not a session id"))
-    }
-}
+pub use hub_protocol::Member;
 
 /// Where presence is kept: a topic's subscribers or a room's members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -135,7 +110,7 @@ pub trait PresenceStore: Send + Sync + 'static {
 use std::collections::VecDeque;
 use std::sync::{Mutex, OnceLock, Weak};
 
-use crate::broker::Route;
+use crate::broker::{NodeId, Route};
 use crate::node::{Control, Inner};
 use crate::session::lock;
 use crate::stats::Stats;
@@ -319,7 +294,7 @@ async fn expire(inner: &Inner, store: &dyn PresenceStore) {
         }
     };
     for (scope, member) in expired {
-        if member.session.node() == inner.node {
+        if NodeId::of(member.session) == inner.node {
             if inner.sessions.contains_key(&member.session) {
                 // Still here: its refresh failed; the next one adds it back.
                 continue;

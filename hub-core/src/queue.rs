@@ -11,9 +11,10 @@ use std::task::Waker;
 
 use tokio::sync::Notify;
 
+use crate::broker::Position;
 use crate::config::SlowConsumerPolicy;
 use crate::error::DisconnectReason;
-use crate::frame::{Frame, Shared};
+use crate::frame::{weight, Frame, GapReason, Item, Shared};
 use crate::session::lock;
 
 /// What happened to a push.
@@ -56,7 +57,7 @@ impl Congestion {
 
 #[derive(Debug, Default)]
 pub(crate) struct QueueState {
-    pub(crate) items: VecDeque<Arc<Shared>>,
+    pub(crate) items: VecDeque<Item>,
     pub(crate) waker: Option<Waker>,
     pub(crate) ping: bool,
     pub(crate) closing: Option<DisconnectReason>,
@@ -131,19 +132,16 @@ impl Queue {
             if st.closing.is_some() {
                 return Pushed::Dropped;
             }
-            // A `Subscribed` marker writes nothing and comes at most once per subscribe (their
-            // number is bounded by the subscription limit): it never counts against the queue.
-            let marker = matches!(frame.frame, Frame::Subscribed { .. });
-            let weight = frame.weight();
+            let weight = weight(frame.frame());
             let frames = st.items.len() - st.markers;
             let full =
                 frames >= self.capacity || (frames > 0 && st.bytes + weight > self.max_bytes);
-            if !marker && (st.lag.is_some() || full) {
+            if st.lag.is_some() || full {
                 match self.policy {
                     SlowConsumerPolicy::Disconnect => return Pushed::Overflow,
                     SlowConsumerPolicy::Drop => {
                         let lag = st.lag.get_or_insert_with(Box::default);
-                        match &frame.frame {
+                        match frame.frame() {
                             Frame::Message {
                                 topic,
                                 epoch,
@@ -161,8 +159,7 @@ impl Queue {
                     }
                 }
             }
-            st.items.push_back(frame.clone());
-            st.markers += usize::from(marker);
+            st.items.push_back(Item::Frame(frame.clone()));
             st.bytes += weight;
             if !st.high
                 && (st.items.len() - st.markers >= self.capacity.div_ceil(2)
@@ -177,6 +174,25 @@ impl Queue {
             w.wake();
         }
         Pushed::Queued
+    }
+
+    /// Queues a `Subscribed` marker: it writes nothing and comes at most once per subscribe
+    /// (their number is bounded by the subscription limit), so it never counts against the
+    /// queue's bounds and is never refused while the session is open.
+    pub(crate) fn push_marker(&self, topic: Arc<str>, position: Position) {
+        let waker = {
+            let mut st = lock(&self.state);
+            if st.closing.is_some() {
+                return;
+            }
+            st.items
+                .push_back(Item::Subscribed(Arc::new((topic, position))));
+            st.markers += 1;
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     pub(crate) fn request_ping(&self) {
@@ -202,7 +218,7 @@ impl Queue {
                 return 0;
             }
             st.closing = Some(reason);
-            let (dropped, was_high) = if reason.flushes() {
+            let (dropped, was_high) = if crate::error::flushes(reason) {
                 (0, false)
             } else {
                 let n = st.items.len() - st.markers;
@@ -237,7 +253,7 @@ pub(crate) fn lag_frames(lag: Lag) -> Vec<Arc<Shared>> {
                 epoch,
                 from,
                 to,
-                reason: "lagged",
+                reason: GapReason::Lagged,
             })
         })
         .collect();

@@ -249,7 +249,7 @@ impl Inner {
                 route,
                 Control::Rooms {
                     rooms: rooms.to_vec(),
-                    except: except.iter().map(|s| s.0).collect(),
+                    except: except.iter().map(|s| s.as_u64()).collect(),
                     event: event.to_string(),
                     codec: Control::codec_tag(data),
                     data: data.as_bytes().to_vec(),

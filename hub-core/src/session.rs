@@ -4,14 +4,12 @@
 //! session's queue. Nothing takes `membership` while holding a topic or room lock.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use crate::broker::NodeId;
 use crate::codec::Codec;
 use crate::config::{Config, RateLimit};
 use crate::error::DisconnectReason;
@@ -26,37 +24,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A session's public id: what other clients see in presence and what the server uses to send
-/// to one session. Its high 32 bits are the [`NodeId`] of the node that holds the session, so
-/// that a send reaches it from any node; the low 32 bits are random. Not a credential.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionId(pub(crate) u64);
-
-impl SessionId {
-    /// Parses the id's text form (16 hex digits), as clients see it.
-    pub fn parse(s: &str) -> Option<SessionId> {
-        // Exactly 16 hex digits: from_str_radix alone would accept a sign (`+123...`).
-        if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        u64::from_str_radix(s, 16).ok().map(SessionId)
-    }
-
-    /// The node that holds the session.
-    pub fn node(self) -> NodeId {
-        NodeId((self.0 >> 32) as u32)
-    }
-
-    pub(crate) fn new(node: NodeId, local: u32) -> SessionId {
-        SessionId((u64::from(node.0) << 32) | u64::from(local))
-    }
-}
-
-impl fmt::Display for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
-    }
-}
+pub use hub_protocol::SessionId;
 
 #[derive(Debug)]
 struct Bucket {
@@ -190,7 +158,7 @@ impl SessionState {
     /// Closes the queue; returns the number of frames dropped.
     pub(crate) fn close_queue(&self, reason: DisconnectReason) -> usize {
         let dropped = self.queue.close(reason);
-        if !reason.flushes() {
+        if !crate::error::flushes(reason) {
             self.abort();
         }
         dropped

@@ -30,7 +30,7 @@ use dashmap::DashMap;
 
 use crate::broker::{BrokerError, Channel, EngineEvent, HistoryFrom, Position, Publication};
 use crate::error::{DisconnectReason, ErrorCode};
-use crate::frame::{Frame, Scope, Shared};
+use crate::frame::{Frame, GapReason, Scope, Shared};
 use crate::node::{Inner, Tally};
 use crate::presence::ScopeName;
 use crate::session::{lock, SessionId, SessionState};
@@ -115,7 +115,7 @@ impl Catchup {
         }
     }
 
-    fn gap(&self, from: u64, to: u64, reason: &'static str) -> Arc<Shared> {
+    fn gap(&self, from: u64, to: u64, reason: GapReason) -> Arc<Shared> {
         Shared::new(Frame::Gap {
             topic: self.topic.clone(),
             epoch: self.epoch.clone(),
@@ -126,19 +126,20 @@ impl Catchup {
     }
 
     fn add(&mut self, f: &Arc<Shared>) {
-        match &f.frame {
+        match f.frame() {
             Frame::Message { epoch, offset, .. } => {
                 if *epoch != self.epoch {
                     // The stream was recreated while this subscription caught up.
                     self.epoch = epoch.clone();
-                    self.out.push(self.gap(0, 0, "epoch"));
+                    self.out.push(self.gap(0, 0, GapReason::Epoch));
                     self.next = 1;
                 }
                 if *offset < self.next {
                     return;
                 }
                 if *offset > self.next {
-                    self.out.push(self.gap(self.next, offset - 1, "history"));
+                    self.out
+                        .push(self.gap(self.next, offset - 1, GapReason::History));
                 }
                 self.out.push(f.clone());
                 self.next = offset + 1;
@@ -147,18 +148,18 @@ impl Catchup {
                 epoch,
                 from,
                 to,
-                reason: "history",
+                reason: GapReason::History,
                 ..
             } if *epoch == self.epoch => {
                 if *to >= self.next {
                     self.out
-                        .push(self.gap((*from).max(self.next), *to, "history"));
+                        .push(self.gap((*from).max(self.next), *to, GapReason::History));
                     self.next = to + 1;
                 }
             }
             Frame::Gap {
                 epoch,
-                reason: "epoch",
+                reason: GapReason::Epoch,
                 ..
             } => {
                 if *epoch != self.epoch {
@@ -401,7 +402,7 @@ impl Inner {
                             {
                                 c.next = since.offset + 1;
                             }
-                            Some(_) => c.out.push(c.gap(0, 0, "epoch")),
+                            Some(_) => c.out.push(c.gap(0, 0, GapReason::Epoch)),
                             None => {}
                         }
                         c
@@ -420,13 +421,9 @@ impl Inner {
                     // The marker first, so that a transport keeping positions (SSE) can put
                     // the new one on the reply already.
                     let mut tally = Tally::default();
-                    let marker = Shared::new(Frame::Subscribed {
-                        topic: t.name.clone(),
-                        position: start,
-                    });
                     // Not a delivery (nothing is written), so not counted as one; it never
                     // overflows a queue.
-                    let _ = s.queue.push(&marker);
+                    s.queue.push_marker(t.name.clone(), start);
                     if let Some(id) = req.id {
                         let reply = subscribe_reply(id, &t.name, &history.top);
                         tally.push(s, &reply, &mut overflow);
@@ -685,7 +682,7 @@ impl Inner {
     ) {
         let cap = self.hold_cap();
         let mut tally = Tally::default();
-        match &frame.frame {
+        match frame.frame() {
             Frame::Message { epoch, offset, .. } => {
                 let offset = *offset;
                 match &mut st.cursor {
@@ -707,7 +704,7 @@ impl Inner {
                             epoch: epoch.clone(),
                             from: sub.next,
                             to: offset - 1,
-                            reason: "history",
+                            reason: GapReason::History,
                         });
                         tally.push(&sub.session, &gap, overflow);
                     }
@@ -753,7 +750,7 @@ impl Inner {
             epoch: top.epoch.clone(),
             from: 0,
             to: 0,
-            reason: "epoch",
+            reason: GapReason::Epoch,
         });
         let cap = self.hold_cap();
         let mut tally = Tally::default();
@@ -932,7 +929,7 @@ async fn repair(inner: Arc<Inner>, t: Arc<LocalTopic>) {
                 }
                 if c.next <= history.top.offset {
                     // Not even the buffer reaches the top: the rest is lost.
-                    let gap = c.gap(c.next, history.top.offset, "history");
+                    let gap = c.gap(c.next, history.top.offset, GapReason::History);
                     c.out.push(gap);
                     c.next = history.top.offset + 1;
                 }
@@ -956,7 +953,7 @@ async fn repair(inner: Arc<Inner>, t: Arc<LocalTopic>) {
 }
 
 fn topic_of(frame: &Shared) -> Arc<str> {
-    match &frame.frame {
+    match frame.frame() {
         Frame::Message { topic, .. } | Frame::Gap { topic, .. } => topic.clone(),
         _ => Arc::from(""),
     }

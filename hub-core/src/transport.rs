@@ -32,7 +32,7 @@ use bytes::Bytes;
 use crate::broker::Position;
 use crate::codec::Codec;
 use crate::error::{DisconnectReason, ErrorCode};
-use crate::frame::{Frame, FrameKind, Shared};
+use crate::frame::{Frame, FrameKind, GapReason, Item, Shared};
 use crate::hooks::Identity;
 use crate::hub::Hub;
 use crate::node::Inner;
@@ -121,7 +121,7 @@ impl OutFrame {
 
     /// What kind of frame it is (its `type`).
     pub fn kind(&self) -> FrameKind {
-        self.frame.frame.kind()
+        FrameKind::of(self.frame.frame())
     }
 
     /// Where the frame leaves its topic, for a transport that keeps positions: a `message`'s
@@ -129,7 +129,7 @@ impl OutFrame {
     /// offset (the client was told of those, so a resume starts after them). `None` for every
     /// other frame, other gaps included (`epoch`, `lagged`: they move nothing).
     pub fn stream(&self) -> Option<(&str, &str, u64)> {
-        match &self.frame.frame {
+        match self.frame.frame() {
             Frame::Message {
                 topic,
                 epoch,
@@ -140,7 +140,7 @@ impl OutFrame {
                 topic,
                 epoch,
                 to,
-                reason: "history",
+                reason: GapReason::History,
                 ..
             } => Some((topic, epoch, *to)),
             _ => None,
@@ -293,7 +293,7 @@ pub struct Outbox {
     pub(crate) inner: Arc<Inner>,
     pub(crate) state: Arc<SessionState>,
     /// Reused between batches so that draining allocates nothing in the steady state.
-    spare: VecDeque<Arc<Shared>>,
+    spare: VecDeque<Item>,
     done: bool,
 }
 
@@ -350,30 +350,35 @@ impl Outbox {
         }
 
         let codec = self.state.codec;
-        for shared in taken.drain(..).chain(extra) {
-            if let Frame::Subscribed { topic, position } = &shared.frame {
-                out.push(Outgoing::Subscribed {
-                    topic: topic.clone(),
-                    position: position.clone(),
-                });
-                continue;
-            }
-            match shared.encoded(codec, &self.inner.stats) {
+        let stats = &self.inner.stats;
+        for item in taken.drain(..).chain(extra.into_iter().map(Item::Frame)) {
+            let shared = match item {
+                Item::Frame(shared) => shared,
+                Item::Subscribed(marker) => {
+                    let (topic, position) = &*marker;
+                    out.push(Outgoing::Subscribed {
+                        topic: topic.clone(),
+                        position: position.clone(),
+                    });
+                    continue;
+                }
+            };
+            match shared.encoded_with(codec, || stats.count_encode(codec)) {
                 Ok(bytes) => out.push(Outgoing::Frame(OutFrame {
                     bytes,
                     frame: shared,
                 })),
                 Err(e) => {
-                    let what = match &shared.frame {
+                    let what = match shared.frame() {
                         Frame::Message { topic, offset, .. } => format!("{topic}@{offset}"),
                         _ => "a frame".to_owned(),
                     };
                     let err = Shared::new(Frame::Error {
                         id: None,
-                        code: ErrorCode::Undeliverable,
+                        code: ErrorCode::Undeliverable.into(),
                         message: format!("{what} cannot be sent as {}: {e}", codec.name()),
                     });
-                    if let Ok(bytes) = err.frame.encode(codec) {
+                    if let Ok(bytes) = err.frame().encode(codec) {
                         out.push(Outgoing::Frame(OutFrame { bytes, frame: err }));
                     }
                 }
@@ -398,12 +403,10 @@ impl Outbox {
     /// The `close` frame (`{"type":"close","code":..,"reason":..}`) in this session's encoding,
     /// for transports without a close frame of their own (SSE, long-polling).
     pub fn close_frame(&self, reason: DisconnectReason) -> Bytes {
-        let frame = Frame::Close {
-            code: reason.close_code(),
-            reason: reason.as_str(),
-        };
         // Only fixed strings and integers: encoding cannot fail.
-        frame.encode(self.state.codec).unwrap_or_default()
+        Frame::close(reason)
+            .encode(self.state.codec)
+            .unwrap_or_default()
     }
 }
 

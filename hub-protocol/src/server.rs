@@ -256,13 +256,13 @@ impl ServerFrame {
             } => {
                 f.push(("type", Str(if *join { "join" } else { "leave" })));
                 f.push((scope.field(), Str(scope.name())));
-                // Keys in sorted order: the order hub-core has always written (a JSON map).
+                // The order of `Member`'s fields (and of PROTOCOL.md's examples).
                 f.push((
                     "member",
                     Map(vec![
-                        ("meta", Json(&member.meta)),
                         ("session", Session(member.session)),
                         ("user", Str(&member.user)),
+                        ("meta", Json(&member.meta)),
                     ]),
                 ));
             }

@@ -388,7 +388,7 @@ fn deep_nesting_is_bounded() {
     mp.push(0xc0);
     assert_eq!(server_err(Codec::MsgPack, &mp).code(), ErrorCode::BadFrame);
     // hub-core has always called this one `bad_field` (the limit is met inside `data`'s
-    // conversion); the parity test holds both decoders to the same code.
+    // conversion); hub-core runs this very decoder, so it answers with the same code.
     assert_eq!(
         ClientFrame::decode(Codec::MsgPack, &Bytes::from(mp))
             .unwrap_err()
