@@ -73,10 +73,7 @@ struct ChurnHooks {
 #[async_trait]
 impl Hooks for ChurnHooks {
     async fn authenticate(&self, req: &ConnectRequest) -> Result<Identity, Rejection> {
-        match req.query("user") {
-            Some(u) if !u.is_empty() => Ok(Identity::user(u.into_owned())),
-            _ => Err(Rejection::unauthorized("?user= required")),
-        }
+        common::user_identity(req)
     }
 
     async fn authorize(&self, _who: &Identity, action: Action<'_>) -> bool {

@@ -275,6 +275,8 @@ pub(crate) async fn raw_request(addr: SocketAddr, request: &str, wait: Duration)
 pub(crate) struct EventStream {
     body: HttpBody,
     buf: Vec<u8>,
+    /// The last event id received (what a browser would send as `Last-Event-ID`).
+    pub(crate) last_id: Option<String>,
 }
 
 impl EventStream {
@@ -283,10 +285,12 @@ impl EventStream {
         EventStream {
             body,
             buf: Vec::new(),
+            last_id: None,
         }
     }
 
-    /// The next event with data, as `(event name, data)`; comments and `retry:` skipped.
+    /// The next event with data, as `(event name, data)`; comments and `retry:` skipped, an
+    /// `id:` kept in [`EventStream::last_id`].
     pub(crate) async fn next(&mut self) -> (String, String) {
         loop {
             if let Some(pos) = self.buf.windows(2).position(|w| w == b"\n\n") {
@@ -298,6 +302,8 @@ impl EventStream {
                         event = v.trim_start().to_owned();
                     } else if let Some(v) = line.strip_prefix("data:") {
                         data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        self.last_id = Some(v.strip_prefix(' ').unwrap_or(v).to_owned());
                     }
                 }
                 if !data.is_empty() {
@@ -482,6 +488,14 @@ pub(crate) struct Client {
     pub(crate) session: hub::SessionId,
     /// The safety net for each wait.
     pub(crate) wait: Duration,
+}
+
+/// The identity a [`Client`]'s requests name: user `?user=<name>`; none is refused.
+pub(crate) fn user_identity(req: &hub::ConnectRequest) -> Result<hub::Identity, hub::Rejection> {
+    match req.query("user") {
+        Some(u) if !u.is_empty() => Ok(hub::Identity::user(u.into_owned())),
+        _ => Err(hub::Rejection::unauthorized("?user= required")),
+    }
 }
 
 /// `path` with `user=<user>` added to its query.
