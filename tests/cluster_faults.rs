@@ -123,6 +123,16 @@ async fn redis_killed_then_restarted_empty_keeps_sessions_and_tells_the_new_epoc
     // Publishing fails fast with `engine_unavailable`, from the host and from a client.
     host_publish_fails(&a, topic, "engine_unavailable").await;
     client_publish_fails(&mut publisher, topic, 2, "engine_unavailable").await;
+    // A subscribe needs the stream: refused too, and the session stays.
+    let mut late = b.client(Kind::Ws, "late", &[], WAIT).await;
+    let r = late
+        .ask(json!({"type": "subscribe", "topic": topic}), 7)
+        .await;
+    assert_eq!(
+        (r["type"].as_str(), r["code"].as_str()),
+        (Some("error"), Some("engine_unavailable")),
+        "{r}"
+    );
     // Sends to rooms, sessions of other nodes and every node are refused, not kept.
     let refused = a.hub.to("room").emit("e", &json!(1)).unwrap_err();
     assert_eq!(refused.code().as_str(), "engine_unavailable");
@@ -133,7 +143,7 @@ async fn redis_killed_then_restarted_empty_keeps_sessions_and_tells_the_new_epoc
     still_served(&mut ws, 3).await;
     still_served(&mut sse, 4).await;
     still_served(&mut publisher, 5).await;
-    assert_eq!((a.hub.session_count(), b.hub.session_count()), (1, 2));
+    assert_eq!((a.hub.session_count(), b.hub.session_count()), (1, 3));
 
     // Redis is back, empty: the nodes reconnect (and resubscribe) by themselves.
     server.restart();
@@ -169,6 +179,18 @@ async fn redis_killed_then_restarted_empty_keeps_sessions_and_tells_the_new_epoc
     a.hub.to("room").emit("back", &json!(null)).unwrap();
     let f = ws.recv().await;
     assert_eq!(f["event"], "back", "{f}");
+    // Presence that Redis lost comes back: the nodes put their members in again.
+    let mut users = Vec::new();
+    for _ in 0..200 {
+        let members = a.hub.topic_members(topic).await.unwrap();
+        users = members.into_iter().map(|m| m.user).collect::<Vec<_>>();
+        users.sort();
+        if users == ["sse", "ws"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(users, ["sse", "ws"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
