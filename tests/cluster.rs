@@ -125,8 +125,12 @@ async fn publishes_on_one_node_reach_every_node_in_one_order() {
             assert_eq!(m["data"], by_offset[&m["offset"].as_u64().unwrap()], "{m}");
         }
     }
-    // The publisher's own node delivered nothing to it (it does not subscribe), and the
-    // subscribers' nodes got each message once.
+    // A counted 45 publishes and delivered none (no local subscriber); the subscribers'
+    // nodes got each message from Redis once.
+    assert_eq!(
+        (a.hub.stats().published, a.hub.stats().node.published_in),
+        (45, 0)
+    );
     assert_eq!(b.hub.stats().node.published_in, 45);
     assert_eq!(c.hub.stats().node.published_in, 45);
     assert_eq!(b.hub.stats().node.duplicates, 0);
