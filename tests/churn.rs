@@ -22,19 +22,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{http, next_json, send_json, send_request, serve_router, Conn, Kind, Polling, KINDS};
-use futures_util::{SinkExt, StreamExt};
-use http::StatusCode;
+use common::{send_json, serve_router, Client, Conn, Kind, KINDS};
 use hub::poll::PollService;
 use hub::sse::SseService;
 use hub::ws::WsService;
 use hub::{
     async_trait, Action, ConnectRequest, DisconnectReason, Hooks, Hub, Identity, Rejection,
-    SessionId, SessionInfo,
+    SessionInfo,
 };
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch, Semaphore};
-use tokio_tungstenite::tungstenite::Message;
 
 /// Safety net for every single wait (the machine may be busy: never a timing assertion).
 const WAIT: Duration = Duration::from_secs(20);
@@ -76,10 +73,7 @@ struct ChurnHooks {
 #[async_trait]
 impl Hooks for ChurnHooks {
     async fn authenticate(&self, req: &ConnectRequest) -> Result<Identity, Rejection> {
-        match req.query("user") {
-            Some(u) if !u.is_empty() => Ok(Identity::user(u.into_owned())),
-            _ => Err(Rejection::unauthorized("?user= required")),
-        }
+        common::user_identity(req)
     }
 
     async fn authorize(&self, _who: &Identity, action: Action<'_>) -> bool {
@@ -122,161 +116,16 @@ async fn serve() -> Server {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Clients: one type over the three transports, speaking JSON frames.
+// Clients: `common::Client`, on the three transports, following this test's topics.
 
-/// A client on any transport, as user `user` (sent as `?user=` with every request).
-struct Client {
-    addr: SocketAddr,
-    kind: Kind,
-    user: String,
-    conn: Conn,
-    /// The session's public id, from `welcome`.
-    session: SessionId,
-}
-
-/// `path` with `user=<user>` added to its query.
-fn with_user(path: &str, user: &str) -> String {
-    let sep = if path.contains('?') { '&' } else { '?' };
-    format!("{path}{sep}user={user}")
-}
-
-impl Client {
-    /// Connects and reads `welcome` (and, over SSE, the `session` event). An SSE stream
-    /// follows `sse_topics` from its URL.
-    async fn open(addr: SocketAddr, kind: Kind, user: &str, sse_topics: &[&str]) -> Client {
-        let conn = match kind {
-            Kind::Ws => {
-                let url = format!("ws://{addr}{}", with_user("/ws", user));
-                let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-                    .await
-                    .expect("timed out connecting")
-                    .expect("WebSocket connect");
-                Conn::Ws(Box::new(ws))
-            }
-            Kind::Sse => {
-                let query: Vec<String> = sse_topics.iter().map(|t| format!("topic={t}")).collect();
-                let path = with_user(&format!("/sse?{}", query.join("&")), user);
-                let headers = [("accept", "text/event-stream".to_owned())];
-                let (status, _, body) = send_request(addr, "GET", &path, &headers, b"", WAIT).await;
-                assert_eq!(status, StatusCode::OK, "SSE open for {user}");
-                Conn::sse(body)
-            }
-            Kind::Poll => {
-                let resp = http(addr, "POST", &with_user("/poll", user), &[], "", WAIT).await;
-                assert_eq!(resp.status, StatusCode::OK, "{:?}", resp.body);
-                Conn::Poll(Polling::new(&resp.json()))
-            }
-        };
-        let mut c = Client {
-            addr,
-            kind,
-            user: user.to_owned(),
-            conn,
-            session: SessionId::parse("0000000000000000").unwrap(),
-        };
-        let welcome = c.recv().await;
-        assert_eq!(welcome["type"], "welcome", "{welcome}");
-        c.session = SessionId::parse(welcome["session"].as_str().unwrap()).unwrap();
-        if let Conn::Sse { stream, url, token } = &mut c.conn {
-            (*url, *token) = tokio::time::timeout(WAIT, stream.session())
-                .await
-                .expect("timed out waiting for the session event");
-        }
-        c
-    }
-
-    /// Sends one client frame (SSE and poll: a `POST` that must be accepted with 202).
-    async fn send(&mut self, frame: Value) {
-        match &mut self.conn {
-            Conn::Ws(ws) => send_json(ws, frame).await,
-            Conn::Sse { url, token, .. } => {
-                let headers = [
-                    ("hub-session-token", token.clone()),
-                    ("content-type", "application/json".to_owned()),
-                ];
-                let uri = with_user(url, &self.user);
-                let resp = http(self.addr, "POST", &uri, &headers, frame.to_string(), WAIT).await;
-                assert_eq!(resp.status, StatusCode::ACCEPTED, "{:?}", resp.body);
-            }
-            Conn::Poll(p) => {
-                let uri = with_user(&format!("/poll?session={}", p.session), &self.user);
-                let resp = http(self.addr, "POST", &uri, &[], frame.to_string(), WAIT).await;
-                assert_eq!(resp.status, StatusCode::ACCEPTED, "{:?}", resp.body);
-            }
-        }
-    }
-
-    /// The next frame from the hub, however long it takes (each read is bounded on its own:
-    /// SSE pings and long-poll answers keep coming).
-    async fn next_frame(&mut self) -> Value {
-        match &mut self.conn {
-            Conn::Ws(ws) => next_json(ws).await,
-            Conn::Sse { stream, .. } => stream.next_frame().await,
-            Conn::Poll(p) => loop {
-                if let Some(frame) = p.pop() {
-                    return frame;
-                }
-                let uri = with_user(&p.next_poll(), &self.user);
-                let resp = http(self.addr, "GET", &uri, &[], "", WAIT).await;
-                p.take(&resp);
-            },
-        }
-    }
-
-    /// The next frame, within [`WAIT`].
-    async fn recv(&mut self) -> Value {
-        tokio::time::timeout(WAIT, self.next_frame())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "{:?} {}: timed out waiting for a frame",
-                    self.kind, self.user
-                )
-            })
-    }
-
-    /// Sends `frame` with `id`; returns once its `reply` arrives (other frames are skipped).
-    async fn request(&mut self, mut frame: Value, id: u64) {
-        frame["id"] = json!(id);
-        self.send(frame).await;
-        loop {
-            let f = self.recv().await;
-            if f["id"] == id {
-                assert_eq!(f["type"], "reply", "{:?} {}: {f}", self.kind, self.user);
-                return;
-            }
-        }
-    }
-
-    /// Follows [`FEED`] (SSE streams already do, from their URL) and [`CHAT`].
-    async fn subscribe(&mut self) {
-        if self.kind != Kind::Sse {
-            self.request(json!({"type": "subscribe", "topic": FEED}), 1)
-                .await;
-        }
-        self.request(json!({"type": "subscribe", "topic": CHAT}), 2)
+/// Follows [`FEED`] (SSE streams already do, from their URL) and [`CHAT`].
+async fn subscribe(c: &mut Client) {
+    if c.kind != Kind::Sse {
+        c.request(json!({"type": "subscribe", "topic": FEED}), 1)
             .await;
     }
-
-    /// Ends the session the clean way: a WebSocket close handshake, closing the event stream
-    /// (what `EventSource.close()` does), or `DELETE` for long-polling.
-    async fn close(self) {
-        match self.conn {
-            Conn::Ws(mut ws) => {
-                ws.send(Message::Close(None)).await.unwrap();
-                // Read until the server's close answer and the end of the stream.
-                tokio::time::timeout(WAIT, async { while let Some(Ok(_)) = ws.next().await {} })
-                    .await
-                    .expect("timed out closing");
-            }
-            Conn::Sse { stream, .. } => drop(stream),
-            Conn::Poll(p) => {
-                let uri = with_user(&format!("/poll?session={}", p.session), &self.user);
-                let resp = http(self.addr, "DELETE", &uri, &[], "", WAIT).await;
-                assert_eq!(resp.status, StatusCode::NO_CONTENT, "{:?}", resp.body);
-            }
-        }
-    }
+    c.request(json!({"type": "subscribe", "topic": CHAT}), 2)
+        .await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -294,7 +143,7 @@ async fn stable_client(
     last: oneshot::Sender<()>,
     mut stop: watch::Receiver<bool>,
 ) -> Vec<Value> {
-    let mut c = Client::open(addr, kind, &user, &[FEED]).await;
+    let mut c = Client::open(addr, kind, &user, &[FEED], WAIT).await;
     if kind != Kind::Sse {
         c.request(json!({"type": "subscribe", "topic": FEED}), 1)
             .await;
@@ -333,9 +182,9 @@ async fn churned_client(addr: SocketAddr, hub: Hub, i: usize) {
     let stage = (i / (2 * KINDS.len())) % 3;
     let user = churned_user(i);
     if clean {
-        let mut c = Client::open(addr, kind, &user, &[FEED]).await;
+        let mut c = Client::open(addr, kind, &user, &[FEED], WAIT).await;
         let _ = hub.join(c.session, LOBBY).await;
-        c.subscribe().await;
+        subscribe(&mut c).await;
         c.request(
             json!({"type": "publish", "topic": CHAT, "data": {"from": user}}),
             3,
@@ -346,10 +195,10 @@ async fn churned_client(addr: SocketAddr, hub: Hub, i: usize) {
     }
     let (reached, at_stage) = oneshot::channel();
     let task = tokio::spawn(async move {
-        let mut c = Client::open(addr, kind, &user, &[FEED]).await;
+        let mut c = Client::open(addr, kind, &user, &[FEED], WAIT).await;
         let _ = hub.join(c.session, LOBBY).await;
         if stage >= 1 {
-            c.subscribe().await;
+            subscribe(&mut c).await;
         }
         if stage >= 2 {
             let frame = json!({"type": "publish", "topic": CHAT, "data": {"from": user}, "id": 3});

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,15 +40,6 @@ fn assert_unavailable<T: std::fmt::Debug>(r: Result<T, BrokerError>) {
         Err(BrokerError::Unavailable(_)) => {}
         other => panic!("expected engine_unavailable, got {other:?}"),
     }
-}
-
-fn signal(server: &RedisServer, sig: &str) {
-    let pid = server.pid().expect("running");
-    let status = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 /// A bound on any single operation while Redis goes away: within 3x the command timeout.
@@ -178,7 +168,7 @@ async fn a_hung_redis_times_out_then_comes_back() {
     };
     let mut a = fast_node(&server).await;
     a.engine.subscribe(Channel::Topic("t")).await.unwrap();
-    signal(&server, "-STOP");
+    server.signal("-STOP");
     // No answer, no closed connection: the command times out...
     let t0 = Instant::now();
     assert_unavailable(a.engine.publish("t", json(json!(1))).await);
@@ -188,7 +178,7 @@ async fn a_hung_redis_times_out_then_comes_back() {
     let t0 = Instant::now();
     assert_unavailable(a.engine.publish("t", json(json!(2))).await);
     assert!(t0.elapsed() < BOUND);
-    signal(&server, "-CONT");
+    server.signal("-CONT");
     assert_eq!(a.heard.event().await, EngineEvent::Reconnected);
     let p = a.engine.publish("t", json(json!(3))).await.unwrap();
     // Whatever the stopped server had taken in is there; the delivery follows it.
@@ -202,12 +192,7 @@ async fn lost_scripts_are_loaded_again() {
     };
     let mut a = fast_node(&server).await;
     a.engine.subscribe(Channel::Topic("t")).await.unwrap();
-    let flush = || {
-        let _: () = redis::cmd("SCRIPT")
-            .arg("FLUSH")
-            .query(&mut server.cli())
-            .unwrap();
-    };
+    let flush = || server.run(&["SCRIPT", "FLUSH"]);
     flush();
     let p = a.engine.publish("t", json(json!(1))).await.unwrap();
     assert_eq!(a.heard.delivery().await.position(), p);
@@ -247,42 +232,26 @@ async fn errors_redis_answers_are_engine_errors() {
         return;
     };
     let mut a = fast_node(&server).await;
-    let config = |key: &str, value: &str| {
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(key)
-            .arg(value)
-            .query(&mut server.cli())
-            .unwrap();
-    };
     // Out of memory.
-    config("maxmemory", "1");
+    server.run(&["CONFIG", "SET", "maxmemory", "1"]);
     let err = a.engine.publish("t", json(json!(1))).await.unwrap_err();
     assert_eq!(err.code().as_str(), "engine_error");
     assert!(err.to_string().contains("OOM"), "{err}");
-    config("maxmemory", "0");
+    server.run(&["CONFIG", "SET", "maxmemory", "0"]);
     assert_eq!(
         a.engine.publish("t", json(json!(2))).await.unwrap().offset,
         1
     );
 
     // A read-only replica (as after a failover): an engine error, and a reconnect.
-    let nowhere = RedisServer::free_port();
-    let _: () = redis::cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(nowhere)
-        .query(&mut server.cli())
-        .unwrap();
+    let nowhere = RedisServer::free_port().to_string();
+    server.run(&["REPLICAOF", "127.0.0.1", &nowhere]);
     let err = a.engine.publish("t", json(json!(3))).await.unwrap_err();
     assert_eq!(err.code().as_str(), "engine_error");
     assert!(err.to_string().contains("READONLY"), "{err}");
     assert_eq!(a.heard.event().await, EngineEvent::Disconnected);
     assert_eq!(a.heard.event().await, EngineEvent::Reconnected);
-    let _: () = redis::cmd("REPLICAOF")
-        .arg("NO")
-        .arg("ONE")
-        .query(&mut server.cli())
-        .unwrap();
+    server.run(&["REPLICAOF", "NO", "ONE"]);
     let p = a.engine.publish("t", json(json!(4))).await.unwrap();
     assert_eq!(p.offset, 2);
 }

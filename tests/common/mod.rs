@@ -275,6 +275,8 @@ pub(crate) async fn raw_request(addr: SocketAddr, request: &str, wait: Duration)
 pub(crate) struct EventStream {
     body: HttpBody,
     buf: Vec<u8>,
+    /// The last event id received (what a browser would send as `Last-Event-ID`).
+    pub(crate) last_id: Option<String>,
 }
 
 impl EventStream {
@@ -283,10 +285,12 @@ impl EventStream {
         EventStream {
             body,
             buf: Vec::new(),
+            last_id: None,
         }
     }
 
-    /// The next event with data, as `(event name, data)`; comments and `retry:` skipped.
+    /// The next event with data, as `(event name, data)`; comments and `retry:` skipped, an
+    /// `id:` kept in [`EventStream::last_id`].
     pub(crate) async fn next(&mut self) -> (String, String) {
         loop {
             if let Some(pos) = self.buf.windows(2).position(|w| w == b"\n\n") {
@@ -298,6 +302,8 @@ impl EventStream {
                         event = v.trim_start().to_owned();
                     } else if let Some(v) = line.strip_prefix("data:") {
                         data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        self.last_id = Some(v.strip_prefix(' ').unwrap_or(v).to_owned());
                     }
                 }
                 if !data.is_empty() {
@@ -464,6 +470,197 @@ pub(crate) async fn close_frame(ws: &mut Ws, wait: Duration) -> (u16, String) {
             Some(Ok(Message::Close(None))) | None => return (1005, String::new()),
             Some(Ok(_)) => continue,
             Some(Err(e)) => panic!("error before the close: {e}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A client on any of the three transports, speaking JSON frames.
+
+/// A client on any transport, as user `user` (sent as `?user=` with every request; the
+/// servers of the tests that use it authenticate by that parameter).
+pub(crate) struct Client {
+    pub(crate) addr: SocketAddr,
+    pub(crate) kind: Kind,
+    pub(crate) user: String,
+    pub(crate) conn: Conn,
+    /// The session's public id, from `welcome`.
+    pub(crate) session: hub::SessionId,
+    /// The safety net for each wait.
+    pub(crate) wait: Duration,
+}
+
+/// The identity a [`Client`]'s requests name: user `?user=<name>`; none is refused.
+pub(crate) fn user_identity(req: &hub::ConnectRequest) -> Result<hub::Identity, hub::Rejection> {
+    match req.query("user") {
+        Some(u) if !u.is_empty() => Ok(hub::Identity::user(u.into_owned())),
+        _ => Err(hub::Rejection::unauthorized("?user= required")),
+    }
+}
+
+/// `path` with `user=<user>` added to its query.
+pub(crate) fn with_user(path: &str, user: &str) -> String {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    format!("{path}{sep}user={user}")
+}
+
+impl Client {
+    /// Connects (WebSocket at `/ws`, SSE at `/sse`, long-polling at `/poll`) and reads
+    /// `welcome` (and, over SSE, the `session` event). An SSE stream follows `sse_topics`
+    /// from its URL.
+    pub(crate) async fn open(
+        addr: SocketAddr,
+        kind: Kind,
+        user: &str,
+        sse_topics: &[&str],
+        wait: Duration,
+    ) -> Client {
+        Client::open_with(addr, kind, user, sse_topics, &[], wait).await
+    }
+
+    /// [`Client::open`], with extra headers on the request that opens an SSE stream (e.g.
+    /// `last-event-id`).
+    pub(crate) async fn open_with(
+        addr: SocketAddr,
+        kind: Kind,
+        user: &str,
+        sse_topics: &[&str],
+        sse_headers: &[(&str, String)],
+        wait: Duration,
+    ) -> Client {
+        let conn = match kind {
+            Kind::Ws => {
+                let url = format!("ws://{addr}{}", with_user("/ws", user));
+                let (ws, _) = tokio::time::timeout(wait, tokio_tungstenite::connect_async(url))
+                    .await
+                    .expect("timed out connecting")
+                    .expect("WebSocket connect");
+                Conn::Ws(Box::new(ws))
+            }
+            Kind::Sse => {
+                let query: Vec<String> = sse_topics.iter().map(|t| format!("topic={t}")).collect();
+                let path = with_user(&format!("/sse?{}", query.join("&")), user);
+                let mut headers = vec![("accept", "text/event-stream".to_owned())];
+                headers.extend(sse_headers.iter().cloned());
+                let (status, _, body) = send_request(addr, "GET", &path, &headers, b"", wait).await;
+                assert_eq!(status, StatusCode::OK, "SSE open for {user}");
+                Conn::sse(body)
+            }
+            Kind::Poll => {
+                let resp = http(addr, "POST", &with_user("/poll", user), &[], "", wait).await;
+                assert_eq!(resp.status, StatusCode::OK, "{:?}", resp.body);
+                Conn::Poll(Polling::new(&resp.json()))
+            }
+        };
+        let mut c = Client {
+            addr,
+            kind,
+            user: user.to_owned(),
+            conn,
+            session: hub::SessionId::parse("0000000000000000").unwrap(),
+            wait,
+        };
+        let welcome = c.recv().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        c.session = hub::SessionId::parse(welcome["session"].as_str().unwrap()).unwrap();
+        if let Conn::Sse { stream, url, token } = &mut c.conn {
+            (*url, *token) = tokio::time::timeout(wait, stream.session())
+                .await
+                .expect("timed out waiting for the session event");
+        }
+        c
+    }
+
+    /// Sends one client frame (SSE and poll: a `POST` that must be accepted with 202).
+    pub(crate) async fn send(&mut self, frame: Value) {
+        match &mut self.conn {
+            Conn::Ws(ws) => send_json(ws, frame).await,
+            Conn::Sse { url, token, .. } => {
+                let headers = [
+                    ("hub-session-token", token.clone()),
+                    ("content-type", "application/json".to_owned()),
+                ];
+                let uri = with_user(url, &self.user);
+                let body = frame.to_string();
+                let resp = http(self.addr, "POST", &uri, &headers, body, self.wait).await;
+                assert_eq!(resp.status, StatusCode::ACCEPTED, "{:?}", resp.body);
+            }
+            Conn::Poll(p) => {
+                let uri = with_user(&format!("/poll?session={}", p.session), &self.user);
+                let body = frame.to_string();
+                let resp = http(self.addr, "POST", &uri, &[], body, self.wait).await;
+                assert_eq!(resp.status, StatusCode::ACCEPTED, "{:?}", resp.body);
+            }
+        }
+    }
+
+    /// The next frame from the hub, however long it takes (each read is bounded on its own:
+    /// SSE pings and long-poll answers keep coming).
+    pub(crate) async fn next_frame(&mut self) -> Value {
+        match &mut self.conn {
+            Conn::Ws(ws) => next_json(ws).await,
+            Conn::Sse { stream, .. } => stream.next_frame().await,
+            Conn::Poll(p) => loop {
+                if let Some(frame) = p.pop() {
+                    return frame;
+                }
+                let uri = with_user(&p.next_poll(), &self.user);
+                let resp = http(self.addr, "GET", &uri, &[], "", self.wait).await;
+                p.take(&resp);
+            },
+        }
+    }
+
+    /// The next frame, within the client's safety net.
+    pub(crate) async fn recv(&mut self) -> Value {
+        tokio::time::timeout(self.wait, self.next_frame())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{:?} {}: timed out waiting for a frame",
+                    self.kind, self.user
+                )
+            })
+    }
+
+    /// Sends `frame` with `id`; returns its answer (a `reply` or an `error` with that id;
+    /// the frames that come before it are skipped).
+    pub(crate) async fn ask(&mut self, mut frame: Value, id: u64) -> Value {
+        frame["id"] = serde_json::json!(id);
+        self.send(frame).await;
+        loop {
+            let f = self.recv().await;
+            if f["id"] == id && matches!(f["type"].as_str(), Some("reply" | "error")) {
+                return f;
+            }
+        }
+    }
+
+    /// Sends `frame` with `id`; returns once its `reply` arrives (other frames are skipped).
+    pub(crate) async fn request(&mut self, frame: Value, id: u64) {
+        let f = self.ask(frame, id).await;
+        assert_eq!(f["type"], "reply", "{:?} {}: {f}", self.kind, self.user);
+    }
+
+    /// Ends the session the clean way: a WebSocket close handshake, closing the event stream
+    /// (what `EventSource.close()` does), or `DELETE` for long-polling.
+    pub(crate) async fn close(self) {
+        match self.conn {
+            Conn::Ws(mut ws) => {
+                ws.send(Message::Close(None)).await.unwrap();
+                // Read until the server's close answer and the end of the stream.
+                tokio::time::timeout(self.wait, async {
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+                .await
+                .expect("timed out closing");
+            }
+            Conn::Sse { stream, .. } => drop(stream),
+            Conn::Poll(p) => {
+                let uri = with_user(&format!("/poll?session={}", p.session), &self.user);
+                let resp = http(self.addr, "DELETE", &uri, &[], "", self.wait).await;
+                assert_eq!(resp.status, StatusCode::NO_CONTENT, "{:?}", resp.body);
+            }
         }
     }
 }
