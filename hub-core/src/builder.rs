@@ -24,8 +24,8 @@ pub struct HubBuilder {
 
 impl HubBuilder {
     /// Heartbeat interval (pings sent) and timeout (a silent session is closed). Defaults 25 s
-    /// and 60 s. A silent session is closed between `timeout` and `timeout + interval` after it
-    /// was last heard from.
+    /// and 60 s. A silent session is closed between `timeout` and `timeout` + 1 s (or + the
+    /// interval, if that is shorter than a second) after it was last heard from.
     pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
         self.config.heartbeat_interval = interval.max(Duration::from_millis(1));
         self.config.heartbeat_timeout = timeout;

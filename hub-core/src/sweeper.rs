@@ -33,12 +33,15 @@ impl Inner {
     }
 }
 
-/// The heartbeat policy, run by one task for all sessions: every interval, close the sessions
-/// silent past the timeout and ask the others' transports for a ping; then the engine's
-/// housekeeping.
+/// The heartbeat policy, run by one task for all sessions. Every second (or every interval,
+/// if that is shorter) it closes the sessions silent past the timeout, so a silent session is
+/// closed within a second of it; every interval it asks the others' transports for a ping and
+/// runs the engine's housekeeping.
 async fn sweep(weak: Weak<Inner>, interval: Duration) {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let step = interval.min(LIVENESS_STEP);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + step, step);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_ping = tokio::time::Instant::now() + interval;
     loop {
         tick.tick().await;
         let Some(inner) = weak.upgrade() else {
@@ -46,20 +49,29 @@ async fn sweep(weak: Weak<Inner>, interval: Duration) {
         };
         let now = inner.now_ms();
         let timeout = u64::try_from(inner.config.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX);
+        let ping = tokio::time::Instant::now() >= next_ping;
+        if ping {
+            next_ping += interval;
+        }
         // Collect first: closing removes from `sessions`, which must not happen while iterating.
         let mut silent = Vec::new();
         for entry in inner.sessions.iter() {
             let s = entry.value();
             if s.transport.client_liveness && now.saturating_sub(s.last_seen()) > timeout {
                 silent.push(s.clone());
-            } else if s.transport.pings {
+            } else if ping && s.transport.pings {
                 s.request_ping();
             }
         }
         inner.close_all(silent, DisconnectReason::HeartbeatTimeout);
-        inner.broker.tick();
+        if ping {
+            inner.broker.tick();
+        }
     }
 }
+
+/// How often silent sessions are looked for (at most).
+const LIVENESS_STEP: Duration = Duration::from_secs(1);
 
 /// Compares what this node delivered with the streams' tops, every `every`.
 async fn check(weak: Weak<Inner>, every: Duration) {

@@ -1056,3 +1056,33 @@ async fn topic_ttl_max_keeps_topics_for_the_hubs_life() {
     assert_eq!(hub.stats().topics, 1);
     assert_eq!(hub.publish("t", &2).await.unwrap().offset, 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_session_is_closed_at_the_documented_60_seconds_not_75() {
+    // The defaults: pings every 25 s, closed when silent for 60 s. Checked once a heartbeat
+    // interval, the session would live until the sweep after 60 s: 75 s.
+    let hub = Hub::builder().build();
+    let start = tokio::time::Instant::now();
+    let mut silent = Mem::connect(&hub, Codec::Json).await;
+    let mut batch = Vec::new();
+    let reason = loop {
+        batch.clear();
+        // Pings every 25 s come first: wait past them (paused time moves on its own).
+        let more = tokio::time::timeout(
+            Duration::from_secs(120),
+            silent.conn.outbox.next_batch(&mut batch),
+        )
+        .await
+        .expect("closed within two minutes");
+        assert!(more);
+        if let Some(Outgoing::Close(r)) = batch.last() {
+            break *r;
+        }
+    };
+    assert_eq!(reason, DisconnectReason::HeartbeatTimeout);
+    let lived = start.elapsed();
+    assert!(
+        lived > Duration::from_secs(60) && lived <= Duration::from_secs(61),
+        "closed after {lived:?}"
+    );
+}
