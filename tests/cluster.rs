@@ -703,3 +703,58 @@ async fn an_undecodable_message_is_counted_and_its_topic_repaired() {
     // The node that published is unaffected (it does not follow the topic).
     assert_eq!(a.hub.stats().node.undecodable, 0);
 }
+
+#[tokio::test]
+async fn an_event_asked_on_one_node_is_answered_by_a_session_on_another() {
+    let Some(redis) = SharedRedis::get() else {
+        return;
+    };
+    let n = nodes(&redis.url, &redis.prefix, 2).await;
+    let (a, b) = (&n[0], &n[1]);
+    for kind in KINDS {
+        let mut bob = b.client(kind, "bob", &[], WAIT).await;
+        // Asked from A, answered on B.
+        let asking = {
+            let (hub, id) = (a.hub.clone(), bob.session);
+            tokio::spawn(async move {
+                hub.emit_with_ack(id, "confirm", &json!({"order": 7}), WAIT)
+                    .await
+            })
+        };
+        let ev = loop {
+            let f = bob.recv().await;
+            if f["type"] == "event" {
+                break f;
+            }
+        };
+        assert_eq!(ev["data"], json!({"order": 7}), "{kind:?}");
+        let n = ev["ack"].as_u64().expect("an ack number");
+        let r = bob
+            .ask(json!({"type": "ack", "ack": n, "data": "yes"}), 1)
+            .await;
+        assert_eq!(r["type"], "reply", "{kind:?}: {r}");
+        let answer = asking.await.unwrap().unwrap();
+        assert_eq!(answer.decode::<String>().unwrap(), "yes", "{kind:?}");
+
+        // Bob leaves before answering the next one: A hears it, not at its timeout.
+        let asking = {
+            let (hub, id) = (a.hub.clone(), bob.session);
+            tokio::spawn(async move {
+                hub.emit_with_ack(id, "confirm", &2, Duration::from_secs(60))
+                    .await
+            })
+        };
+        loop {
+            if bob.recv().await["type"] == "event" {
+                break;
+            }
+        }
+        b.hub.disconnect(bob.session);
+        let r = tokio::time::timeout(WAIT, asking).await.unwrap().unwrap();
+        assert_eq!(r.unwrap_err(), hub::AckError::Disconnected, "{kind:?}");
+    }
+    // A session that does not exist on its node.
+    let ghost = hub::SessionId::from_parts(b.hub.node_id().0, 12345);
+    let r = a.hub.emit_with_ack(ghost, "x", &1, WAIT).await;
+    assert_eq!(r.unwrap_err(), hub::AckError::NoSession);
+}

@@ -455,6 +455,7 @@ impl Driver {
         let op = ClientOp::Subscribe {
             topic: topic.to_string(),
             since,
+            last: None,
             presence,
         };
         conn.send(&ClientFrame::new(op).with_id(id)).await
@@ -639,7 +640,7 @@ impl Driver {
                     None
                 }
             },
-            ServerFrame::Event { event, data } => {
+            ServerFrame::Event { event, data, .. } => {
                 let _ = self.server_events.send(ServerEvent::Event {
                     event: event.to_string(),
                     data,

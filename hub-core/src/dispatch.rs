@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::json;
 
-use crate::broker::Position;
+use crate::broker::HistoryFrom;
 use crate::codec::Payload;
 use crate::error::{DisconnectReason, ErrorCode, RoomError};
 use crate::frame::Frame;
@@ -70,7 +70,7 @@ impl Hub {
         &self,
         s: &Arc<SessionState>,
         topic: &str,
-        since: Option<Position>,
+        from: HistoryFrom,
     ) -> Result<(), crate::transport::CommandError> {
         let to_err = |(code, message): OpError| crate::transport::CommandError { code, message };
         check_name(topic, self.inner.config.max_name_len, ErrorCode::BadTopic).map_err(to_err)?;
@@ -87,7 +87,7 @@ impl Hub {
                 topic,
                 SubscribeReq {
                     id: None,
-                    since,
+                    from,
                     presence: false,
                 },
             )
@@ -104,6 +104,7 @@ impl Hub {
             ClientOp::Subscribe {
                 topic,
                 since,
+                last,
                 presence,
             } => {
                 check_name(&topic, max, ErrorCode::BadTopic)?;
@@ -122,7 +123,13 @@ impl Hub {
                         &topic,
                         SubscribeReq {
                             id: f.id,
-                            since,
+                            from: match (since, last) {
+                                (Some(p), _) => HistoryFrom::After(p),
+                                (None, Some(n)) => {
+                                    HistoryFrom::Last(usize::try_from(n).unwrap_or(usize::MAX))
+                                }
+                                (None, None) => HistoryFrom::Top,
+                            },
                             presence,
                         },
                     )
@@ -230,6 +237,10 @@ impl Hub {
                 inner.push_one(s, Frame::Pong { id: f.id });
                 Ok(None)
             }
+            ClientOp::Ack { ack, data } => match inner.answer(s, ack, data) {
+                Ok(()) => Ok(Some(Payload::null())),
+                Err(code) => Err((code, format!("no event waits for ack {ack}"))),
+            },
             other => Err((
                 ErrorCode::UnknownType,
                 format!("unknown frame type {:?}", other.kind()),

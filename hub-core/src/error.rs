@@ -132,6 +132,58 @@ impl SendError {
     }
 }
 
+/// An event sent with [`crate::Hub::emit_with_ack`] got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AckError {
+    /// No such session (it has closed, or never existed).
+    #[error("no such session")]
+    NoSession,
+    /// No answer within the timeout.
+    #[error("no answer in time")]
+    Timeout,
+    /// The session ended (or could not be sent the event) before it answered.
+    #[error("the session ended before it answered")]
+    Disconnected,
+    /// The session owes too many answers already (64), or the node waits for too many.
+    #[error("too many answers awaited")]
+    TooMany,
+    /// The event name is invalid.
+    #[error("{0}")]
+    BadName(ErrorCode),
+    /// The value could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The engine could not carry the event to the session's node.
+    #[error(transparent)]
+    Engine(BrokerError),
+}
+
+impl AckError {
+    /// A short stable name of the failure (`no_session`, `timeout`, `disconnected`,
+    /// `too_many`, ...), as nodes tell each other.
+    pub fn code_str(&self) -> &'static str {
+        match self {
+            AckError::NoSession => "no_session",
+            AckError::Timeout => "timeout",
+            AckError::Disconnected => "disconnected",
+            AckError::TooMany => "too_many",
+            AckError::BadName(_) => "bad_event",
+            AckError::Encode(_) => "undeliverable",
+            AckError::Engine(_) => "engine_unavailable",
+        }
+    }
+
+    pub(crate) fn from_code_str(s: &str) -> AckError {
+        match s {
+            "no_session" => AckError::NoSession,
+            "timeout" => AckError::Timeout,
+            "too_many" => AckError::TooMany,
+            _ => AckError::Disconnected,
+        }
+    }
+}
+
 /// A server-side room operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

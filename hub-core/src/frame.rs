@@ -84,7 +84,7 @@ pub(crate) fn weight(frame: &Frame) -> usize {
             Frame::Message {
                 topic, epoch, data, ..
             } => topic.len() + epoch.len() + data.as_bytes().len(),
-            Frame::Event { event, data } => event.len() + data.as_bytes().len(),
+            Frame::Event { event, data, .. } => event.len() + data.as_bytes().len(),
             Frame::Reply { data, .. } => data.as_bytes().len(),
             Frame::Error { message, .. } => message.len(),
             Frame::Gap { topic, epoch, .. } => topic.len() + epoch.len(),

@@ -10,7 +10,7 @@ use crate::broker::{BrokerError, EngineStats, HistoryFrom, NodeId, Position, Pub
 use crate::builder::HubBuilder;
 use crate::codec::Payload;
 use crate::config::SlowConsumerPolicy;
-use crate::error::{DisconnectReason, ErrorCode, Rejection, RoomError, SendError};
+use crate::error::{AckError, DisconnectReason, ErrorCode, Rejection, RoomError, SendError};
 use crate::frame::{Frame, Shared};
 use crate::hooks::{ConnectRequest, Identity};
 use crate::names::{valid_event, valid_name};
@@ -228,11 +228,38 @@ impl Hub {
         let Some(s) = inner.local_session(session) else {
             return Ok(false);
         };
-        let frame = Shared::new(Frame::Event { event, data });
+        let frame = Shared::new(Frame::Event {
+            event,
+            data,
+            ack: None,
+        });
         let mut overflow = Vec::new();
         let n = inner.fan_out(std::iter::once(&s), &frame, &mut overflow);
         inner.close_all(overflow, DisconnectReason::SlowConsumer);
         Ok(n == 1)
+    }
+
+    /// Sends an event to one session (on any node) and waits for its answer, as socket.io's
+    /// `emitWithAck`: the event goes out with an `ack` number, and the client answers with an
+    /// `ack` frame carrying it (PROTOCOL.md, "Events that ask for an answer"). Fails with
+    /// [`AckError::Timeout`] when no answer comes in `timeout`, [`AckError::Disconnected`] when
+    /// the session ends first, [`AckError::NoSession`] when there is no such session.
+    ///
+    /// A session owes at most 64 answers at once ([`AckError::TooMany`] beyond).
+    pub async fn emit_with_ack<T: Serialize + ?Sized>(
+        &self,
+        session: SessionId,
+        event: &str,
+        data: &T,
+        timeout: Duration,
+    ) -> Result<Payload, AckError> {
+        if !valid_event(event, self.inner.config.max_name_len) {
+            return Err(AckError::BadName(ErrorCode::BadEvent));
+        }
+        let data = Payload::from_value(data)?;
+        self.inner
+            .emit_with_ack(session, Arc::from(event), data, timeout)
+            .await
     }
 
     /// Sends an event to every session of the hub, on every node. Returns how many local
@@ -247,6 +274,7 @@ impl Hub {
         let frame = Shared::new(Frame::Event {
             event: event.clone(),
             data: data.clone(),
+            ack: None,
         });
         let n = inner.emit_all_local(&frame);
         inner.send_control(

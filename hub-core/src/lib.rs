@@ -67,6 +67,7 @@
 
 #![warn(missing_docs)]
 
+mod acks;
 pub mod broker;
 mod builder;
 mod codec;
@@ -89,13 +90,13 @@ mod sweeper;
 pub mod transport;
 
 pub use async_trait::async_trait;
-pub use broker::{Broker, BrokerError, EngineStats, NodeId, Position, Publication};
+pub use broker::{Broker, BrokerError, EngineStats, HistoryFrom, NodeId, Position, Publication};
 pub use builder::HubBuilder;
 pub use codec::{Codec, Payload};
 pub use config::SlowConsumerPolicy;
 pub use error::{
-    DecodeError, DisconnectReason, EncodeError, ErrorCode, HandlerError, Rejection, RoomError,
-    SendError,
+    AckError, DecodeError, DisconnectReason, EncodeError, ErrorCode, HandlerError, Rejection,
+    RoomError, SendError,
 };
 pub use frame::FrameKind;
 pub use hooks::{

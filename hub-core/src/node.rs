@@ -13,10 +13,11 @@ use std::sync::{Arc, Weak};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::acks::Acks;
 use crate::broker::{Broker, BrokerInfo, EngineEvent, Node, NodeId, Publication, Route};
 use crate::codec::{Codec, Payload};
 use crate::config::Config;
-use crate::error::{DisconnectReason, ErrorCode, Rejection};
+use crate::error::{AckError, DisconnectReason, ErrorCode, Rejection};
 use crate::frame::{Frame, Shared};
 use crate::presence::{Member, PresenceStore, PresenceWorker};
 use crate::queue::{Congestion, Pushed};
@@ -56,6 +57,8 @@ pub(crate) struct Inner {
     /// waits for them to finish and aborts those left at the deadline.
     pub(crate) attached: DashMap<SessionId, Arc<SessionState>>,
     pub(crate) detached: tokio::sync::Notify,
+    /// Events waiting for their client's answer.
+    pub(crate) acks: Acks,
     /// This node, as the engine sees it.
     pub(crate) me: Weak<Inner>,
 }
@@ -88,6 +91,7 @@ impl Inner {
             per_ip: DashMap::new(),
             attached: DashMap::new(),
             detached: tokio::sync::Notify::new(),
+            acks: Acks::default(),
             me,
         }
     }
@@ -215,6 +219,7 @@ impl Inner {
                 self.remove_from_room(&s, &room, &mut overflow);
             }
             self.sessions.remove(&s.id);
+            self.session_ended_acks(s.id);
             self.release(s.peer);
             self.stats.count_disconnect(reason);
             tracing::debug!(session = %s.id, transport = s.transport.name, %reason, "session closed");
@@ -346,6 +351,7 @@ impl Inner {
                 let frame = Shared::new(Frame::Event {
                     event: Arc::from(event.as_str()),
                     data,
+                    ack: None,
                 });
                 self.emit_rooms_local(&rooms, &except, &frame);
             }
@@ -366,6 +372,7 @@ impl Inner {
                     Frame::Event {
                         event: Arc::from(event.as_str()),
                         data,
+                        ack: None,
                     },
                 );
             }
@@ -377,6 +384,7 @@ impl Inner {
                 let frame = Shared::new(Frame::Event {
                     event: Arc::from(event.as_str()),
                     data,
+                    ack: None,
                 });
                 self.emit_all_local(&frame);
             }
@@ -399,6 +407,36 @@ impl Inner {
                 if let Some(s) = self.local_session(SessionId::from_u64(session)) {
                     self.leave_room(&s, &room);
                 }
+            }
+            Control::Ask {
+                session,
+                ask,
+                event,
+                codec,
+                data,
+                timeout_ms,
+            } => {
+                self.on_ask(
+                    NodeId(env.origin),
+                    SessionId::from_u64(session),
+                    ask,
+                    event,
+                    payload(codec, data),
+                    std::time::Duration::from_millis(timeout_ms),
+                );
+            }
+            Control::Answer {
+                ask,
+                codec,
+                data,
+                error,
+            } => {
+                let answer = match (data, error) {
+                    (Some(d), None) => payload(codec, d.into_vec()).ok_or(AckError::Disconnected),
+                    (_, Some(e)) => Err(AckError::from_code_str(&e)),
+                    (None, None) => Err(AckError::Disconnected),
+                };
+                self.on_answer(ask, answer);
             }
             Control::Presence {
                 join,
@@ -538,6 +576,23 @@ pub(crate) enum Control {
     Join { session: u64, room: String },
     /// Remove a session from a room.
     Leave { session: u64, room: String },
+    /// Ask a session for an answer (`emit_with_ack`); its node answers with `Answer`.
+    Ask {
+        session: u64,
+        ask: u64,
+        event: String,
+        codec: u8,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        timeout_ms: u64,
+    },
+    /// The answer to an `Ask` (data), or why there is none (error).
+    Answer {
+        ask: u64,
+        codec: u8,
+        data: Option<serde_bytes::ByteBuf>,
+        error: Option<String>,
+    },
     /// A member joined or left a topic or room.
     Presence {
         join: bool,

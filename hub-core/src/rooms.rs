@@ -238,6 +238,7 @@ impl Inner {
         let frame = Shared::new(Frame::Event {
             event: event.clone(),
             data: data.clone(),
+            ack: None,
         });
         let n = self.emit_rooms_local(rooms, except, &frame);
         if self.clustered() {

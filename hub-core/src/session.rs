@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -68,6 +68,8 @@ pub(crate) struct SessionState {
     bucket: Mutex<Bucket>,
     pub(crate) aborted: AtomicBool,
     pub(crate) abort_notify: Notify,
+    /// Answers this session owes (events sent with `emit_with_ack`), bounded.
+    pub(crate) acks_owed: AtomicUsize,
 }
 
 impl SessionState {
@@ -100,6 +102,7 @@ impl SessionState {
             }),
             aborted: AtomicBool::new(false),
             abort_notify: Notify::new(),
+            acks_owed: AtomicUsize::new(0),
         }
     }
 

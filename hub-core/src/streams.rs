@@ -92,7 +92,8 @@ impl Held {
 /// What a subscribe asks for.
 pub(crate) struct SubscribeReq {
     pub(crate) id: Option<u64>,
-    pub(crate) since: Option<Position>,
+    /// Where to start: now, after a position (recovery), or with the last messages held.
+    pub(crate) from: HistoryFrom,
     pub(crate) presence: bool,
 }
 
@@ -347,9 +348,9 @@ impl Inner {
         };
 
         // 2 and 3. The engine: hear the channel, read the top (and the history after `since`).
-        let mut from = match &req.since {
-            Some(p) => HistoryFrom::After(p.clone()),
-            None => HistoryFrom::Top,
+        let mut from = match &req.from {
+            HistoryFrom::Last(n) => HistoryFrom::Last((*n).min(self.config.history_len)),
+            other => other.clone(),
         };
         if let Err(e) = self.engine_hold(ChannelKey::Topic(t.name.clone())).await {
             self.undo_subscribe(s, &t);
@@ -396,21 +397,34 @@ impl Inner {
                     None => {
                         let top = &history.top;
                         let mut c = Catchup::new(t.name.clone(), top.epoch.clone(), top.offset + 1);
-                        match &req.since {
-                            Some(since)
+                        match &req.from {
+                            HistoryFrom::After(since)
                                 if since.epoch == top.epoch && since.offset <= top.offset =>
                             {
                                 c.next = since.offset + 1;
                             }
-                            Some(_) => c.out.push(c.gap(0, 0, GapReason::Epoch)),
-                            None => {}
+                            HistoryFrom::After(since) if since.epoch == top.epoch => {
+                                // Ahead of the stream: positions it never gave (or lost and
+                                // gives again). New messages take those offsets.
+                                c.out
+                                    .push(c.gap(top.offset + 1, since.offset, GapReason::Ahead));
+                            }
+                            HistoryFrom::After(_) => c.out.push(c.gap(0, 0, GapReason::Epoch)),
+                            HistoryFrom::Last(_) => {
+                                // The last messages held, then live ones: no gap before them
+                                // (none was asked for).
+                                if let Some(p) = history.publications.first() {
+                                    c.next = p.offset();
+                                }
+                            }
+                            HistoryFrom::Top => {}
                         }
                         c
                     }
                 };
                 if first {
-                    let start = match &req.since {
-                        Some(since)
+                    let start = match &req.from {
+                        HistoryFrom::After(since)
                             if since.epoch == history.top.epoch
                                 && since.offset <= history.top.offset =>
                         {

@@ -64,6 +64,7 @@ async fn sweep(weak: Weak<Inner>, interval: Duration) {
             }
         }
         inner.close_all(silent, DisconnectReason::HeartbeatTimeout);
+        inner.expire_acks();
         if ping {
             inner.broker.tick();
         }

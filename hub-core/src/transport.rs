@@ -29,7 +29,7 @@ use std::task::Poll;
 
 use bytes::Bytes;
 
-use crate::broker::Position;
+use crate::broker::{HistoryFrom, Position};
 use crate::codec::Codec;
 use crate::error::{DisconnectReason, ErrorCode};
 use crate::frame::{Frame, FrameKind, GapReason, Item, Shared};
@@ -105,6 +105,7 @@ impl OutFrame {
             frame: Shared::new(Frame::Event {
                 event: Arc::from(""),
                 data: crate::codec::Payload::null(),
+                ack: None,
             }),
         }
     }
@@ -214,14 +215,11 @@ impl Session {
 
     /// Subscribes the session to a topic, as a `subscribe` frame without `id` would, but
     /// answering here instead of with an `error` frame: for transports that take topics at
-    /// connect time (SSE's query) and must refuse before streaming. With `since`, what was
-    /// missed (or a `gap`) is queued before any live message.
-    pub async fn subscribe(
-        &self,
-        topic: &str,
-        since: Option<Position>,
-    ) -> Result<(), CommandError> {
-        self.hub.subscribe_session(&self.state, topic, since).await
+    /// connect time (SSE's query) and must refuse before streaming. `from` says where to start:
+    /// now ([`HistoryFrom::Top`]), after a position (what was missed, or a `gap`, is queued
+    /// before any live message), or with the last messages held.
+    pub async fn subscribe(&self, topic: &str, from: HistoryFrom) -> Result<(), CommandError> {
+        self.hub.subscribe_session(&self.state, topic, from).await
     }
 
     /// Records that the client showed life (a pong, or any traffic the transport sees).

@@ -151,6 +151,15 @@ impl Payload {
         if codec == self.codec {
             return Ok(self.bytes.clone());
         }
+        if self.codec == Codec::MsgPack && codec == Codec::Json {
+            // serde_json would write an integer key as a string and NaN as `null`: a JSON
+            // reader must not get a value other than the one published.
+            let shape = crate::shape::scan(&self.bytes)
+                .map_err(|()| EncodeError::new("not a MessagePack value"))?;
+            if let Some(problem) = shape.json_problem() {
+                return Err(EncodeError::new(problem));
+            }
+        }
         transcode(self.codec, &self.bytes, codec).map(Bytes::from)
     }
 }
@@ -228,12 +237,29 @@ mod tests {
     }
 
     #[test]
-    fn a_map_keyed_by_an_array_has_no_json_form() {
-        // {[]: 2} in MessagePack. (An integer key becomes a string: serde_json writes `"1"`.)
-        let p =
-            Payload::from_encoded(Codec::MsgPack, Bytes::from_static(&[0x81, 0x90, 0x02])).unwrap();
-        assert!(p.bytes_in(Codec::Json).is_err());
-        assert_eq!(p.bytes_in(Codec::MsgPack).unwrap(), p.as_bytes());
+    fn maps_with_keys_that_are_not_strings_have_no_json_form() {
+        // {[]: 2} and {1: "a"} (serde_json alone would write the latter as `{"1":"a"}`).
+        for bytes in [&[0x81, 0x90, 0x02][..], &[0x81, 0x01, 0xa1, b'a']] {
+            let p = Payload::from_encoded(Codec::MsgPack, Bytes::copy_from_slice(bytes)).unwrap();
+            let e = p.bytes_in(Codec::Json).unwrap_err();
+            assert!(e.to_string().contains("not a string"), "{e}");
+            // A MessagePack reader gets it as it is.
+            assert_eq!(p.bytes_in(Codec::MsgPack).unwrap(), p.as_bytes());
+        }
+    }
+
+    #[test]
+    fn nan_and_infinities_have_no_json_form() {
+        // serde_json alone would write NaN as `null`.
+        for f in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let mut bytes = vec![0xcb];
+            bytes.extend(f.to_be_bytes());
+            let p = Payload::from_encoded(Codec::MsgPack, Bytes::from(bytes)).unwrap();
+            let e = p.bytes_in(Codec::Json).unwrap_err();
+            assert!(e.to_string().contains("NaN"), "{e}");
+        }
+        let p = Payload::encode(Codec::MsgPack, &1.5f64).unwrap();
+        assert_eq!(p.bytes_in(Codec::Json).unwrap().as_ref(), b"1.5");
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub enum ErrorCode {
     EngineUnavailable,
     /// The engine answered with an error (out of memory, read-only, ...).
     EngineError,
+    /// An `ack` answers no event waiting for one (already answered, timed out, or never asked).
+    UnknownAck,
     /// A server fault.
     Internal,
 
@@ -88,7 +90,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 33] = [
         ErrorCode::BadFrame,
         ErrorCode::BadField,
         ErrorCode::UnknownType,
@@ -109,6 +111,7 @@ impl ErrorCode {
         ErrorCode::FrameTooLarge,
         ErrorCode::EngineUnavailable,
         ErrorCode::EngineError,
+        ErrorCode::UnknownAck,
         ErrorCode::Internal,
         ErrorCode::BadRequest,
         ErrorCode::BadEncoding,
@@ -146,6 +149,7 @@ impl ErrorCode {
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::EngineUnavailable => "engine_unavailable",
             ErrorCode::EngineError => "engine_error",
+            ErrorCode::UnknownAck => "unknown_ack",
             ErrorCode::Internal => "internal",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::BadEncoding => "bad_encoding",

@@ -65,6 +65,7 @@ mod client;
 mod codec;
 mod error;
 mod server;
+mod shape;
 mod types;
 mod wire;
 

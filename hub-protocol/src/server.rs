@@ -82,6 +82,8 @@ pub enum ServerFrame {
         event: Arc<str>,
         /// The application data.
         data: Payload,
+        /// The server waits for an answer: the client sends an `ack` frame with this number.
+        ack: Option<u64>,
     },
     /// `reply`: success of the request `id`.
     Reply {
@@ -213,10 +215,13 @@ impl ServerFrame {
                 f.push(("offset", U64(*offset)));
                 f.push(("data", Raw(data)));
             }
-            ServerFrame::Event { event, data } => {
+            ServerFrame::Event { event, data, ack } => {
                 f.push(("type", Str("event")));
                 f.push(("event", Str(event)));
                 f.push(("data", Raw(data)));
+                if let Some(ack) = ack {
+                    f.push(("ack", U64(*ack)));
+                }
             }
             ServerFrame::Reply { id, data } => {
                 f.push(("type", Str("reply")));
@@ -320,7 +325,8 @@ impl ServerFrame {
 ///
 /// ```
 /// use hub_protocol::{Codec, Payload, ServerFrame, Shared};
-/// let shared = Shared::new(ServerFrame::Event { event: "hi".into(), data: Payload::null() });
+/// let shared =
+///     Shared::new(ServerFrame::Event { event: "hi".into(), data: Payload::null(), ack: None });
 /// let mut made = 0;
 /// let a = shared.encoded_with(Codec::Json, || made += 1).unwrap();
 /// let b = shared.encoded_with(Codec::Json, || made += 1).unwrap();
@@ -402,6 +408,8 @@ struct EventW<D> {
     event: String,
     #[serde(default = "Option::default", deserialize_with = "wire::present")]
     data: Option<D>,
+    #[serde(default)]
+    ack: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -512,6 +520,7 @@ where
             ServerFrame::Event {
                 event: w.event.into(),
                 data: wire::payload_or_own_null(w.data, bytes),
+                ack: w.ack,
             }
         }
         "reply" => {

@@ -162,11 +162,16 @@ impl Scope {
 pub enum GapReason {
     /// `history`: the messages are no longer held.
     History,
-    /// `epoch`: the `since` named another epoch (or a position the stream never reached):
-    /// nothing was recovered, and `from`/`to` are 0.
+    /// `epoch`: the `since` named another epoch, or the stream was recreated while the
+    /// session followed it: nothing was recovered, and `from`/`to` are 0; the frame's epoch is
+    /// the stream's new one.
     Epoch,
     /// `lagged`: dropped because the session read too slowly.
     Lagged,
+    /// `ahead`: the `since` is ahead of the stream (its offsets `from..=to` were never given in
+    /// this epoch, or the engine lost them and went back): nothing was recovered, and new
+    /// messages will take those offsets. Forget what was held after `from - 1`.
+    Ahead,
     /// A reason this version does not know, as it came.
     Other(Box<str>),
 }
@@ -178,6 +183,7 @@ impl GapReason {
             "history" => GapReason::History,
             "epoch" => GapReason::Epoch,
             "lagged" => GapReason::Lagged,
+            "ahead" => GapReason::Ahead,
             other => GapReason::Other(other.into()),
         }
     }
@@ -188,6 +194,7 @@ impl GapReason {
             GapReason::History => "history",
             GapReason::Epoch => "epoch",
             GapReason::Lagged => "lagged",
+            GapReason::Ahead => "ahead",
             GapReason::Other(s) => s,
         }
     }

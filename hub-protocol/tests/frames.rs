@@ -52,6 +52,12 @@ fn server_frames(codec: Codec) -> Vec<ServerFrame> {
         ServerFrame::Event {
             event: "new-message".into(),
             data: data(codec, json!({"from": "ana", "text": "hello"})),
+            ack: None,
+        },
+        ServerFrame::Event {
+            event: "confirm".into(),
+            data: data(codec, json!({"order": 7})),
+            ack: Some(3),
         },
         ServerFrame::Reply {
             id: 1,
@@ -201,6 +207,7 @@ fn a_payload_of_the_other_codec_is_converted_when_encoded() {
     let frame = ServerFrame::Event {
         event: "e".into(),
         data: odd,
+        ack: None,
     };
     assert!(frame.encode(Codec::Json).is_err());
     assert!(frame.encode(Codec::MsgPack).is_ok());
@@ -429,12 +436,24 @@ fn client_ops(codec: Codec) -> Vec<ClientOp> {
         ClientOp::Subscribe {
             topic: "scores/all".into(),
             since: None,
+            last: None,
             presence: false,
         },
         ClientOp::Subscribe {
             topic: "scores/match-3".into(),
             since: Some(Position::new("9f1c2a7d3b4e5f60", 41)),
+            last: None,
             presence: true,
+        },
+        ClientOp::Subscribe {
+            topic: "scores/match-4".into(),
+            since: None,
+            last: Some(1),
+            presence: false,
+        },
+        ClientOp::Ack {
+            ack: 3,
+            data: data(codec, json!({"ok": true})),
         },
         ClientOp::Unsubscribe { topic: "t".into() },
         ClientOp::Publish {
@@ -477,6 +496,7 @@ fn client_frames_are_written_as_protocol_md_shows_them() {
             ClientFrame::new(ClientOp::Subscribe {
                 topic: "scores/match-3".into(),
                 since: Some(Position::new("9f1c2a7d3b4e5f60", 41)),
+                last: None,
                 presence: false,
             })
             .with_id(2),
@@ -688,4 +708,90 @@ fn bad_client_frames_have_codes_and_keep_ids() {
     mp.push(0x01);
     let e = ClientFrame::decode(Codec::MsgPack, &Bytes::from(mp)).unwrap_err();
     assert_eq!((e.code(), e.id()), (ErrorCode::BadFrame, Some(12)));
+}
+
+/// A MessagePack frame from its fields, each value's bytes written as they are.
+fn mp_frame(fields: &[(&str, &[u8])]) -> Bytes {
+    let mut out = vec![0x80 | fields.len() as u8];
+    for (k, v) in fields {
+        rmp::encode::write_str(&mut out, k).unwrap();
+        out.extend_from_slice(v);
+    }
+    Bytes::from(out)
+}
+
+#[test]
+fn conformance_bin_where_a_string_is_required_is_refused() {
+    // `topic` as bin holding valid UTF-8: serde would take it as a string.
+    let mut topic = Vec::new();
+    rmp::encode::write_bin(&mut topic, b"scores").unwrap();
+    let mut kind = Vec::new();
+    rmp::encode::write_str(&mut kind, "subscribe").unwrap();
+    let bytes = mp_frame(&[("type", &kind), ("topic", &topic), ("id", &[0x07])]);
+    let e = ClientFrame::decode(Codec::MsgPack, &bytes).unwrap_err();
+    assert_eq!((e.code(), e.id()), (ErrorCode::BadField, Some(7)), "{e}");
+    // `type` as bin too.
+    let mut bin_kind = Vec::new();
+    rmp::encode::write_bin(&mut bin_kind, b"ping").unwrap();
+    let e = ClientFrame::decode(Codec::MsgPack, &mp_frame(&[("type", &bin_kind)])).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::BadField);
+}
+
+#[test]
+fn conformance_ext_values_are_refused_not_altered() {
+    let mut kind = Vec::new();
+    rmp::encode::write_str(&mut kind, "publish").unwrap();
+    let mut topic = Vec::new();
+    rmp::encode::write_str(&mut topic, "t").unwrap();
+    // data: [fixext1 type 1 byte 0x2a] inside an array
+    let bytes = mp_frame(&[
+        ("type", &kind),
+        ("topic", &topic),
+        ("data", &[0x91, 0xd4, 0x01, 0x2a]),
+        ("id", &[0x05]),
+    ]);
+    let e = ClientFrame::decode(Codec::MsgPack, &bytes).unwrap_err();
+    assert_eq!((e.code(), e.id()), (ErrorCode::BadField, Some(5)), "{e}");
+    assert!(e.message().contains("ext"), "{e}");
+}
+
+#[test]
+fn subscribe_takes_last_or_since_not_both_and_ack_frames_decode() {
+    let json = |s: &str| ClientFrame::decode(Codec::Json, &Bytes::copy_from_slice(s.as_bytes()));
+    let f = json(r#"{"type":"subscribe","topic":"t","last":1,"id":1}"#).unwrap();
+    assert!(matches!(
+        f.op,
+        ClientOp::Subscribe {
+            last: Some(1),
+            since: None,
+            ..
+        }
+    ));
+    let e = json(
+        r#"{"type":"subscribe","topic":"t","last":1,"since":{"epoch":"e","offset":1},"id":2}"#,
+    )
+    .unwrap_err();
+    assert_eq!((e.code(), e.id()), (ErrorCode::BadField, Some(2)));
+    let e = json(r#"{"type":"subscribe","topic":"t","last":-1}"#).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::BadField);
+    let f = json(r#"{"type":"ack","ack":9,"data":{"ok":true}}"#).unwrap();
+    let ClientOp::Ack { ack, data } = f.op else {
+        panic!("an ack")
+    };
+    assert_eq!(ack, 9);
+    assert_eq!(data.as_bytes().as_ref(), br#"{"ok":true}"#);
+    let e = json(r#"{"type":"ack","data":1,"id":3}"#).unwrap_err();
+    assert_eq!((e.code(), e.id()), (ErrorCode::BadField, Some(3)));
+    // A server event that asks for an answer round-trips.
+    let ev = ServerFrame::Event {
+        event: "confirm".into(),
+        data: Payload::null(),
+        ack: Some(4),
+    };
+    let bytes = ev.encode(Codec::Json).unwrap();
+    assert_eq!(
+        bytes.as_ref(),
+        br#"{"type":"event","event":"confirm","data":null,"ack":4}"#
+    );
+    assert_eq!(ServerFrame::decode(Codec::Json, &bytes).unwrap(), ev);
 }

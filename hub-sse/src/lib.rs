@@ -189,7 +189,8 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hub_core::{
-    Codec, CommandError, Connection, ErrorCode, Hub, Position, Rejection, TransportInfo,
+    Codec, CommandError, Connection, ErrorCode, HistoryFrom, Hub, Position, Rejection,
+    TransportInfo,
 };
 use hub_http::seq::{self, answered, bad_seq, run_numbered, Verdict};
 use hub_http::BodyError;
@@ -461,6 +462,21 @@ impl SseService {
                 );
             }
         }
+        // `?last=n`: a topic of the URL that is not resumed starts with (up to) its last `n`
+        // messages, then live ones (the current state for a first-time reader).
+        let last = match query_values(req.uri(), "last").next() {
+            None => None,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::BadField.as_str(),
+                        "`last` must be a whole number",
+                    )
+                }
+            },
+        };
         // The header (what browsers send); else `?lastEventId=` (what EventSource polyfills send,
         // and a page can use to resume from an id it kept).
         let from_query = query_values(req.uri(), "lastEventId").find(|v| !v.is_empty());
@@ -496,7 +512,12 @@ impl SseService {
             let since = resumed
                 .and_then(|c| c.get(topic))
                 .map(|(epoch, offset)| Position::new(epoch, offset));
-            if let Err(e) = session.subscribe(topic, since.clone()).await {
+            let from = match (&since, last) {
+                (Some(p), _) => HistoryFrom::After(p.clone()),
+                (None, Some(n)) => HistoryFrom::Last(n),
+                (None, None) => HistoryFrom::Top,
+            };
+            if let Err(e) = session.subscribe(topic, from).await {
                 return command_refusal(topic, &e);
             }
             if let Some(pos) = since {
@@ -516,7 +537,7 @@ impl SseService {
                     continue;
                 };
                 let since = Position::new(epoch, offset);
-                match session.subscribe(topic, Some(since)).await {
+                match session.subscribe(topic, HistoryFrom::After(since)).await {
                     Ok(()) => {
                         cursor.set(topic, epoch, offset);
                         resumed_topics.push(topic.to_owned());
@@ -881,8 +902,8 @@ fn unknown_session() -> Response<Body> {
 fn command_refusal(topic: &str, e: &CommandError) -> Response<Body> {
     let status = match e.code {
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-        ErrorCode::TooManyTopics => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::TooManyTopics | ErrorCode::EngineUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal | ErrorCode::EngineError => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
     };
     error_response(status, e.code.as_str(), &format!("{topic}: {}", e.message))
