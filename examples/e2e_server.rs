@@ -6,6 +6,8 @@
 //! ```text
 //! cargo run --example e2e_server -- sports [--addr 127.0.0.1:0] [--refuse-ws] [--refuse-sse]
 //!                                          [--tick-ms 1000] [--heartbeat-ms 25000] [--seed N]
+//!                                          [--engine memory|redis] [--redis URL] [--prefix P]
+//! cargo run --example e2e_server -- redis-clean [--redis URL] --prefix P
 //! ```
 //!
 //! It prints one line of JSON, `{"url": "http://127.0.0.1:<port>/", "admin":
@@ -26,9 +28,19 @@
 //! the hub down gracefully (sessions end with reason `shutdown`), then the process exits: the
 //! tests restart it on the same port with `--addr`.
 //!
-//! TODO(redis): with `hub-redis` merged, `--engine redis --redis-url <url>` belongs here, so
-//! that a restarted process continues the same streams (same epochs): the restart test of
-//! `tests/browser/` then expects `recovered: true` (see `HUB_E2E_ENGINE` there).
+//! # Engines
+//!
+//! `--engine memory` (the default) keeps the hub's streams in the process: a restarted server
+//! starts new epochs. `--engine redis` keeps them in the Redis at `--redis` (default
+//! `redis://127.0.0.1:6379`) under the key prefix `--prefix` (required: a prefix of the test
+//! run's own, ASCII letters, digits, `-`, `_` and `.`, so that it never meets another's keys):
+//! a server restarted with the same prefix continues the same streams, same epochs, and the
+//! sports feed goes on with the board the streams hold ([`sports::Feed::resume`]).
+//!
+//! `redis-clean` deletes every key under `--prefix` (`{P:...` and `{P}...`, the hub's key
+//! layout, nothing else), prints `{"deleted": n}` and exits: the tests call it once their
+//! servers are gone. It fails (exit 1) when Redis cannot be reached, which is also how the
+//! tests learn whether Redis is there.
 
 #[allow(dead_code, unreachable_pub)] // the examples' `main`s and the like
 #[path = "sports_scores.rs"]
@@ -57,6 +69,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use hub::{Hub, SessionId};
+use hub_redis::RedisEngine;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -64,10 +77,25 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 const USAGE: &str = "usage: e2e_server <sports|chat|dashboard> [--addr ip:port] [--refuse-ws] \
-[--refuse-sse] [--tick-ms N] [--heartbeat-ms N] [--seed N]";
+[--refuse-sse] [--tick-ms N] [--heartbeat-ms N] [--seed N] [--engine memory|redis] [--redis URL] \
+[--prefix P]
+       e2e_server redis-clean [--redis URL] --prefix P";
+
+/// The Redis of `--engine redis` and `redis-clean` unless `--redis` says otherwise.
+const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379";
+
+/// Where the hub keeps its streams.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    /// In the process (hub-core's in-process broker).
+    Memory,
+    /// In Redis (hub-redis), under `--prefix`.
+    Redis,
+}
 
 /// What the command line asks for.
 struct Args {
+    /// An example, or `redis-clean`.
     example: String,
     addr: SocketAddr,
     refuse_ws: bool,
@@ -75,12 +103,18 @@ struct Args {
     tick: Duration,
     heartbeat: Option<Duration>,
     seed: u64,
+    engine: Engine,
+    redis: String,
+    prefix: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let example = args.next().ok_or("which example?")?;
-    if !matches!(example.as_str(), "sports" | "chat" | "dashboard") {
+    if !matches!(
+        example.as_str(),
+        "sports" | "chat" | "dashboard" | "redis-clean"
+    ) {
         return Err(format!("unknown example {example:?}"));
     }
     let mut out = Args {
@@ -91,6 +125,9 @@ fn parse_args() -> Result<Args, String> {
         tick: sports::TICK,
         heartbeat: None,
         seed: 1,
+        engine: Engine::Memory,
+        redis: DEFAULT_REDIS.to_owned(),
+        prefix: None,
     };
     let number = |v: Option<String>, what: &str| -> Result<u64, String> {
         v.ok_or(format!("{what} needs a value"))?
@@ -114,10 +151,88 @@ fn parse_args() -> Result<Args, String> {
                 ))
             }
             "--seed" => out.seed = number(args.next(), "--seed")?,
+            "--engine" => {
+                out.engine = match args.next().as_deref() {
+                    Some("memory") => Engine::Memory,
+                    Some("redis") => Engine::Redis,
+                    other => return Err(format!("--engine is memory or redis, not {other:?}")),
+                }
+            }
+            "--redis" => out.redis = args.next().ok_or("--redis needs a URL")?,
+            "--prefix" => {
+                let p = args.next().ok_or("--prefix needs a value")?;
+                // No glob characters (`redis-clean` matches keys by pattern), no `:` (which
+                // would make one prefix the start of another's keys), no braces (hash tags).
+                let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+                if p.is_empty() || !p.chars().all(ok) {
+                    return Err(format!(
+                        "bad --prefix {p:?}: ASCII letters, digits, '-', '_' and '.' only"
+                    ));
+                }
+                out.prefix = Some(p);
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    let needs_prefix = out.engine == Engine::Redis || out.example == "redis-clean";
+    if needs_prefix && out.prefix.is_none() {
+        return Err("Redis needs --prefix (a key prefix of the test run's own)".to_owned());
+    }
     Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis
+// ---------------------------------------------------------------------------------------------
+
+/// The engine for a hub whose streams and presence live in the Redis at `url`, under `prefix`.
+async fn redis_engine(url: &str, prefix: &str) -> Result<RedisEngine, String> {
+    RedisEngine::builder(url)
+        .prefix(prefix)
+        .build()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Deletes every key of the hub whose prefix is `prefix` (hub-redis's layout: `{P:...}` and
+/// `{P}:...`); returns how many there were.
+async fn redis_clean(url: &str, prefix: &str) -> Result<usize, String> {
+    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    let mut conn = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .map_err(|_| format!("no answer from {url} in 5 s"))?
+    .map_err(|e| e.to_string())?;
+    // `{<prefix>:` or `{<prefix>}`, then anything: never the keys of a longer prefix. The
+    // prefix has no glob characters (see `--prefix`).
+    let pattern = format!("{{{prefix}[:}}]*");
+    let mut cursor = 0u64;
+    let mut deleted = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !keys.is_empty() {
+            let n: usize = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            deleted += n;
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -459,15 +574,52 @@ async fn main() -> ExitCode {
         }
     };
 
+    let prefix = args.prefix.clone().unwrap_or_default();
+    if args.example == "redis-clean" {
+        return match redis_clean(&args.redis, &prefix).await {
+            Ok(n) => {
+                println!("{}", json!({"deleted": n}));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("e2e_server: redis-clean: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
     let mut builder = Hub::builder();
     if let Some(hb) = args.heartbeat {
         builder = builder.heartbeat(hb, hb * 3);
+    }
+    let engine = match args.engine {
+        Engine::Memory => None,
+        Engine::Redis => match redis_engine(&args.redis, &prefix).await {
+            Ok(e) => Some(e),
+            Err(e) => {
+                eprintln!("e2e_server: redis at {}: {e}", args.redis);
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    if let Some(e) = &engine {
+        builder = builder
+            .broker(Arc::new(e.clone()))
+            .presence_store(Arc::new(e.clone()));
     }
     let paused: Paused = Arc::default();
     let (hub, app, feed) = match args.example.as_str() {
         "sports" => {
             let hub = builder.history_len(sports::HISTORY).build();
-            let feed = sports::Feed::new(hub.clone(), args.seed).await;
+            // On Redis a restarted server goes on with the board the streams hold; on the
+            // in-process engine the streams are new, and so is the board.
+            let feed = match sports::Feed::resume(hub.clone(), args.seed).await {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("e2e_server: cannot read the feed's stream: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             tokio::spawn(run_feed(feed.clone(), args.tick, paused.clone()));
             let app = sports::router(&hub, feed.clone());
             (hub, app, Some(feed))
@@ -484,6 +636,10 @@ async fn main() -> ExitCode {
             (hub, app, None)
         }
     };
+    if let Some(e) = &engine {
+        // Its own routes (direct sends, disconnects from other nodes) are heard from now on.
+        e.ready().await;
+    }
     let refusals = Arc::new(Refuse {
         ws: args.refuse_ws,
         sse: args.refuse_sse,

@@ -41,6 +41,7 @@
 //!
 //! `--addr 127.0.0.1:0` picks a free port; the line printed at start names the real one.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -57,8 +58,8 @@ use hub::js::HubJs;
 use hub::poll::PollService;
 use hub::sse::SseService;
 use hub::ws::WsService;
-use hub::{Hub, Position};
-use serde::Serialize;
+use hub::{Hub, Position, SendError};
+use serde::{Deserialize, Serialize};
 
 /// The scoreboard page, served at `/`.
 pub(crate) const PAGE: &str = include_str!("assets/sports_ws.html");
@@ -107,7 +108,7 @@ const TEAMS: [&str; 20] = [
 const _: () = assert!(TEAMS.len() >= 2 * MATCHES + 2);
 
 /// A match's status, as the wire shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Status {
     /// Being played.
@@ -120,7 +121,7 @@ pub(crate) enum Status {
 
 /// One match's current state: the `data` of every message on `scores/all` and
 /// `scores/<id>`, and an element of `/matches`. Other pages depend on this exact shape.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct MatchState {
     /// The match id, also the topic suffix (`scores/m1`).
     pub(crate) id: String,
@@ -284,6 +285,63 @@ impl FeedState {
             }
         }
     }
+
+    /// The board that `updates` (messages of `scores/all`, oldest first) leave behind, to go
+    /// on from: see [`Feed::resume`].
+    ///
+    /// A match is on the board until a kick-off takes its place, and a kick-off takes the
+    /// place of the match that has been over the longest (every match is idle at full time
+    /// for the same [`FT_TICKS`], and the slots are played in order), which is what the page
+    /// assumes too. So the board is every match whose last update is not full time, plus the
+    /// finished ones that ended last, as many as the board has room for. That needs the
+    /// last update of every match on the board in `updates`: a match is silent for at most
+    /// [`FT_TICKS`], far less than [`HISTORY`] holds. With fewer matches than [`MATCHES`]
+    /// (most of the history lost), the board is short: [`Feed::resume`] kicks off new ones.
+    ///
+    /// What the updates do not say is taken as fresh: time spent so far at half or full time
+    /// (those matches rest for the whole pause again) and the slots' order (the matches in
+    /// play by id, then the finished ones in the order they ended, which is the order they
+    /// give their places up in, as the page expects).
+    fn restore(updates: &[MatchState], seed: u64) -> FeedState {
+        let number = |m: &MatchState| m.id.strip_prefix('m').and_then(|n| n.parse::<u64>().ok());
+        // Each match's last state, and when it came (its index in `updates`).
+        let mut last: HashMap<&str, (usize, &MatchState)> = HashMap::new();
+        let mut created = 0;
+        for (i, m) in updates.iter().enumerate() {
+            created = created.max(number(m).unwrap_or(0));
+            last.insert(m.id.as_str(), (i, m));
+        }
+        let (mut over, mut playing): (Vec<_>, Vec<_>) = last
+            .into_values()
+            .partition(|(_, m)| m.status == Status::Ft);
+        playing.sort_by_key(|(_, m)| number(m));
+        // More than a board in play cannot come from this feed: keep the newest.
+        let extra = playing.len().saturating_sub(MATCHES);
+        playing.drain(..extra);
+        over.sort_by_key(|(i, _)| *i);
+        let gone = over.len().saturating_sub(MATCHES - playing.len());
+        over.drain(..gone);
+        let slots = playing
+            .into_iter()
+            .chain(over)
+            .map(|(_, m)| Slot {
+                state: m.clone(),
+                // The second half starts at minute 46; half time and kick-off are in the first.
+                half: if m.status == Status::Ht || (m.status == Status::Live && m.minute <= 45) {
+                    1
+                } else {
+                    2
+                },
+                idle: 0,
+            })
+            .collect();
+        FeedState {
+            slots,
+            rng: Rng::new(seed),
+            created,
+            last: None,
+        }
+    }
 }
 
 /// The simulated feed: the matches on the board, and the hub it publishes to.
@@ -327,20 +385,71 @@ impl Feed {
         feed
     }
 
+    /// Goes on with the feed whose updates `scores/all` already holds, or starts a new board
+    /// ([`Feed::new`]) when it holds none. Publishes nothing that is already there.
+    ///
+    /// This is what a feed process does when it restarts over an engine that outlives it
+    /// (Redis): the pages that follow the board keep their positions in the same stream, so
+    /// the feed must continue the story they have, not tell a new one over it (a second
+    /// "m1" with other teams, a seventh card). The board is rebuilt from the history of
+    /// `scores/all`, as [`FeedState::restore`] says; the dice (`seed`) are new. On the
+    /// in-process engine a new process has empty streams: a new board, as before.
+    ///
+    /// Fails when the engine cannot be read (`engine_unavailable`).
+    #[allow(dead_code)] // not by this binary (its engine is in process): by e2e_server, tests
+    pub(crate) async fn resume(hub: Hub, seed: u64) -> Result<Feed, SendError> {
+        let recent = hub.recent(ALL_TOPIC, HISTORY).await?;
+        let Some(top) = recent.last().map(|p| p.position()) else {
+            return Ok(Feed::new(hub, seed).await);
+        };
+        let updates: Vec<MatchState> = recent
+            .iter()
+            .filter_map(|p| match p.data().decode() {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!(offset = p.offset(), error = %e, "not a match update: skipped");
+                    None
+                }
+            })
+            .collect();
+        let mut st = FeedState::restore(&updates, seed);
+        st.last = Some(top);
+        let feed = Feed {
+            hub,
+            state: Arc::new(Mutex::new(st)),
+        };
+        {
+            // Places the history could not fill get new matches, published as kick-offs.
+            let mut st = feed.lock().await;
+            while st.slots.len() < MATCHES {
+                let slot = st.kick_off();
+                st.slots.push(slot);
+                let i = st.slots.len() - 1;
+                feed.publish(&mut st, i).await;
+            }
+        }
+        Ok(feed)
+    }
+
     async fn lock(&self) -> MutexGuard<'_, FeedState> {
         self.state.lock().await
     }
 
-    /// Publishes slot `i`'s state to its own topic and to `scores/all`.
+    /// Publishes slot `i`'s state to `scores/all` and to its own topic.
+    ///
+    /// `scores/all` first: it is the feed's record ([`Feed::resume`] continues from it), so
+    /// a process that dies between the two leaves the match's own topic one state short
+    /// (the next update carries the whole state), never a state that the record lacks and a
+    /// resumed feed would publish again.
     async fn publish(&self, st: &mut FeedState, i: usize) {
         let m = &st.slots[i].state;
-        let own = format!("scores/{}", m.id);
-        if let Err(e) = self.hub.publish(&own, m).await {
-            tracing::warn!(topic = %own, error = %e, "publish failed");
-        }
         match self.hub.publish(ALL_TOPIC, m).await {
             Ok(pos) => st.last = Some(pos),
             Err(e) => tracing::warn!(topic = ALL_TOPIC, error = %e, "publish failed"),
+        }
+        let own = format!("scores/{}", m.id);
+        if let Err(e) = self.hub.publish(&own, m).await {
+            tracing::warn!(topic = %own, error = %e, "publish failed");
         }
     }
 

@@ -299,9 +299,106 @@ async fn per_match_topics_carry_the_same_updates() {
     assert_eq!(f["data"], serde_json::to_value(&now[0]).unwrap());
 }
 
+/// Checks that the story told on `scores/all` is consistent, one update at a time: goals
+/// raise the score by one and name the scorer, minutes only go forward, statuses go live ->
+/// ht -> live -> ft, and new matches (new ids, never one seen before) kick off at 0-0.
+#[derive(Default)]
+struct Story {
+    seen: HashMap<String, Value>,
+    goals: usize,
+    kickoffs: usize,
+    finals: usize,
+}
+
+impl Story {
+    /// A story that goes on from these matches.
+    fn from(board: &[sports::MatchState]) -> Story {
+        Story {
+            seen: board
+                .iter()
+                .map(|m| (m.id.clone(), serde_json::to_value(m).unwrap()))
+                .collect(),
+            ..Story::default()
+        }
+    }
+
+    fn check(&mut self, m: Value) {
+        let id = check_match(&m);
+        match self.seen.get(&id) {
+            None => {
+                self.kickoffs += 1;
+                assert_eq!(m["minute"], 0);
+                assert_eq!(m["status"], "live");
+                assert_eq!(
+                    (m["home_score"].as_u64(), m["away_score"].as_u64()),
+                    (Some(0), Some(0))
+                );
+            }
+            Some(prev) => {
+                assert_ne!(
+                    prev["status"], "ft",
+                    "a match goes on after its end: {prev} -> {m}"
+                );
+                let dh = m["home_score"].as_u64().unwrap() - prev["home_score"].as_u64().unwrap();
+                let da = m["away_score"].as_u64().unwrap() - prev["away_score"].as_u64().unwrap();
+                match (&m["event"], dh, da) {
+                    (Value::Null, 0, 0) => {}
+                    (Value::String(e), 1, 0) => {
+                        self.goals += 1;
+                        assert_eq!(e, &format!("GOAL {}", m["home"].as_str().unwrap()));
+                    }
+                    (Value::String(e), 0, 1) => {
+                        self.goals += 1;
+                        assert_eq!(e, &format!("GOAL {}", m["away"].as_str().unwrap()));
+                    }
+                    _ => panic!("score and event disagree: {prev} -> {m}"),
+                }
+                assert_eq!((&prev["home"], &prev["away"]), (&m["home"], &m["away"]));
+                // A minute at a time; half time after minute 45, the end after minute 90.
+                let step = (
+                    prev["status"].as_str().unwrap(),
+                    prev["minute"].as_u64().unwrap(),
+                    m["status"].as_str().unwrap(),
+                    m["minute"].as_u64().unwrap(),
+                );
+                assert!(
+                    match step {
+                        ("live", 45, to, minute) => (to, minute) == ("ht", 45),
+                        ("live", 90, to, minute) => (to, minute) == ("ft", 90),
+                        ("live", from, to, minute) => to == "live" && minute == from + 1,
+                        ("ht", _, to, minute) => (to, minute) == ("live", 46),
+                        _ => false,
+                    },
+                    "{prev} -> {m}"
+                );
+                if step.2 == "ft" {
+                    self.finals += 1;
+                }
+            }
+        }
+        self.seen.insert(id, m);
+    }
+}
+
+/// Checks what must hold of the board after every tick: six matches, six ids, twelve teams.
+async fn check_board(feed: &sports::Feed) {
+    let (board, _) = feed.snapshot().await;
+    assert_eq!(board.len(), sports::MATCHES);
+    let ids: BTreeSet<&str> = board.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids.len(), sports::MATCHES, "ids on the board are unique");
+    let teams: BTreeSet<&str> = board
+        .iter()
+        .flat_map(|m| [m.home.as_str(), m.away.as_str()])
+        .collect();
+    assert_eq!(
+        teams.len(),
+        2 * sports::MATCHES,
+        "a team plays one match at a time"
+    );
+}
+
 /// Plays many simulated minutes through an in-process session and checks the story told on
-/// `scores/all` is consistent: goals raise the score by one and name the scorer, minutes only
-/// go forward, statuses go live -> ht -> live -> ft, and new matches replace finished ones.
+/// `scores/all` is consistent ([`Story`]), and the board after every minute ([`check_board`]).
 #[tokio::test]
 async fn simulation_tells_a_consistent_story() {
     let hub = Hub::builder().build();
@@ -312,14 +409,7 @@ async fn simulation_tells_a_consistent_story() {
         .handle(r#"{"type":"subscribe","topic":"scores/all","id":1}"#.into())
         .await;
 
-    let mut seen: HashMap<String, Value> = feed
-        .snapshot()
-        .await
-        .0
-        .iter()
-        .map(|m| (m.id.clone(), serde_json::to_value(m).unwrap()))
-        .collect();
-    let (mut goals, mut kickoffs, mut finals) = (0, 0, 0);
+    let mut story = Story::from(&feed.snapshot().await.0);
     let mut batch = Vec::new();
     for _ in 0..400 {
         let n = feed.tick().await;
@@ -340,78 +430,195 @@ async fn simulation_tells_a_consistent_story() {
         }
         assert_eq!(got.len(), n);
         for m in got {
-            let id = check_match(&m);
-            match seen.get(&id) {
-                None => {
-                    kickoffs += 1;
-                    assert_eq!(m["minute"], 0);
-                    assert_eq!(m["status"], "live");
-                    assert_eq!(
-                        (m["home_score"].as_u64(), m["away_score"].as_u64()),
-                        (Some(0), Some(0))
-                    );
-                }
-                Some(prev) if prev["status"] == "ft" => {
-                    // An id of the cycle coming back: only after its match ended.
-                    kickoffs += 1;
-                    assert_eq!(m["minute"], 0, "{prev} -> {m}");
-                }
-                Some(prev) => {
-                    let dh =
-                        m["home_score"].as_u64().unwrap() - prev["home_score"].as_u64().unwrap();
-                    let da =
-                        m["away_score"].as_u64().unwrap() - prev["away_score"].as_u64().unwrap();
-                    match (&m["event"], dh, da) {
-                        (Value::Null, 0, 0) => {}
-                        (Value::String(e), 1, 0) => {
-                            goals += 1;
-                            assert_eq!(e, &format!("GOAL {}", m["home"].as_str().unwrap()));
-                        }
-                        (Value::String(e), 0, 1) => {
-                            goals += 1;
-                            assert_eq!(e, &format!("GOAL {}", m["away"].as_str().unwrap()));
-                        }
-                        _ => panic!("score and event disagree: {prev} -> {m}"),
-                    }
-                    assert!(
-                        m["minute"].as_u64() >= prev["minute"].as_u64(),
-                        "{prev} -> {m}"
-                    );
-                    let step = (
-                        prev["status"].as_str().unwrap(),
-                        m["status"].as_str().unwrap(),
-                    );
-                    assert!(
-                        matches!(step, ("live", "live" | "ht" | "ft") | ("ht", "live")),
-                        "{prev} -> {m}"
-                    );
-                    if step.1 == "ft" && step.0 != "ft" {
-                        finals += 1;
-                    }
-                }
-            }
-            seen.insert(id, m);
+            story.check(m);
         }
-        let (board, _) = feed.snapshot().await;
-        assert_eq!(board.len(), sports::MATCHES);
-        let ids: BTreeSet<&str> = board.iter().map(|m| m.id.as_str()).collect();
-        assert_eq!(ids.len(), sports::MATCHES, "ids on the board are unique");
-        let teams: BTreeSet<&str> = board
-            .iter()
-            .flat_map(|m| [m.home.as_str(), m.away.as_str()])
-            .collect();
-        assert_eq!(
-            teams.len(),
-            2 * sports::MATCHES,
-            "a team plays one match at a time"
-        );
+        check_board(&feed).await;
     }
+    let Story {
+        goals,
+        kickoffs,
+        finals,
+        ..
+    } = story;
     assert!(goals > 10, "goals happen ({goals})");
     assert!(finals >= sports::MATCHES, "matches end ({finals})");
     assert!(
         kickoffs >= sports::MATCHES,
         "new matches kick off ({kickoffs})"
     );
+}
+
+/// The board as the page keeps it (`examples/assets/sports_ws.html`): every update replaces
+/// its match's state; a match it does not know is a kick-off, which takes the place of the
+/// match that has been over the longest.
+struct PageBoard {
+    matches: HashMap<String, Value>,
+    /// Ids at full time, in the order they ended.
+    ft_order: Vec<String>,
+}
+
+impl PageBoard {
+    fn from(board: &[sports::MatchState]) -> PageBoard {
+        let mut page = PageBoard {
+            matches: HashMap::new(),
+            ft_order: Vec::new(),
+        };
+        for m in board {
+            page.put(serde_json::to_value(m).unwrap());
+        }
+        page
+    }
+
+    fn put(&mut self, m: Value) {
+        let id = m["id"].as_str().unwrap().to_owned();
+        if m["status"] == "ft" && !self.ft_order.contains(&id) {
+            self.ft_order.push(id.clone());
+        }
+        self.matches.insert(id, m);
+    }
+
+    fn apply(&mut self, m: Value) {
+        if !self.matches.contains_key(m["id"].as_str().unwrap()) {
+            assert!(
+                !self.ft_order.is_empty(),
+                "a kick-off with no finished match to replace: {m}"
+            );
+            let old = self.ft_order.remove(0);
+            self.matches.remove(&old);
+        }
+        self.put(m);
+    }
+
+    /// The page shows what the server's `/matches` says.
+    async fn assert_agrees(&self, feed: &sports::Feed) {
+        let (board, _) = feed.snapshot().await;
+        let server: HashMap<String, Value> = board
+            .iter()
+            .map(|m| (m.id.clone(), serde_json::to_value(m).unwrap()))
+            .collect();
+        assert_eq!(self.matches, server, "the page's board is the server's");
+    }
+}
+
+/// The updates the last tick published to `scores/all` (`n` of them), oldest first.
+async fn published(hub: &Hub, n: usize) -> Vec<Value> {
+    let recent = hub.recent(sports::ALL_TOPIC, n).await.unwrap();
+    assert_eq!(recent.len(), n);
+    recent.iter().map(|p| p.data().decode().unwrap()).collect()
+}
+
+/// A feed process restarted over a shared engine: [`sports::Feed::resume`] goes on with the
+/// board in `scores/all` without publishing anything again, and what it then publishes keeps
+/// the page's board equal to the server's and tells a consistent story ([`Story`]), kick-offs
+/// included. The feed is replaced every 37 minutes, and also as soon as the board first shows
+/// each stage a resume must get right.
+#[tokio::test]
+async fn a_resumed_feed_goes_on_with_the_board_pages_have() {
+    type Stage = (&'static str, fn(&sports::MatchState) -> bool);
+    let stages: [Stage; 6] = [
+        ("a kick-off", |m| m.minute == 0),
+        ("minute 45 of the first half", |m| {
+            m.status == sports::Status::Live && m.minute == 45
+        }),
+        ("half time", |m| m.status == sports::Status::Ht),
+        ("minute 46", |m| m.minute == 46),
+        ("minute 90", |m| {
+            m.status == sports::Status::Live && m.minute == 90
+        }),
+        ("full time", |m| m.status == sports::Status::Ft),
+    ];
+    let mut resumed_at = [0usize; 6];
+    let hub = Hub::builder().history_len(sports::HISTORY).build();
+    let mut feed = sports::Feed::new(hub.clone(), 31).await;
+    let (board, _) = feed.snapshot().await;
+    let mut page = PageBoard::from(&board);
+    let mut story = Story::from(&board);
+    for minute in 1..=600u64 {
+        let n = feed.tick().await;
+        for m in published(&hub, n).await {
+            page.apply(m.clone());
+            story.check(m);
+        }
+        page.assert_agrees(&feed).await;
+        check_board(&feed).await;
+
+        let (before, last) = feed.snapshot().await;
+        let new_stage: Vec<usize> = (0..stages.len())
+            .filter(|&i| resumed_at[i] == 0 && before.iter().any(stages[i].1))
+            .collect();
+        if minute % 37 != 0 && new_stage.is_empty() {
+            continue;
+        }
+        for (i, (_, at)) in stages.iter().enumerate() {
+            resumed_at[i] += usize::from(before.iter().any(at));
+        }
+        // The feed process ends; a new one (other dice) starts over the same streams.
+        let top = hub.position(sports::ALL_TOPIC).await.unwrap();
+        assert_eq!(last.as_ref(), Some(&top));
+        drop(feed);
+        feed = sports::Feed::resume(hub.clone(), 100 + minute)
+            .await
+            .unwrap();
+        assert_eq!(
+            hub.position(sports::ALL_TOPIC).await.unwrap(),
+            top,
+            "resuming publishes nothing"
+        );
+        let (after, resumed_last) = feed.snapshot().await;
+        assert_eq!(
+            resumed_last,
+            Some(top),
+            "/matches reflects the same position"
+        );
+        let by_id = |b: &[sports::MatchState]| -> HashMap<String, sports::MatchState> {
+            b.iter().map(|m| (m.id.clone(), m.clone())).collect()
+        };
+        assert_eq!(
+            by_id(&after),
+            by_id(&before),
+            "the same matches, in the same state"
+        );
+    }
+    for ((what, _), n) in stages.iter().zip(resumed_at) {
+        assert!(n >= 1, "resumed at {what}");
+    }
+    assert!(
+        story.kickoffs >= 2 * sports::MATCHES,
+        "kick-offs ({})",
+        story.kickoffs
+    );
+}
+
+/// A feed resumed over a stream that starts from nothing tells the same story as a new one;
+/// over a history too short to hold the whole board, new matches take the places it lacks.
+#[tokio::test]
+async fn a_resumed_feed_starts_or_fills_the_board() {
+    let fresh = Hub::builder().build();
+    let resumed = sports::Feed::resume(fresh.clone(), 5).await.unwrap();
+    let new = sports::Feed::new(Hub::builder().build(), 5).await;
+    assert_eq!(resumed.snapshot().await.0, new.snapshot().await.0);
+    assert_eq!(fresh.position(sports::ALL_TOPIC).await.unwrap().offset, 6);
+
+    // The history holds the last four of the six first updates.
+    let hub = Hub::builder().history_len(4).build();
+    let old = sports::Feed::new(hub.clone(), 8).await;
+    let (board, _) = old.snapshot().await;
+    drop(old);
+    let feed = sports::Feed::resume(hub.clone(), 9).await.unwrap();
+    let top = hub.position(sports::ALL_TOPIC).await.unwrap();
+    assert_eq!(top.offset, 8, "two kick-offs published");
+    let (now, last) = feed.snapshot().await;
+    assert_eq!(last, Some(top));
+    assert_eq!(&now[..4], &board[2..], "the four the history holds");
+    let ids: Vec<&str> = now[4..].iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["m7", "m8"], "new ids, after every one seen");
+    for m in published(&hub, 2).await {
+        assert_eq!(
+            (m["minute"].as_u64(), m["status"].as_str()),
+            (Some(0), Some("live"))
+        );
+    }
+    check_board(&feed).await;
 }
 
 #[test]

@@ -1,7 +1,8 @@
 // What every browser test shares: the fixture server (examples/e2e_server.rs), headless
 // Chromium (Debian's /usr/bin/chromium, driven by playwright-core; no browser is downloaded),
 // screenshots, and waiting for conditions (never sleeping for them).
-import { spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import fs from "node:fs";
 import path from "node:path";
@@ -12,10 +13,12 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "
 export const SERVER = process.env.HUB_E2E_SERVER || path.join(ROOT, "target/debug/examples/e2e_server");
 export const SHOTS = process.env.HUB_E2E_SHOTS || path.join(ROOT, "target/browser-screenshots");
 export const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-/** The engine of the fixture's hub: `memory` (in process, the default) or, once hub-redis is
- * merged, `redis` (TODO(redis): the fixture's `--engine redis`). Decides what a server restart
- * must look like to the page. */
-export const ENGINE = process.env.HUB_E2E_ENGINE || "memory";
+/** The shared Redis of the tests that run the fixture on the Redis engine (as the Rust tests:
+ * `HUB_REDIS_URL`, default 127.0.0.1:6379). Each such test keeps its keys under a prefix of its
+ * own and deletes them at the end. */
+export const REDIS_URL = process.env.HUB_REDIS_URL || "redis://127.0.0.1:6379";
+/** `HUB_REQUIRE_REDIS=1` (CI): a missing Redis fails those tests instead of skipping them. */
+export const REDIS_REQUIRED = process.env.HUB_REQUIRE_REDIS === "1";
 
 /** Chromium's flags: nothing that phones home, a fresh profile (playwright makes one per
  * launch), no sandbox (CI runs as root). */
@@ -122,4 +125,43 @@ export function checkSequence(log, assert) {
     prev = { epoch, offset };
   }
   return epochs;
+}
+
+/** Deletes every key under `prefix` on the shared Redis (the fixture's `redis-clean`, which
+ * touches the hub's key layout for that prefix and nothing else). Resolves with how many;
+ * rejects when Redis cannot be reached. */
+export function redisClean(prefix) {
+  return new Promise((resolve, reject) => {
+    execFile(SERVER, ["redis-clean", "--redis", REDIS_URL, "--prefix", prefix], { timeout: 15000 }, (err, stdout, stderr) => {
+      if (err) return reject(new Error((stderr || err.message).trim()));
+      try { resolve(JSON.parse(stdout).deleted); } catch (e) { reject(new Error(`redis-clean said ${JSON.stringify(stdout)}`)); }
+    });
+  });
+}
+
+/** A key prefix of test `t`'s own on the shared Redis (`name` makes it readable), with the
+ * fixture's arguments for it and `clean()`. Without Redis: the test is marked skipped and this
+ * resolves with null, unless HUB_REQUIRE_REDIS=1, where it throws (the test fails). */
+export async function redisFor(t, name) {
+  const prefix = `hub-e2e-${process.pid}-${randomBytes(6).toString("hex")}-${name}`;
+  try {
+    await redisClean(prefix); // nothing to delete: a unique prefix; this checks that Redis answers
+  } catch (e) {
+    if (REDIS_REQUIRED) throw new Error(`HUB_REQUIRE_REDIS=1, but no Redis at ${REDIS_URL}: ${e.message}`);
+    t.skip(`no Redis at ${REDIS_URL} (${e.message}); HUB_REQUIRE_REDIS=1 makes this a failure`);
+    return null;
+  }
+  return { prefix, args: ["--engine", "redis", "--redis", REDIS_URL, "--prefix", prefix], clean: () => redisClean(prefix) };
+}
+
+/** Waits until the async `fn` (in the test) resolves with something truthy, asking every 50 ms;
+ * fails with `what` after `timeout`. */
+export async function eventually(what, fn, timeout = 20000) {
+  const end = Date.now() + timeout;
+  for (;;) {
+    const got = await fn();
+    if (got) return got;
+    if (Date.now() > end) throw new Error(`waited ${timeout} ms for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }

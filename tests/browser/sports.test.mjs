@@ -3,7 +3,7 @@
 // dead connection found by missed heartbeats; malformed frames.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { launch, startServer, openPage, shot, until, checkSequence, ENGINE } from "./harness.mjs";
+import { launch, startServer, openPage, shot, until, eventually, checkSequence, redisFor } from "./harness.mjs";
 
 const NAMES = { ws: "WebSocket", sse: "SSE", poll: "long-polling" };
 const TICK = ["--tick-ms", "100"]; // six matches: up to 60 updates a second
@@ -23,20 +23,26 @@ async function board(server, transport) {
 const logLength = (page) => page.evaluate(() => matchday.log.length);
 
 /** Stops the feed, waits until the page has the last update, and checks that the board shows
- * exactly what the server's /matches says. Returns the page's log. */
+ * exactly what the server's /matches says (each card's teams, score, minute and status).
+ * Returns the page's log. */
 async function settle(page, server) {
   const last = await server.call("/pause");
   await until(page, `the page to reach ${last.epoch}:${last.offset}`,
     (l) => matchday.log.length > 0 && matchday.log[matchday.log.length - 1] === l.epoch + ":" + l.offset, last);
   const res = await server.get("/matches");
   const matches = await res.json();
-  const want = Object.fromEntries(matches.map((m) => [m.id, `${m.home_score}-${m.away_score} ${m.minute} ${m.status}`]));
+  const want = Object.fromEntries(matches.map((m) => [m.id, `${m.home} ${m.home_score}-${m.away_score} ${m.minute} ${m.status} ${m.away}`]));
+  // The board as the page shows it, in the same form.
+  await page.evaluate(() => {
+    window.e2eCards = () => Object.fromEntries([...document.querySelectorAll("#grid .card")].map((c) => [c.dataset.id,
+      `${c.querySelector(".home .tname").textContent} ${c.dataset.state} ${c.querySelector(".away .tname").textContent}`]));
+  });
   // The page may still be drawing the last update: wait for the board to agree.
   const got = await until(page, "the board to match /matches", (w) => {
-    const have = Object.fromEntries([...document.querySelectorAll("#grid .card")].map((c) => [c.dataset.id, c.dataset.state]));
+    const have = e2eCards();
     return JSON.stringify(Object.keys(have).sort().map((k) => [k, have[k]])) === JSON.stringify(Object.keys(w).sort().map((k) => [k, w[k]])) && have;
   }, want).catch(async (e) => {
-    const have = await page.evaluate(() => Object.fromEntries([...document.querySelectorAll("#grid .card")].map((c) => [c.dataset.id, c.dataset.state])));
+    const have = await page.evaluate(() => e2eCards());
     assert.deepEqual(have, want, e.message);
   });
   if (got) assert.deepEqual(got, want);
@@ -97,7 +103,7 @@ for (const transport of ["ws", "sse", "poll"]) {
     assertNoPageErrors(p);
   });
 
-  test(`sports over ${transport}: the whole server process restarts`, async (t) => {
+  test(`sports over ${transport}: the whole server process restarts (in-process engine): a new epoch, the page is told and reloads its board`, async (t) => {
     const first = await startServer("sports", TICK);
     let second = null;
     t.after(() => Promise.all([first.stop(), second && second.stop()]));
@@ -114,19 +120,77 @@ for (const transport of ["ws", "sse", "poll"]) {
     const log = await settle(page, second);
     const epochs = checkSequence(log, assert);
     const notes = await page.evaluate(() => matchday.notes);
-    if (ENGINE === "memory") {
-      // The in-process engine loses its streams with the process: a new epoch. The page is
-      // told (`recovered: false`, gap reason `epoch`) and reloads its state: no silent loss.
-      assert.equal(epochs.length, 2, "the old epoch, then the new one");
-      assert.ok(notes.some((n) => /the feed restarted: the board was reloaded/.test(n)), notes.join(" | "));
-      assert.ok(await page.evaluate(() => matchday.snapshots) >= 2, "the board was reloaded from /matches");
-    } else {
-      // TODO(redis): a shared engine keeps the streams: the page resumes with nothing lost.
-      assert.equal(epochs.length, 1, "one epoch across the restart");
-      assert.ok(notes.some((n) => /recovered \d+ missed update/.test(n)), notes.join(" | "));
-    }
+    // The in-process engine loses its streams with the process: a new epoch. The page is told
+    // (`recovered: false`, gap reason `epoch`) and reloads its state: no silent loss.
+    assert.equal(epochs.length, 2, "the old epoch, then the new one");
+    assert.ok(notes.some((n) => /the feed restarted: the board was reloaded/.test(n)), notes.join(" | "));
+    assert.ok(await page.evaluate(() => matchday.snapshots) >= 2, "the board was reloaded from /matches");
     await shot(page, `sports-${transport}-restarted`);
     assertNoPageErrors(p);
+  });
+
+  // On Redis the streams outlive the process. The process is killed (SIGKILL), not stopped:
+  // that the page loses nothing must not lean on a goodbye (no close frame, no last publish, a
+  // tick maybe cut between its two publishes, presence left to expire), and a crash is the
+  // case a shared engine is for; the graceful path (SIGTERM, reason `shutdown`) is the test
+  // above. Before the kill the page's connection is stalled while the feed goes on, so that the
+  // page has missed updates that only the first process published: the second one must hand
+  // them over from Redis.
+  test(`sports over ${transport} on Redis: the whole server process restarts: the page recovers with every score in order and no duplicate`, async (t) => {
+    const redis = await redisFor(t, transport);
+    if (!redis) return;
+    const args = [...TICK, ...redis.args];
+    const first = await startServer("sports", args);
+    let second = null;
+    t.after(async () => {
+      await Promise.all([first.stop("SIGKILL"), second && second.stop()]);
+      await redis.clean();
+    });
+    const p = await board(first, transport);
+    t.after(() => p.context.close());
+    const { page } = p;
+    await until(page, "the subscription", () => matchday.sub && matchday.sub.state === "subscribed");
+    await page.evaluate(() => { window.subscribed = []; matchday.sub.on("subscribed", (info) => subscribed.push(info)); });
+    await until(page, "20 updates", () => matchday.log.length >= 20);
+    const epoch = (await page.evaluate(() => matchday.log[0])).split(":")[0];
+
+    // The page hears nothing more from the first process; its feed goes on.
+    assert.ok((await first.call("/stall")).stalled >= 1);
+    const heard = async () => Number((await page.evaluate(() => matchday.log[matchday.log.length - 1])).split(":")[1]);
+    const top = async (server) => Number((await server.get("/matches")).headers.get("x-scores-offset"));
+    const published = await eventually("20 updates the page does not get", async () => {
+      const [h, o] = [await heard(), await top(first)];
+      return o >= h + 20 && o;
+    });
+    await first.stop("SIGKILL");
+    const last = await heard(); // all the page got from the first process
+    assert.ok(published >= last + 20, `the page stopped at ${last}, the first process published up to ${published} at least`);
+    await until(page, "the page to notice", () => matchday.hub.state !== "connected");
+
+    second = await startServer("sports", [...args, "--seed", "2"], `127.0.0.1:${first.port}`); // other dice, the same board
+    await until(page, "a reconnection to the new process", () => matchday.hub.state === "connected" && matchday.hub.reconnects >= 1, null, 30000);
+    await until(page, "the resubscription", () => subscribed.length >= 1);
+    await until(page, "updates from the new process", (n) => Number(matchday.log[matchday.log.length - 1].split(":")[1]) > n, published);
+    const log = await settle(page, second); // the board equals the new process's /matches
+    const epochs = checkSequence(log, assert); // no duplicate, no hole, in order
+    assert.deepEqual(epochs, [epoch], "one epoch across the restart");
+    const infos = await page.evaluate(() => subscribed);
+    assert.equal(infos.length, 1, JSON.stringify(infos));
+    assert.equal(infos[0].recovered, true, JSON.stringify(infos[0]));
+    assert.equal(infos[0].resumed, true);
+    assert.ok(infos[0].missed >= published - last, `recovered ${infos[0].missed}, missed ${published - last} at least`);
+    const notes = await page.evaluate(() => matchday.notes);
+    const note = notes.find((n) => n.startsWith("Reconnected"));
+    assert.match(note || "", new RegExp(`Reconnected over ${NAMES[transport]}: recovered ${infos[0].missed} missed updates`), notes.join(" | "));
+    assert.ok(!notes.some((n) => /reloaded|could not/i.test(n)), notes.join(" | "));
+    assert.equal(await page.evaluate(() => matchday.snapshots), 1, "the board was never reloaded: it is made of the updates alone");
+    assert.equal(await page.evaluate(() => matchday.hub.transport), transport);
+    await shot(page, `sports-${transport}-redis-restarted`);
+    assertNoPageErrors(p);
+    // Its keys, and nothing else, are deleted; some there were (the fixture used the prefix).
+    await p.context.close();
+    await second.stop();
+    assert.ok((await redis.clean()) > 0, "the servers kept their streams under the test's prefix");
   });
 }
 
