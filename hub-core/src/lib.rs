@@ -106,5 +106,5 @@ pub use hub::{Broadcast, Hub, ShutdownReport};
 pub use memory::MemoryBroker;
 pub use presence::{Member, PresenceStore, Scope};
 pub use session::SessionId;
-pub use stats::{NodeStats, StatsSnapshot};
+pub use stats::{LatencyHistogram, NodeStats, StatsSnapshot};
 pub use transport::{CommandError, Connection, OutFrame, Outbox, Outgoing, Session, TransportInfo};
