@@ -458,6 +458,21 @@ impl Hub {
         )
     }
 
+    /// Whether `ip` is one of the proxies whose forwarding headers are believed
+    /// ([`HubBuilder::trusted_proxies`]).
+    pub fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
+        // An IPv4 peer on a dual-stack socket comes as `::ffff:a.b.c.d`.
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.inner
+            .config
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&ip))
+    }
+
     /// The largest frame a client may send, in bytes.
     pub fn max_frame_size(&self) -> usize {
         self.inner.config.max_frame_size

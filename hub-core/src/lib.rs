@@ -103,6 +103,9 @@ pub use hooks::{
     Identity, SessionInfo,
 };
 pub use hub::{Broadcast, Hub, ShutdownReport};
+/// An IP network (`10.0.0.0/8`) or address (`192.0.2.7/32`), for
+/// [`HubBuilder::trusted_proxies`] (the `ipnet` crate's type).
+pub use ipnet::IpNet;
 pub use memory::MemoryBroker;
 pub use presence::{Member, PresenceStore, Scope};
 pub use session::SessionId;
