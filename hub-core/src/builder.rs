@@ -151,6 +151,12 @@ impl HubBuilder {
     /// Sessions one client address may hold at once; more are refused with 503
     /// `too_many_connections`. Default: no per-address limit (clients behind one NAT share an
     /// address).
+    ///
+    /// The limit needs the client's address: a connection whose transport cannot tell it is
+    /// refused with 503 `peer_unknown` (and logged once as an error), never let in uncounted.
+    /// The hub's transports find it under bare hyper (`with_peer`), under axum served with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`, and as a `SocketAddr` request
+    /// extension; behind a proxy, see [`HubBuilder::trusted_proxies`].
     pub fn max_connections_per_ip(mut self, n: usize) -> Self {
         self.config.max_connections_per_ip = Some(n);
         self
