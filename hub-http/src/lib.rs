@@ -8,7 +8,8 @@
 //!   lead to;
 //! - [`json_error`] and [`refusal`]: error answers with the JSON body `{"code", "message"}`;
 //! - [`read_body`]: a command's body, within the hub's frame size limit;
-//! - [`connect_request`]: what the hub's hooks judge an HTTP request by.
+//! - [`connect_request`]: what the hub's hooks judge an HTTP request by;
+//! - [`secret`]: session secrets in hex, compared in constant time.
 //!
 //! Answers are built as `Response<Bytes>`: each transport puts the bytes in its own body type
 //! (`Response::map`) and adds headers of its own (hub-poll's no-store headers, hub-sse's CORS).
@@ -34,6 +35,7 @@
 
 #![warn(missing_docs)]
 
+pub mod secret;
 pub mod seq;
 
 use std::error::Error;

@@ -202,7 +202,7 @@ use hub_core::{
     SessionId, TransportInfo,
 };
 use hub_http::seq::{self, answered, bad_seq, run_numbered, Sequencer, Verdict};
-use hub_http::BodyError;
+use hub_http::{secret, BodyError};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -553,7 +553,7 @@ impl PollService {
             ),
             span,
         ));
-        let token = format!("{id}.{}", hex(&secret));
+        let token = format!("{id}.{}", secret::hex(&secret));
         let wait_ms = millis(self.settings.poll_wait);
         let timeout_ms = millis(timeout);
         let body = match codec {
@@ -609,7 +609,7 @@ impl PollService {
         let Some(entry) = self.table.get(id) else {
             return Err(unknown());
         };
-        let secret_ok = unhex16(secret).is_some_and(|s| ct_eq(&s, &entry.secret));
+        let secret_ok = secret::matches(&entry.secret, secret.as_bytes());
         if !secret_ok {
             tracing::debug!(session = %id, "refused a request with a wrong secret");
             return Err(error(
@@ -1131,38 +1131,6 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    s
-}
-
-fn unhex16(s: &str) -> Option<[u8; 16]> {
-    let s = s.as_bytes();
-    if s.len() != 32 {
-        return None;
-    }
-    let digit = |c: u8| {
-        char::from(c)
-            .to_digit(16)
-            .and_then(|d| u8::try_from(d).ok())
-    };
-    let mut out = [0u8; 16];
-    for (i, pair) in s.chunks_exact(2).enumerate() {
-        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
-    }
-    Some(out)
-}
-
-/// Compares secrets in time independent of where they differ.
-fn ct_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl<B> tower_service::Service<Request<B>> for PollService
 where
     B: hyper::body::Body + Send + 'static,
@@ -1212,15 +1180,6 @@ mod tests {
         assert_eq!(parse_cursor("+1"), None);
         assert_eq!(parse_cursor("1e3"), None);
         assert_eq!(parse_cursor("99999999999999999999999"), None);
-    }
-
-    #[test]
-    fn secrets_round_trip_through_hex() {
-        let s = [0xab; 16];
-        assert_eq!(unhex16(&hex(&s)), Some(s));
-        assert_eq!(unhex16("zz"), None);
-        assert_eq!(unhex16(&"g".repeat(32)), None);
-        assert!(!ct_eq(&[0; 16], &[1; 16]));
     }
 
     #[test]

@@ -198,8 +198,9 @@ use tracing::Instrument;
 pub use body::Body;
 
 use body::{lock, write_event, Held, TailCache, Writer};
+use hub_http::secret;
 use id::Cursor;
-use registry::{new_token, token_matches, token_text, Entry, Registry};
+use registry::{new_token, Entry, Registry};
 
 /// The transport's description for the hub: one-way, with comment-line pings; a gone client is
 /// noticed when its connection closes, not by the heartbeat timeout.
@@ -536,7 +537,7 @@ impl SseService {
         let session_event = SessionEvent {
             kind: "session",
             session: id.to_string(),
-            token: token_text(&token),
+            token: secret::hex(&token),
             commands,
         };
         write_event(
@@ -648,7 +649,7 @@ impl SseService {
             .get(TOKEN_HEADER)
             .map(HeaderValue::as_bytes)
             .unwrap_or_default();
-        if !token_matches(&entry.token, presented) {
+        if !secret::matches(&entry.token, presented) {
             return error_response(
                 StatusCode::FORBIDDEN,
                 "forbidden",
