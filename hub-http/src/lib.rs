@@ -9,10 +9,11 @@
 //! - [`json_error`] and [`refusal`]: error answers with the JSON body `{"code", "message"}`;
 //! - [`read_body`]: a command's body, within the hub's frame size limit;
 //! - [`connect_request`]: what the hub's hooks judge an HTTP request by;
+//! - [`cors`]: the one CORS policy of hub-sse and hub-poll;
 //! - [`secret`]: session secrets in hex, compared in constant time.
 //!
 //! Answers are built as `Response<Bytes>`: each transport puts the bytes in its own body type
-//! (`Response::map`) and adds headers of its own (hub-poll's no-store headers, hub-sse's CORS).
+//! (`Response::map`) and adds headers of its own (hub-poll's no-store headers, CORS).
 //!
 //! # Example
 //!
@@ -35,6 +36,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cors;
 pub mod secret;
 pub mod seq;
 

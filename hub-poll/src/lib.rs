@@ -201,6 +201,7 @@ use hub_core::{
     Codec, ConnectRequest, DisconnectReason, Hub, Outbox, Outgoing, Payload, Rejection, Session,
     SessionId, TransportInfo,
 };
+use hub_http::cors::{Cors, CorsRoutes};
 use hub_http::seq::{self, answered, bad_seq, run_numbered, Sequencer, Verdict};
 use hub_http::{secret, BodyError};
 use tokio::sync::Notify;
@@ -233,6 +234,13 @@ const SHUTDOWN_LINGER: Duration = Duration::from_secs(5);
 /// shutting down (hub-core has no event for it; such sessions are few and short-lived).
 const SHUTDOWN_CHECK: Duration = Duration::from_secs(1);
 
+/// What the CORS policy allows on this transport's path.
+const CORS_ROUTES: CorsRoutes = CorsRoutes {
+    methods: "GET, POST, DELETE, OPTIONS",
+    request_headers: "content-type, authorization, hub-session, hub-command-seq",
+    expose_headers: "hub-command-seq, hub-command-duplicate",
+};
+
 /// Media type of MessagePack responses.
 const MSGPACK_TYPE: &str = "application/msgpack";
 const JSON_TYPE: &str = "application/json";
@@ -249,6 +257,7 @@ struct Settings {
     batch_bytes: usize,
     max_sessions: usize,
     require_seq: bool,
+    cors: Cors,
 }
 
 /// The sessions of one service (shared by all its clones).
@@ -339,6 +348,7 @@ impl PollService {
                 batch_bytes: 256 * 1024,
                 max_sessions: 100_000,
                 require_seq: false,
+                cors: Cors::same_origin(),
             }),
             table: Arc::new(Table {
                 sessions: Mutex::new(HashMap::new()),
@@ -406,6 +416,25 @@ impl PollService {
         self
     }
 
+    /// Pages of these origins (e.g. `https://app.example`) may use the service from the
+    /// browser (`fetch` or `XMLHttpRequest` with credentials): their `Origin` is echoed in
+    /// `Access-Control-Allow-Origin` with `Access-Control-Allow-Credentials: true`, the command
+    /// numbering's answer headers are exposed, and the `OPTIONS` preflight is answered. `"*"` in
+    /// the list allows any origin, without credentials. The same policy as hub-sse's
+    /// (`SseService::allow_origins`). Default: same-origin pages only (no CORS headers).
+    ///
+    /// This only tells browsers what they may read; who may connect at all is the hub's business
+    /// (`HubBuilder::allowed_origins`, the authenticate hook).
+    #[must_use]
+    pub fn allow_origins<I, S>(mut self, origins: I) -> PollService
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Arc::make_mut(&mut self.settings).cors = Cors::allow_origins(origins);
+        self
+    }
+
     /// Sessions this service holds (open, or closed with frames not yet acknowledged).
     pub fn session_count(&self) -> usize {
         lock(&self.table.sessions).len()
@@ -416,8 +445,27 @@ impl PollService {
         self.table.waiting.load(Ordering::Relaxed)
     }
 
-    /// Answers one request.
+    /// Answers one request, with the CORS policy's headers.
     async fn serve<B>(self, req: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        let mut resp = if req.method() == Method::OPTIONS {
+            with_no_store(self.settings.cors.preflight(origin.as_ref(), &CORS_ROUTES))
+        } else {
+            self.answer(req).await
+        };
+        self.settings
+            .cors
+            .apply(origin.as_ref(), &CORS_ROUTES, resp.headers_mut());
+        resp
+    }
+
+    /// Answers one request (other than a preflight).
+    async fn answer<B>(&self, req: Request<B>) -> Response<Body>
     where
         B: hyper::body::Body + Send + 'static,
         B::Data: Send,
@@ -1120,10 +1168,10 @@ fn method_not_allowed() -> Response<Body> {
     let mut resp = error(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        "use POST (open, send), GET (poll) or DELETE (close)",
+        "use POST (open, send), GET (poll), DELETE (close) or OPTIONS (CORS preflight)",
     );
     resp.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+        .insert(header::ALLOW, HeaderValue::from_static(CORS_ROUTES.methods));
     resp
 }
 

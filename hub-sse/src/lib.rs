@@ -198,6 +198,7 @@ use tracing::Instrument;
 pub use body::Body;
 
 use body::{lock, write_event, Held, TailCache, Writer};
+use hub_http::cors::{Cors, CorsRoutes};
 use hub_http::secret;
 use id::Cursor;
 use registry::{new_token, Entry, Registry};
@@ -229,12 +230,13 @@ const LAST_EVENT_ID: &str = "last-event-id";
 /// At most this many topics in a stream's URL (the hub's per-session limit applies too).
 const MAX_QUERY_TOPICS: usize = id::MAX_ID_TOPICS;
 
-#[derive(Clone)]
-enum Cors {
-    SameOrigin,
-    Any,
-    List(Arc<[String]>),
-}
+/// What the CORS policy allows on this transport's path.
+const CORS_ROUTES: CorsRoutes = CorsRoutes {
+    methods: "GET, POST, OPTIONS",
+    request_headers:
+        "content-type, authorization, last-event-id, hub-session-token, hub-command-seq",
+    expose_headers: "hub-command-seq, hub-command-duplicate",
+};
 
 #[derive(Clone)]
 struct Settings {
@@ -279,7 +281,7 @@ impl SseService {
             tails: Arc::default(),
             settings: Arc::new(Settings {
                 retry: DEFAULT_RETRY,
-                cors: Cors::SameOrigin,
+                cors: Cors::same_origin(),
                 require_seq: false,
             }),
         }
@@ -324,12 +326,7 @@ impl SseService {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let list: Vec<String> = origins.into_iter().map(Into::into).collect();
-        Arc::make_mut(&mut self.settings).cors = if list.iter().any(|o| o == "*") {
-            Cors::Any
-        } else {
-            Cors::List(list.into())
-        };
+        Arc::make_mut(&mut self.settings).cors = Cors::allow_origins(origins);
         self
     }
 
@@ -343,7 +340,11 @@ impl SseService {
         let mut resp = match *req.method() {
             Method::GET => self.open(req).await,
             Method::POST => self.command(req).await,
-            Method::OPTIONS => self.preflight(origin.as_ref()),
+            Method::OPTIONS => self
+                .settings
+                .cors
+                .preflight(origin.as_ref(), &CORS_ROUTES)
+                .map(Body::full),
             _ => {
                 let mut r = error_response(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -357,71 +358,9 @@ impl SseService {
                 r
             }
         };
-        self.cors_headers(origin.as_ref(), &mut resp);
-        resp
-    }
-
-    fn origin_allowed(&self, origin: &HeaderValue) -> bool {
-        match &self.settings.cors {
-            Cors::SameOrigin => false,
-            Cors::Any => true,
-            Cors::List(list) => list.iter().any(|o| o.as_bytes() == origin.as_bytes()),
-        }
-    }
-
-    fn cors_headers(&self, origin: Option<&HeaderValue>, resp: &mut Response<Body>) {
-        let h = resp.headers_mut();
-        match (&self.settings.cors, origin) {
-            (Cors::SameOrigin, _) | (_, None) => {}
-            (Cors::Any, Some(_)) => {
-                h.insert(
-                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                    HeaderValue::from_static("*"),
-                );
-                h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose_headers());
-            }
-            (Cors::List(_), Some(origin)) => {
-                h.append(header::VARY, HeaderValue::from_static("Origin"));
-                if self.origin_allowed(origin) {
-                    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-                    h.insert(
-                        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                        HeaderValue::from_static("true"),
-                    );
-                    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose_headers());
-                }
-            }
-        }
-    }
-
-    fn preflight(&self, origin: Option<&HeaderValue>) -> Response<Body> {
-        let mut resp = match origin {
-            Some(o) if !self.origin_allowed(o) => {
-                let o = String::from_utf8_lossy(o.as_bytes()).into_owned();
-                return refusal(&Rejection::origin_not_allowed(&o));
-            }
-            _ => Response::new(Body::empty()),
-        };
-        *resp.status_mut() = StatusCode::NO_CONTENT;
-        let h = resp.headers_mut();
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, POST, OPTIONS"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static(
-                "content-type, authorization, last-event-id, hub-session-token, hub-command-seq",
-            ),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_MAX_AGE,
-            HeaderValue::from_static("600"),
-        );
-        h.insert(
-            header::ALLOW,
-            HeaderValue::from_static("GET, POST, OPTIONS"),
-        );
+        self.settings
+            .cors
+            .apply(origin.as_ref(), &CORS_ROUTES, resp.headers_mut());
         resp
     }
 
@@ -859,11 +798,6 @@ fn query_values<'a>(uri: &'a http::Uri, name: &'a str) -> impl Iterator<Item = S
 
 fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     hub_http::json_error(status, code, message).map(Body::full)
-}
-
-/// The answer headers a cross-origin page may read: the command numbering's.
-fn expose_headers() -> HeaderValue {
-    HeaderValue::from_static("hub-command-seq, hub-command-duplicate")
 }
 
 fn refusal(rej: &Rejection) -> Response<Body> {
