@@ -6,11 +6,14 @@
 //!
 //! - [`seq`]: per-session command numbers (`Hub-Command-Seq`): the rules, and the answers they
 //!   lead to;
-//! - [`json_error`] and [`refusal`]: error answers with the JSON body `{"code", "message"}`;
+//! - [`json_error`] and [`refusal`]: error answers with the JSON body `{"code", "message"}`,
+//!   each marked ([`Refused`]) so that the transport counts and logs it ([`note_refusal`]);
 //! - [`read_body`]: a command's body, within the hub's frame size limit;
 //! - [`connect_request`]: what the hub's hooks judge an HTTP request by;
 //! - [`cors`]: the one CORS policy of hub-sse and hub-poll;
 //! - [`secret`]: session secrets in hex, compared in constant time.
+//!
+//! hub-ws uses the refusals.
 //!
 //! Answers are built as `Response<Bytes>`: each transport puts the bytes in its own body type
 //! (`Response::map`) and adds headers of its own (hub-poll's no-store headers, CORS).
@@ -48,18 +51,33 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hub_core::{Codec, ConnectRequest, Rejection, TransportInfo};
+use hub_core::{Codec, ConnectRequest, Hub, Rejection, TransportInfo};
 
 /// The media type of JSON answers.
 const JSON_TYPE: &str = "application/json";
 
-/// An error answer: `status`, with the JSON body `{"code": code, "message": message}`.
-pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Bytes> {
+/// What an error answer says, kept in its extensions so that the transport can count and log
+/// the refusal without reading its own body back ([`note_refusal`]).
+#[derive(Debug, Clone)]
+pub struct Refused {
+    /// The stable code of the answer's body.
+    pub code: &'static str,
+    /// The body's message.
+    pub message: String,
+}
+
+/// An error answer: `status`, with the JSON body `{"code": code, "message": message}` (marked
+/// [`Refused`]).
+pub fn json_error(status: StatusCode, code: &'static str, message: &str) -> Response<Bytes> {
     let body = serde_json::json!({"code": code, "message": message}).to_string();
     let mut resp = Response::new(Bytes::from(body));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_TYPE));
+    resp.extensions_mut().insert(Refused {
+        code,
+        message: message.to_owned(),
+    });
     resp
 }
 
@@ -68,6 +86,54 @@ pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Byt
 pub fn refusal(rej: &Rejection) -> Response<Bytes> {
     let status = StatusCode::from_u16(rej.status()).unwrap_or(StatusCode::FORBIDDEN);
     json_error(status, rej.code(), rej.message())
+}
+
+/// Counts and logs (at debug) the refusal an answer carries, if it is one ([`Refused`]): under
+/// its code in the hub's [`hub_core::StatsSnapshot::refusals`]. Each transport calls it once
+/// per answer.
+pub fn note_refusal<B>(
+    hub: &Hub,
+    transport: &'static str,
+    request: &RequestLine,
+    resp: &Response<B>,
+) {
+    if let Some(r) = resp.extensions().get::<Refused>() {
+        hub.record_refusal(r.code);
+        tracing::debug!(
+            transport,
+            status = resp.status().as_u16(),
+            code = r.code,
+            // Debug-quoted: a message may quote what the client sent (an Origin, a topic).
+            message = ?r.message,
+            method = %request.method,
+            path = %request.path,
+            peer = ?request.peer,
+            "refused a request"
+        );
+    }
+}
+
+/// What [`note_refusal`] logs of the request (taken before the request is consumed).
+#[derive(Debug, Clone)]
+pub struct RequestLine {
+    /// The method.
+    pub method: http::Method,
+    /// The path (without the query, which may hold credentials).
+    pub path: String,
+    /// The connection's peer, if known.
+    pub peer: Option<SocketAddr>,
+}
+
+impl RequestLine {
+    /// The request's method, path and connection peer (`configured`, or a `SocketAddr` in
+    /// the request's extensions).
+    pub fn of<B>(req: &Request<B>, configured: Option<SocketAddr>) -> RequestLine {
+        RequestLine {
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            peer: configured.or_else(|| req.extensions().get::<SocketAddr>().copied()),
+        }
+    }
 }
 
 /// What the hub's hooks judge an HTTP request by ([`hub_core::Hub::connect`],
@@ -173,6 +239,10 @@ mod tests {
         let resp = refusal(&rej);
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         assert_eq!(&resp.body()[..], rej.body().as_bytes());
+        // Marked, so that the transport counts it under its code.
+        let refused = resp.extensions().get::<Refused>().unwrap();
+        assert_eq!(refused.code, "origin_not_allowed");
+        assert_eq!(refused.message, rej.message());
     }
 
     #[tokio::test]

@@ -445,7 +445,7 @@ impl PollService {
         self.table.waiting.load(Ordering::Relaxed)
     }
 
-    /// Answers one request, with the CORS policy's headers.
+    /// Answers one request, with the CORS policy's headers; refusals are counted and logged.
     async fn serve<B>(self, req: Request<B>) -> Response<Body>
     where
         B: hyper::body::Body + Send + 'static,
@@ -453,6 +453,7 @@ impl PollService {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let origin = req.headers().get(header::ORIGIN).cloned();
+        let line = hub_http::RequestLine::of(&req, self.peer);
         let mut resp = if req.method() == Method::OPTIONS {
             with_no_store(self.settings.cors.preflight(origin.as_ref(), &CORS_ROUTES))
         } else {
@@ -461,6 +462,7 @@ impl PollService {
         self.settings
             .cors
             .apply(origin.as_ref(), &CORS_ROUTES, resp.headers_mut());
+        hub_http::note_refusal(&self.hub, TRANSPORT.name, &line, &resp);
         resp
     }
 

@@ -337,6 +337,7 @@ impl SseService {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let origin = req.headers().get(header::ORIGIN).cloned();
+        let line = hub_http::RequestLine::of(&req, self.peer);
         let mut resp = match *req.method() {
             Method::GET => self.open(req).await,
             Method::POST => self.command(req).await,
@@ -361,6 +362,7 @@ impl SseService {
         self.settings
             .cors
             .apply(origin.as_ref(), &CORS_ROUTES, resp.headers_mut());
+        hub_http::note_refusal(&self.hub, TRANSPORT.name, &line, &resp);
         resp
     }
 
@@ -796,7 +798,7 @@ fn query_values<'a>(uri: &'a http::Uri, name: &'a str) -> impl Iterator<Item = S
         .map(|(_, v)| v.into_owned())
 }
 
-fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+fn error_response(status: StatusCode, code: &'static str, message: &str) -> Response<Body> {
     hub_http::json_error(status, code, message).map(Body::full)
 }
 

@@ -9,7 +9,8 @@
 //!   binary frames.
 //! - **Refusals before the upgrade**: not a WebSocket upgrade (400 `bad_request`), unknown
 //!   encoding (400 `bad_encoding`), authentication (401/403 from the hub's hook), origin
-//!   (403 `origin_not_allowed`), each with a JSON body `{"code", "message"}`.
+//!   (403 `origin_not_allowed`), limits (503), each with a JSON body `{"code", "message"}`,
+//!   counted in the hub's stats by code and logged at debug.
 //! - **Heartbeats**: a ping frame at the hub's interval; pongs and any frame count as life.
 //! - **Close codes**: 1009 for a frame over the hub's size limit, 1007 for a text frame that
 //!   is not UTF-8, 1008 for policy (kicked, slow consumer), 4000 for heartbeat timeout, 1001 on
@@ -180,8 +181,16 @@ impl WsService {
         self
     }
 
-    /// Answers one request: a refusal, or 101 Switching Protocols with the session task spawned.
-    async fn serve<B>(self, mut req: Request<B>) -> Response<Body> {
+    /// Answers one request (refusals counted and logged), or upgrades it.
+    async fn serve<B>(self, req: Request<B>) -> Response<Body> {
+        let line = hub_http::RequestLine::of(&req, self.peer);
+        let resp = self.upgrade(req).await;
+        hub_http::note_refusal(&self.hub, TRANSPORT.name, &line, &resp);
+        resp
+    }
+
+    /// A refusal, or 101 Switching Protocols with the session task spawned.
+    async fn upgrade<B>(&self, mut req: Request<B>) -> Response<Body> {
         let Some(key) = upgrade_key(&req) else {
             return refusal(&Rejection::bad_request(
                 "bad_request",
@@ -596,13 +605,7 @@ fn close_msg(reason: DisconnectReason) -> Message {
 }
 
 fn refusal(rej: &Rejection) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(rej.body())));
-    *resp.status_mut() = StatusCode::from_u16(rej.status()).unwrap_or(StatusCode::FORBIDDEN);
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    hub_http::refusal(rej).map(Full::new)
 }
 
 fn upgrade_key<B>(req: &Request<B>) -> Option<HeaderValue> {
