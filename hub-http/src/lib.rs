@@ -9,14 +9,21 @@
 //! - [`json_error`] and [`refusal`]: error answers with the JSON body `{"code", "message"}`,
 //!   each marked ([`Refused`]) so that the transport counts and logs it ([`note_refusal`]);
 //! - [`read_body`]: a command's body, within the hub's frame size limit;
-//! - [`connect_request`]: what the hub's hooks judge an HTTP request by;
+//! - [`connect_request`] and [`peer`]: what the hub's hooks judge an HTTP request by, the
+//!   client's address included (under bare hyper, axum, and behind trusted proxies);
 //! - [`cors`]: the one CORS policy of hub-sse and hub-poll;
 //! - [`secret`]: session secrets in hex, compared in constant time.
 //!
-//! hub-ws uses the refusals.
+//! hub-ws uses the peer and the refusals.
 //!
 //! Answers are built as `Response<Bytes>`: each transport puts the bytes in its own body type
 //! (`Response::map`) and adds headers of its own (hub-poll's no-store headers, CORS).
+//!
+//! # Features
+//!
+//! | feature | what |
+//! | --- | --- |
+//! | `axum` (off; on by default in the `hub` facade) | find the client's address in axum's `ConnectInfo<SocketAddr>` too |
 //!
 //! # Example
 //!
@@ -40,6 +47,7 @@
 #![warn(missing_docs)]
 
 pub mod cors;
+pub mod peer;
 pub mod secret;
 pub mod seq;
 
@@ -125,33 +133,34 @@ pub struct RequestLine {
 }
 
 impl RequestLine {
-    /// The request's method, path and connection peer (`configured`, or a `SocketAddr` in
-    /// the request's extensions).
+    /// The request's method, path and connection peer ([`peer::socket_peer`]).
     pub fn of<B>(req: &Request<B>, configured: Option<SocketAddr>) -> RequestLine {
         RequestLine {
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
-            peer: configured.or_else(|| req.extensions().get::<SocketAddr>().copied()),
+            peer: peer::socket_peer(req.extensions(), configured),
         }
     }
 }
 
 /// What the hub's hooks judge an HTTP request by ([`hub_core::Hub::connect`],
-/// [`hub_core::Hub::authenticate`]): the request's headers and URI, and the client's address:
-/// `peer` (what the host told the service), or else a `SocketAddr` found in the request's
-/// extensions.
+/// [`hub_core::Hub::authenticate`]): the request's headers and URI, and the client's address
+/// ([`peer`]: the connection's peer, `configured` or found in the request's extensions; behind
+/// a trusted proxy, the client its forwarding headers name).
 pub fn connect_request<B>(
+    hub: &Hub,
     req: &Request<B>,
     transport: TransportInfo,
     codec: Codec,
-    peer: Option<SocketAddr>,
+    configured: Option<SocketAddr>,
 ) -> ConnectRequest {
+    let socket = peer::socket_peer(req.extensions(), configured);
     ConnectRequest {
         transport,
         codec,
         headers: req.headers().clone(),
         uri: req.uri().clone(),
-        peer: peer.or_else(|| req.extensions().get::<SocketAddr>().copied()),
+        peer: peer::client_addr(hub, req.headers(), socket),
     }
 }
 

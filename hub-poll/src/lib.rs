@@ -360,8 +360,11 @@ impl PollService {
         svc
     }
 
-    /// The client's address, passed to the authenticate hook (a bare hyper server knows it per
-    /// connection). Otherwise a `SocketAddr` found in the request's extensions is used.
+    /// The client's address, passed to the authenticate hook and counted by the per-address
+    /// limit (a bare hyper server knows it per connection). Otherwise it is found in the
+    /// request's extensions: a `SocketAddr`, or axum's `ConnectInfo<SocketAddr>` (feature
+    /// `axum`). Behind a trusted proxy ([`hub_core::HubBuilder::trusted_proxies`]) the client
+    /// is the one its forwarding headers name.
     #[must_use]
     pub fn with_peer(mut self, peer: SocketAddr) -> PollService {
         self.peer = Some(peer);
@@ -496,7 +499,8 @@ impl PollService {
             return method_not_allowed();
         }
         // What authenticates the request, taken before any `.await` (the body need not be Sync).
-        let credentials = hub_http::connect_request(&req, TRANSPORT, Codec::Json, self.peer);
+        let credentials =
+            hub_http::connect_request(&self.hub, &req, TRANSPORT, Codec::Json, self.peer);
         let entry = match self.find(&token, credentials).await {
             Ok(entry) => entry,
             Err(resp) => return resp,
@@ -550,7 +554,7 @@ impl PollService {
                 "no secure random source available",
             );
         }
-        let connect = hub_http::connect_request(&req, TRANSPORT, codec, self.peer);
+        let connect = hub_http::connect_request(&self.hub, &req, TRANSPORT, codec, self.peer);
         let peer = connect.peer;
         let conn = match self.hub.connect(connect).await {
             Ok(conn) => conn,

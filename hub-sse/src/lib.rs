@@ -287,8 +287,11 @@ impl SseService {
         }
     }
 
-    /// The client's address, passed to the authenticate hook (a bare hyper server knows it per
-    /// connection). Otherwise a `SocketAddr` found in the request's extensions is used.
+    /// The client's address, passed to the authenticate hook and counted by the per-address
+    /// limit (a bare hyper server knows it per connection). Otherwise it is found in the
+    /// request's extensions: a `SocketAddr`, or axum's `ConnectInfo<SocketAddr>` (feature
+    /// `axum`). Behind a trusted proxy ([`hub_core::HubBuilder::trusted_proxies`]) the client
+    /// is the one its forwarding headers name.
     #[must_use]
     pub fn with_peer(mut self, peer: SocketAddr) -> SseService {
         self.peer = Some(peer);
@@ -421,7 +424,7 @@ impl SseService {
                 "no random source for session tokens",
             );
         };
-        let connect = hub_http::connect_request(&req, TRANSPORT, Codec::Json, self.peer);
+        let connect = hub_http::connect_request(&self.hub, &req, TRANSPORT, Codec::Json, self.peer);
         let peer = connect.peer;
         let Connection { session, outbox } = match self.hub.connect(connect).await {
             Ok(conn) => conn,
@@ -599,7 +602,7 @@ impl SseService {
         }
         // The token is not enough: the command must also come from the stream's user (checked
         // as a connect would be: origin, then the authenticate hook).
-        let connect = hub_http::connect_request(&req, TRANSPORT, Codec::Json, self.peer);
+        let connect = hub_http::connect_request(&self.hub, &req, TRANSPORT, Codec::Json, self.peer);
         match self.hub.authenticate(&connect).await {
             Ok(who) if who.user_id() == &*entry.user => {}
             Ok(_) => {

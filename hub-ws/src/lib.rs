@@ -11,6 +11,8 @@
 //!   encoding (400 `bad_encoding`), authentication (401/403 from the hub's hook), origin
 //!   (403 `origin_not_allowed`), limits (503), each with a JSON body `{"code", "message"}`,
 //!   counted in the hub's stats by code and logged at debug.
+//! - **The client's address** (for the hooks and the per-address limit): see
+//!   [`WsService::with_peer`].
 //! - **Heartbeats**: a ping frame at the hub's interval; pongs and any frame count as life.
 //! - **Close codes**: 1009 for a frame over the hub's size limit, 1007 for a text frame that
 //!   is not UTF-8, 1008 for policy (kicked, slow consumer), 4000 for heartbeat timeout, 1001 on
@@ -109,9 +111,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hub_core::{
-    Codec, ConnectRequest, Connection, DisconnectReason, Hub, Outgoing, Rejection, TransportInfo,
-};
+use hub_core::{Codec, Connection, DisconnectReason, Hub, Outgoing, Rejection, TransportInfo};
 use hyper_util::rt::TokioIo;
 use std::io::{self, IoSlice};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -163,8 +163,11 @@ impl WsService {
         }
     }
 
-    /// The client's address, passed to the authenticate hook (a bare hyper server knows it per
-    /// connection). Otherwise a `SocketAddr` found in the request's extensions is used.
+    /// The client's address, passed to the authenticate hook and counted by the per-address
+    /// limit (a bare hyper server knows it per connection). Otherwise it is found in the
+    /// request's extensions: a `SocketAddr`, or axum's `ConnectInfo<SocketAddr>` (feature
+    /// `axum`). Behind a trusted proxy ([`hub_core::HubBuilder::trusted_proxies`]) the client
+    /// is the one its forwarding headers name.
     #[must_use]
     pub fn with_peer(mut self, peer: SocketAddr) -> WsService {
         self.peer = Some(peer);
@@ -201,16 +204,8 @@ impl WsService {
             Ok(n) => n,
             Err(rej) => return refusal(&rej),
         };
-        let peer = self
-            .peer
-            .or_else(|| req.extensions().get::<SocketAddr>().copied());
-        let connect = ConnectRequest {
-            transport: TRANSPORT,
-            codec,
-            headers: req.headers().clone(),
-            uri: req.uri().clone(),
-            peer,
-        };
+        let connect = hub_http::connect_request(&self.hub, &req, TRANSPORT, codec, self.peer);
+        let peer = connect.peer;
         // Authenticate before upgrading: a refused client gets a plain HTTP answer.
         let conn = match self.hub.connect(connect).await {
             Ok(conn) => conn,
