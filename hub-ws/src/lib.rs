@@ -7,10 +7,11 @@
 //! - **Encoding** per connection: subprotocol `hub.v1.json` / `hub.v1.msgpack`, else the query
 //!   parameter `encoding=json|msgpack`, else JSON. JSON travels in text frames, MessagePack in
 //!   binary frames.
-//! - **Refusals before the upgrade**: not a WebSocket upgrade (400 `bad_request`), unknown
-//!   encoding (400 `bad_encoding`), authentication (401/403 from the hub's hook), origin
-//!   (403 `origin_not_allowed`), limits (503), each with a JSON body `{"code", "message"}`,
-//!   counted in the hub's stats by code and logged at debug.
+//! - **Refusals before the upgrade**: not a WebSocket upgrade, or a `Sec-WebSocket-Key` that is
+//!   not 16 bytes in base64 (400 `bad_request`), unknown encoding (400 `bad_encoding`),
+//!   authentication (401/403 from the hub's hook), origin (403 `origin_not_allowed`), limits
+//!   (503), each with a JSON body `{"code", "message"}`, counted in the hub's stats by code and
+//!   logged at debug.
 //! - **The client's address** (for the hooks and the per-address limit): see
 //!   [`WsService::with_peer`].
 //! - **Heartbeats**: a ping frame at the hub's interval; pongs and any frame count as life.
@@ -106,6 +107,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::header::{self, HeaderValue};
@@ -197,7 +199,8 @@ impl WsService {
         let Some(key) = upgrade_key(&req) else {
             return refusal(&Rejection::bad_request(
                 "bad_request",
-                "not a WebSocket upgrade request (GET, Upgrade: websocket, version 13)",
+                "not a WebSocket upgrade request (GET, Upgrade: websocket, version 13, \
+                 Sec-WebSocket-Key: 16 bytes in base64)",
             ));
         };
         let (codec, subprotocol) = match negotiate(&req) {
@@ -619,7 +622,12 @@ fn upgrade_key<B>(req: &Request<B>) -> Option<HeaderValue> {
     if !ok {
         return None;
     }
-    h.get(header::SEC_WEBSOCKET_KEY).cloned()
+    // RFC 6455, 4.2.1: "a base64-encoded value that, when decoded, is 16 bytes in length".
+    let key = h.get(header::SEC_WEBSOCKET_KEY)?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(key.as_bytes())
+        .ok()?;
+    (decoded.len() == 16).then(|| key.clone())
 }
 
 /// Picks the encoding: subprotocol first, then `?encoding=`, then JSON.
