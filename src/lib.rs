@@ -17,6 +17,13 @@
 //! falling back to SSE, then long-polling; reconnection and resume), and the service that
 //! serves it at a path of your router (e.g. `/hub.js`).
 //!
+//! # Graceful shutdown
+//!
+//! A server's graceful shutdown waits for its connections, and the hub's streams end only when
+//! the hub ends them: hand [`shutdown_signal`] to axum's `with_graceful_shutdown`, so that the
+//! hub tells every client why (WebSocket 1001, a last SSE or poll `close`) before the server
+//! finishes.
+//!
 //! The wire protocol is in `PROTOCOL.md`; a browser needs nothing but its native `WebSocket`,
 //! `EventSource` or `XMLHttpRequest`.
 //!
@@ -86,6 +93,9 @@ pub use hub_poll as poll;
 
 #[cfg(feature = "js")]
 pub mod js;
+
+mod shutdown;
+pub use shutdown::shutdown_signal;
 
 /// The README's Rust examples, compiled (and run, where they end) as doctests, so that they
 /// stay true to the API.
