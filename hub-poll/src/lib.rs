@@ -11,6 +11,7 @@
 //! | `GET <path>?session=S&cursor=C[&wait=ms]` | long-poll | `200` `{"cursor", "frames": [..]}` |
 //! | `POST <path>?session=S` (+ `Hub-Command-Seq: <n>`), body = one client frame | a command | `202`, empty body |
 //! | `DELETE <path>?session=S` | closes the session | `204` |
+//! | `OPTIONS <path>` | CORS preflight ([`PollService::allow_origins`]) | `204` |
 //!
 //! (`S` may come in a `Hub-Session` header instead; unknown query parameters are ignored.)
 //!
@@ -60,6 +61,10 @@
 //!   after a short bound (at most 5 s, and at most the poll wait) if it never does, so a
 //!   shutdown completes without forcing anyone when clients poll as they should. New sessions
 //!   are refused with 503 `shutting_down`.
+//! - **CORS**: [`PollService::allow_origins`] lets pages of other origins use the service with
+//!   credentials (the same policy as hub-sse's); by default no CORS headers are sent.
+//! - **Refusals** (every error answer) are counted in the hub's stats by code and logged at
+//!   debug.
 //! - **Commands** are answered in the poll stream (`reply` / `error` frames), in order with
 //!   everything else; the `POST` itself says only whether the frame was accepted: 413
 //!   `frame_too_large` over the hub's frame size limit, 400 `bad_frame` if it is not one

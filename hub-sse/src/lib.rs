@@ -62,6 +62,9 @@
 //!   `bad_encoding`.
 //! - **CORS**: [`SseService::allow_origins`] lets pages of other origins open streams and send
 //!   commands (with credentials); the hub's own origin allow-list still applies to connecting.
+//!   The same policy as hub-poll's.
+//! - **Refusals** (every error answer) are counted in the hub's stats by code and logged at
+//!   debug.
 //!
 //! Headers: `Content-Type: text/event-stream`, `Cache-Control: no-cache, no-transform` and
 //! `X-Accel-Buffering: no`, so that proxies neither cache nor buffer; each batch of frames is one
