@@ -2,11 +2,14 @@
 //!
 //! A complete setup a service can copy:
 //!
-//! - **Signed tokens.** A token is `base64url(user|role|expiry) "." base64url(mac)`, where `mac`
-//!   is HMAC-SHA256 with the server's key over the exact bytes `user|role|expiry` (`expiry` in
-//!   Unix seconds). Users are `A-Z a-z 0-9 _ -` (1 to 64 bytes); roles are `viewer` and
-//!   `publisher`. [`Keys::mint`] makes one, [`Keys::verify`] checks one: signature first (in
-//!   constant time), then the fields, then the expiry.
+//! - **Signed tokens: JWTs**, as identity providers issue them, made and checked with the
+//!   `jsonwebtoken` crate: HS256 with the server's key, claims `sub` (the user: `A-Z a-z 0-9 _ -`,
+//!   1 to 64 bytes), `role` (`viewer` or `publisher`), `exp` (Unix seconds), `iat`, and `iss` /
+//!   `aud` naming this service. [`Keys::mint`] makes one, [`Keys::verify`] checks one: the
+//!   algorithm (HS256 only: `none` and other algorithms are refused), the signature, the
+//!   claims (issuer, audience, every one present), then the expiry (valid while `now < exp`,
+//!   no leeway). With an identity provider, only `verify` is needed, with its key (an RSA or
+//!   EC public key and `RS256`/`ES256` work the same way with `jsonwebtoken`).
 //! - **Authentication** ([`AuthHooks`], `Hooks::authenticate`): the token comes as `?token=`
 //!   (the only way for a browser's `WebSocket` and `EventSource`) or `Authorization: Bearer`
 //!   (fetch, XHR, servers); if both are present they must be the same token. No token:
@@ -43,21 +46,17 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::routing::get;
 use axum::Router;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use hub::poll::PollService;
 use hub::sse::SseService;
 use hub::ws::WsService;
 use hub::{async_trait, Action, ConnectRequest, Hooks, Hub, Identity, Rejection};
-use sha2::Sha256;
-
-type HmacSha256 = Hmac<Sha256>;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
 
 /// The address served when `--addr` is not given.
 const DEFAULT_ADDR: &str = "127.0.0.1:3000";
@@ -65,15 +64,23 @@ const DEFAULT_ADDR: &str = "127.0.0.1:3000";
 /// How long the demo tokens printed at start are valid.
 const DEMO_TTL: Duration = Duration::from_secs(3600);
 
+/// How long a shutdown waits for clients to get their last frames.
+const GRACE: Duration = Duration::from_secs(5);
+
 /// Longest user id, in bytes.
 const MAX_USER_LEN: usize = 64;
 
 /// Longest token accepted, in bytes (anything longer is not one of ours: refuse before
 /// decoding).
-const MAX_TOKEN_LEN: usize = 512;
+const MAX_TOKEN_LEN: usize = 1024;
+
+/// Who issues the tokens (`iss`) and whom they are for (`aud`).
+pub(crate) const ISSUER: &str = "hub-auth-example";
+pub(crate) const AUDIENCE: &str = "hub";
 
 /// What a user may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub(crate) enum Role {
     /// May subscribe to `scores/*` and `user/<own id>`.
     Viewer,
@@ -81,22 +88,21 @@ pub(crate) enum Role {
     Publisher,
 }
 
-impl Role {
-    /// The role's name in tokens.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Publisher => "publisher",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Role> {
-        match s {
-            "viewer" => Some(Role::Viewer),
-            "publisher" => Some(Role::Publisher),
-            _ => None,
-        }
-    }
+/// A token's claims, as they travel (JSON in the JWT's payload).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct TokenClaims {
+    /// The user.
+    pub(crate) sub: String,
+    /// What the user may do.
+    pub(crate) role: Role,
+    /// When the token stops being valid, in Unix seconds.
+    pub(crate) exp: u64,
+    /// When it was issued, in Unix seconds.
+    pub(crate) iat: u64,
+    /// Who issued it.
+    pub(crate) iss: String,
+    /// Whom it is for.
+    pub(crate) aud: String,
 }
 
 /// What a valid token says: kept in the session's [`Identity`] (`Identity::data`), private to
@@ -114,9 +120,10 @@ pub(crate) struct Claims {
 /// Why a token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TokenError {
-    /// Not `payload.mac` in base64url, or the fields are not `user|role|expiry`.
+    /// Not a JWT of ours: malformed, another algorithm, another issuer or audience, a claim
+    /// missing or of the wrong type, a user id outside the rules.
     Malformed,
-    /// The MAC does not match: forged or tampered with.
+    /// The signature does not match: forged or tampered with.
     BadSignature,
     /// Signed by us, but past its expiry.
     Expired,
@@ -132,10 +139,12 @@ impl fmt::Display for TokenError {
     }
 }
 
-/// The server's signing key. Cheap to clone (shared).
+/// The server's signing key and the rules a token must pass. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Keys {
-    key: Arc<[u8]>,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
 }
 
 impl fmt::Debug for Keys {
@@ -147,17 +156,19 @@ impl fmt::Debug for Keys {
 
 impl Keys {
     /// Keys from secret bytes (use at least 32 random bytes).
-    pub(crate) fn new(key: impl Into<Vec<u8>>) -> Keys {
+    pub(crate) fn new(key: impl AsRef<[u8]>) -> Keys {
+        let key = key.as_ref();
+        // HS256 only: a token that names another algorithm (`none` included) is refused.
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["sub", "exp", "iss", "aud"]);
+        // The expiry is checked by `verify` against the time it is given, with no leeway.
+        validation.validate_exp = false;
         Keys {
-            key: Arc::from(key.into()),
-        }
-    }
-
-    fn mac(&self) -> HmacSha256 {
-        // HMAC takes keys of any length: this cannot fail.
-        match HmacSha256::new_from_slice(&self.key) {
-            Ok(mac) => mac,
-            Err(_) => unreachable!("HMAC accepts keys of any length"),
+            encoding: EncodingKey::from_secret(key),
+            decoding: DecodingKey::from_secret(key),
+            validation,
         }
     }
 
@@ -167,54 +178,40 @@ impl Keys {
         if !valid_user(user) {
             return None;
         }
-        let payload = format!("{user}|{}|{expiry}", role.as_str());
-        let mut mac = self.mac();
-        mac.update(payload.as_bytes());
-        let tag = mac.finalize().into_bytes();
-        Some(format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(payload),
-            URL_SAFE_NO_PAD.encode(tag)
-        ))
+        let claims = TokenClaims {
+            sub: user.to_owned(),
+            role,
+            exp: expiry,
+            iat: unix_now(),
+            iss: ISSUER.to_owned(),
+            aud: AUDIENCE.to_owned(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).ok()
     }
 
-    /// Checks a token at time `now` (Unix seconds): the signature (constant time), then the
-    /// fields, then the expiry (a token is valid while `now < expiry`).
+    /// Checks a token at time `now` (Unix seconds): algorithm, signature, claims, then the
+    /// expiry (a token is valid while `now < exp`).
     pub(crate) fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed);
         }
-        let (payload, tag) = token.split_once('.').ok_or(TokenError::Malformed)?;
-        let payload = URL_SAFE_NO_PAD
-            .decode(payload)
-            .map_err(|_| TokenError::Malformed)?;
-        let tag = URL_SAFE_NO_PAD
-            .decode(tag)
-            .map_err(|_| TokenError::Malformed)?;
-        let mut mac = self.mac();
-        mac.update(&payload);
-        mac.verify_slice(&tag)
-            .map_err(|_| TokenError::BadSignature)?;
-        // Signed by us: the fields are ours, but parse them strictly all the same.
-        let text = std::str::from_utf8(&payload).map_err(|_| TokenError::Malformed)?;
-        let mut fields = text.split('|');
-        let (Some(user), Some(role), Some(expiry), None) =
-            (fields.next(), fields.next(), fields.next(), fields.next())
-        else {
-            return Err(TokenError::Malformed);
-        };
-        let role = Role::parse(role).ok_or(TokenError::Malformed)?;
-        let expiry: u64 = expiry.parse().map_err(|_| TokenError::Malformed)?;
-        if !valid_user(user) {
+        let data = jsonwebtoken::decode::<TokenClaims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::InvalidSignature => TokenError::BadSignature,
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Malformed,
+            })?;
+        let claims = data.claims;
+        if !valid_user(&claims.sub) {
             return Err(TokenError::Malformed);
         }
-        if now >= expiry {
+        if now >= claims.exp {
             return Err(TokenError::Expired);
         }
         Ok(Claims {
-            user: user.to_owned(),
-            role,
-            expiry,
+            user: claims.sub,
+            role: claims.role,
+            expiry: claims.exp,
         })
     }
 }
@@ -366,7 +363,7 @@ async fn main() -> ExitCode {
         }
     };
     let keys = match load_key() {
-        Ok(k) => Keys::new(k),
+        Ok(k) => Keys::new(&k),
         Err(e) => {
             eprintln!("auth: {e}");
             return ExitCode::FAILURE;
@@ -421,7 +418,12 @@ Long-polling:
 
 Refusals: no token 401, expired 401, forged 403, wrong Origin 403 origin_not_allowed."
     );
-    if let Err(e) = axum::serve(listener, router(&hub)).await {
+    let app = router(&hub).into_make_service_with_connect_info::<SocketAddr>();
+    let stop = hub::shutdown_signal(&hub, tokio::signal::ctrl_c(), GRACE);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
         eprintln!("auth: server error: {e}");
         return ExitCode::FAILURE;
     }

@@ -17,6 +17,20 @@
 //! falling back to SSE, then long-polling; reconnection and resume), and the service that
 //! serves it at a path of your router (e.g. `/hub.js`).
 //!
+//! Two more features, on by default:
+//!
+//! | feature | what |
+//! | --- | --- |
+//! | `axum` | the transports find the client's address in axum's `ConnectInfo<SocketAddr>` (serve with `into_make_service_with_connect_info::<SocketAddr>()`) |
+//! | `metrics` | [`metrics`]: the hub's Prometheus metrics, a scrape endpoint and a `prometheus-client` collector |
+//!
+//! # Graceful shutdown
+//!
+//! A server's graceful shutdown waits for its connections, and the hub's streams end only when
+//! the hub ends them: hand [`shutdown_signal`] to axum's `with_graceful_shutdown`, so that the
+//! hub tells every client why (WebSocket 1001, a last SSE or poll `close`) before the server
+//! finishes.
+//!
 //! The wire protocol is in `PROTOCOL.md`; a browser needs nothing but its native `WebSocket`,
 //! `EventSource` or `XMLHttpRequest`.
 //!
@@ -86,6 +100,13 @@ pub use hub_poll as poll;
 
 #[cfg(feature = "js")]
 pub mod js;
+
+/// Prometheus metrics of the hub.
+#[cfg(feature = "metrics")]
+pub use hub_metrics as metrics;
+
+mod shutdown;
+pub use shutdown::shutdown_signal;
 
 /// The README's Rust examples, compiled (and run, where they end) as doctests, so that they
 /// stay true to the API.

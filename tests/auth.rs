@@ -2,8 +2,10 @@
 //! transports, with real clients over loopback sockets: a tokio-tungstenite WebSocket client,
 //! and a small HTTP/1.1 client over `TcpStream` for server-sent events and long-polling.
 //!
-//! - expired, forged, tampered and missing tokens are refused (401/403) before any session
-//!   exists, whether the token comes as `?token=` or `Authorization: Bearer`;
+//! - expired, forged, tampered and missing JWTs are refused (401/403) before any session
+//!   exists, whether the token comes as `?token=` or `Authorization: Bearer`; so are tokens
+//!   signed with the server's key but not as it signs (`alg: none`, HS512, another issuer or
+//!   audience);
 //! - subscribing outside one's rights is answered `forbidden` and delivers nothing;
 //! - a viewer's publish is `forbidden`, a publisher's reaches subscribers on every transport;
 //! - an SSE command or a poll request that carries one user's session with another user's
@@ -49,7 +51,7 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
-        let keys = Keys::new(b"the test key: 32 bytes or more!!".to_vec());
+        let keys = Keys::new(KEY);
         let hub = auth::build_hub(keys.clone(), &[APP_ORIGIN.to_owned()]);
         let addr = serve_router(auth::router(&hub)).await;
         Server { addr, hub, keys }
@@ -270,10 +272,12 @@ fn assert_refused(result: Result<Client, Refusal>, status: u16, code: &str, what
 
 #[test]
 fn tokens_round_trip_and_refuse_tampering() {
-    let keys = Keys::new(b"k1: a key of thirty-two bytes!!!".to_vec());
-    let other = Keys::new(b"k2: another key, not the server!".to_vec());
+    let keys = Keys::new(KEY);
+    let other = Keys::new(b"k2: another key, not the server!");
     let now = 1_700_000_000;
     let t = keys.mint("ana", Role::Viewer, now + 10).unwrap();
+    // A JWT: header, claims, signature.
+    assert_eq!(t.split('.').count(), 3, "{t}");
     let claims = keys.verify(&t, now).unwrap();
     assert_eq!(claims.user, "ana");
     assert_eq!(claims.role, Role::Viewer);
@@ -281,14 +285,14 @@ fn tokens_round_trip_and_refuse_tampering() {
     // Valid while now < expiry.
     assert!(keys.verify(&t, now + 9).is_ok());
     assert_eq!(keys.verify(&t, now + 10), Err(auth::TokenError::Expired));
-    // Another key's token, a payload swapped under the same MAC, garbage.
+    // Another key's token, claims swapped under the same signature, garbage.
     let forged = other.mint("ana", Role::Publisher, now + 10).unwrap();
     assert_eq!(
         keys.verify(&forged, now),
         Err(auth::TokenError::BadSignature)
     );
     assert_eq!(
-        keys.verify(&tampered(&t, "ana|publisher"), now),
+        keys.verify(&tampered(&t, "ana", "publisher"), now),
         Err(auth::TokenError::BadSignature)
     );
     assert_eq!(
@@ -296,19 +300,78 @@ fn tokens_round_trip_and_refuse_tampering() {
         Err(auth::TokenError::Malformed)
     );
     assert_eq!(keys.verify("", now), Err(auth::TokenError::Malformed));
+    // Signed with the server's key, but not as it signs: unsigned (`alg: none`), another
+    // algorithm, another issuer or audience, a user id outside the rules.
+    for token in foreign_tokens(now + 10) {
+        assert_eq!(
+            keys.verify(&token, now),
+            Err(auth::TokenError::Malformed),
+            "{token}"
+        );
+    }
     // User ids are checked when minting.
     assert!(keys.mint("a|b", Role::Viewer, now).is_none());
     assert!(keys.mint("", Role::Viewer, now).is_none());
 }
 
-/// `token` with its payload replaced by `user|role` and the same expiry, keeping the MAC.
-fn tampered(token: &str, user_role: &str) -> String {
+/// The server's test key (see [`Server::start`]).
+const KEY: &[u8] = b"the test key: 32 bytes or more!!";
+
+/// Tokens signed with the server's key (or not signed at all) that are not tokens of the
+/// server's: each must be refused as malformed.
+fn foreign_tokens(exp: u64) -> Vec<String> {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let claims = |sub: &str, iss: &str, aud: &str| auth::TokenClaims {
+        sub: sub.to_owned(),
+        role: Role::Publisher,
+        exp,
+        iat: exp - 10,
+        iss: iss.to_owned(),
+        aud: aud.to_owned(),
+    };
+    let key = EncodingKey::from_secret(KEY);
+    let sign = |alg, c: &auth::TokenClaims| encode(&Header::new(alg), c, &key).unwrap();
+    let ours = claims("ana", auth::ISSUER, auth::AUDIENCE);
+    use base64::Engine as _;
+    let unsigned = format!(
+        "{}.{}.",
+        b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        b64.encode(serde_json::to_vec(&ours).unwrap())
+    );
+    vec![
+        unsigned,
+        sign(Algorithm::HS512, &ours),
+        sign(
+            Algorithm::HS256,
+            &claims("ana", "someone-else", auth::AUDIENCE),
+        ),
+        sign(
+            Algorithm::HS256,
+            &claims("ana", auth::ISSUER, "another-service"),
+        ),
+        sign(
+            Algorithm::HS256,
+            &claims("a|b", auth::ISSUER, auth::AUDIENCE),
+        ),
+    ]
+}
+
+/// `token` with its claims' user and role replaced, keeping the header and the signature.
+fn tampered(token: &str, user: &str, role: &str) -> String {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let (payload, mac) = token.split_once('.').unwrap();
-    let payload = String::from_utf8(b64.decode(payload).unwrap()).unwrap();
-    let expiry = payload.rsplit('|').next().unwrap();
-    format!("{}.{mac}", b64.encode(format!("{user_role}|{expiry}")))
+    let mut parts = token.split('.');
+    let (header, claims, signature) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    let mut claims: Value = serde_json::from_slice(&b64.decode(claims).unwrap()).unwrap();
+    claims["sub"] = json!(user);
+    claims["role"] = json!(role);
+    let claims = b64.encode(serde_json::to_vec(&claims).unwrap());
+    format!("{header}.{claims}.{signature}")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -343,19 +406,16 @@ async fn expired_tokens_are_refused_before_any_session_on_every_transport() {
 #[tokio::test]
 async fn forged_tampered_and_missing_tokens_are_refused_on_every_transport() {
     let s = Server::start().await;
-    let other = Keys::new(b"an attacker's key, not the hub's".to_vec());
+    let other = Keys::new(b"an attacker's key, not the hub's");
     let forged = other
         .mint("ana", Role::Publisher, auth::unix_now() + 3600)
         .unwrap();
-    let escalated = tampered(&s.token("ana", Role::Viewer), "ana|publisher");
-    let impersonated = tampered(&s.token("eve", Role::Viewer), "ana|viewer");
+    let escalated = tampered(&s.token("ana", Role::Viewer), "ana", "publisher");
+    let impersonated = tampered(&s.token("eve", Role::Viewer), "ana", "viewer");
+    let mut bad = vec![forged, escalated, impersonated, "garbage.token".to_owned()];
+    bad.extend(foreign_tokens(auth::unix_now() + 3600));
     for kind in KINDS {
-        for token in [
-            &forged,
-            &escalated,
-            &impersonated,
-            &"garbage.token".to_owned(),
-        ] {
+        for token in &bad {
             for cred in [Cred::Query(token.clone()), Cred::Bearer(token.clone())] {
                 let what = format!("{kind:?} with forged {cred:?}");
                 let r = Client::connect(s.addr, kind, &cred, None).await;

@@ -1,8 +1,9 @@
-//! The metrics example (`examples/metrics.rs`): its `/metrics` endpoint, scraped over HTTP
-//! from a real server on a loopback port, after real WebSocket clients (tokio-tungstenite)
-//! have connected, subscribed, published, sent a bad frame, been disconnected for an oversize
-//! frame and closed cleanly. The values are exact: each is derived in a comment from what the
-//! clients did.
+//! The `metrics` feature's endpoint (`hub::metrics::MetricsService`), as the metrics example
+//! (`examples/metrics.rs`) mounts it: scraped over HTTP from a real server on a loopback port,
+//! after real WebSocket clients (tokio-tungstenite) have connected, subscribed, published,
+//! sent a bad frame, been disconnected for an oversize frame and closed cleanly, and after
+//! refused requests on every transport. The values are exact: each is derived in a comment
+//! from what the clients did.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,10 +17,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{close_frame, raw_request, recv_json, send_json, serve_router, Ws};
+use common::{close_frame, http, raw_request, send_json, serve_router, Ws};
 use futures_util::{SinkExt, StreamExt};
-use hub::{Hub, StatsSnapshot};
+use hub::{Codec, ConnectRequest, Hub, StatsSnapshot, TransportInfo};
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Safety net for every wait (the machine may be busy: never a timing assertion).
@@ -35,24 +37,36 @@ async fn serve() -> (SocketAddr, Hub) {
 /// A scrape, parsed: samples by series (`name{labels}`), and the families' help and types.
 #[derive(Debug)]
 struct Scrape {
-    samples: BTreeMap<String, u64>,
+    samples: BTreeMap<String, f64>,
     help: BTreeSet<String>,
     types: BTreeMap<String, String>,
 }
 
 impl Scrape {
-    /// One series' value; it must be present.
+    /// One series' value, a whole number; it must be present.
     fn get(&self, series: &str) -> u64 {
-        *self
+        let v = *self
             .samples
             .get(series)
-            .unwrap_or_else(|| panic!("no series {series} in {:#?}", self.samples))
+            .unwrap_or_else(|| panic!("no series {series} in {:#?}", self.samples));
+        assert_eq!(v.fract(), 0.0, "{series} is not a whole number: {v}");
+        v as u64
+    }
+
+    /// The sum of a family's series (every label value).
+    fn total(&self, family: &str) -> u64 {
+        let prefix = format!("{family}{{");
+        self.samples
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, v)| *v as u64)
+            .sum()
     }
 }
 
 /// `GET /metrics` over a plain HTTP/1.1 connection; checks the status, the content type and
-/// the format (every family has `# HELP` and `# TYPE`, counters end in `_total`, no series
-/// twice, integer values).
+/// the format (every family has `# HELP` and `# TYPE`, counters end in `_total`, histograms
+/// have their buckets, `_sum` and `_count`, no series twice).
 async fn scrape(addr: SocketAddr) -> Scrape {
     let req = format!("GET /metrics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
     let text = String::from_utf8(raw_request(addr, &req, WAIT).await).unwrap();
@@ -64,7 +78,7 @@ async fn scrape(addr: SocketAddr) -> Scrape {
         .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
         .map(|(_, v)| v.trim())
         .expect("a content type");
-    assert_eq!(content_type, metrics::CONTENT_TYPE);
+    assert_eq!(content_type, hub::metrics::CONTENT_TYPE);
 
     let mut s = Scrape {
         samples: BTreeMap::new(),
@@ -79,14 +93,21 @@ async fn scrape(addr: SocketAddr) -> Scrape {
         } else if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').expect("TYPE has a type");
             assert!(s.help.contains(name), "HELP comes before TYPE for {name}");
-            assert!(matches!(kind, "counter" | "gauge"), "{line}");
+            assert!(matches!(kind, "counter" | "gauge" | "histogram"), "{line}");
             assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
             assert!(s.types.insert(name.to_owned(), kind.to_owned()).is_none());
         } else {
             let (series, value) = line.rsplit_once(' ').expect("a sample line");
-            let family = series.split('{').next().unwrap();
+            let name = series.split('{').next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    let base = name.strip_suffix(suffix)?;
+                    (s.types.get(base).map(String::as_str) == Some("histogram")).then_some(base)
+                })
+                .unwrap_or(name);
             assert!(s.types.contains_key(family), "no TYPE before {series}");
-            let value: u64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
             assert!(
                 s.samples.insert(series.to_owned(), value).is_none(),
                 "{series} twice"
@@ -110,9 +131,25 @@ async fn connect(addr: SocketAddr) -> Ws {
     ws
 }
 
-/// The next JSON frame, each read within [`WAIT`].
+thread_local! {
+    /// Bytes of the frames this test's clients received: what the hub handed the transports.
+    /// (Each test runs on a thread of its own: its runtime is current-thread.)
+    static RECEIVED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The next JSON frame, each read within [`WAIT`]; its bytes are added to [`RECEIVED`].
 async fn recv(ws: &mut Ws) -> Value {
-    recv_json(ws, WAIT).await
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("timed out waiting for a frame")
+            .expect("the connection ended")
+            .expect("read error");
+        if let Message::Text(t) = msg {
+            RECEIVED.with(|r| r.set(r.get() + t.len() as u64));
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
 }
 
 /// Waits until `done` holds for the hub's stats. A session's end has no event the test could
@@ -142,13 +179,21 @@ async fn an_idle_hub_exposes_every_series_at_zero() {
     assert_eq!(
         families,
         [
+            "hub_bytes_in_total",
+            "hub_bytes_out_total",
             "hub_deliveries_total",
             "hub_disconnects_total",
             "hub_dropped_total",
             "hub_encodes_total",
+            "hub_engine_connected",
+            "hub_engine_reconnects_total",
             "hub_errors_sent_total",
             "hub_frames_in_total",
             "hub_messages_published_total",
+            "hub_publish_duration_seconds",
+            "hub_queue_max_frames",
+            "hub_queued_frames",
+            "hub_refusals_total",
             "hub_rooms",
             "hub_sessions",
             "hub_sessions_opened_total",
@@ -156,6 +201,7 @@ async fn an_idle_hub_exposes_every_series_at_zero() {
             "hub_topics",
         ]
     );
+    assert_eq!(s.types["hub_publish_duration_seconds"], "histogram");
     for t in ["ws", "sse", "poll"] {
         assert_eq!(s.get(&format!("hub_sessions{{transport=\"{t}\"}}")), 0);
     }
@@ -176,8 +222,21 @@ async fn an_idle_hub_exposes_every_series_at_zero() {
             0
         );
     }
-    assert!(s.samples.values().all(|v| *v == 0), "{:#?}", s.samples);
-    assert_eq!(s.samples.len(), 3 + 2 + 10 + 9);
+    for code in [
+        "origin_not_allowed",
+        "unauthorized",
+        "too_many_connections",
+        "bad_request",
+    ] {
+        assert_eq!(s.get(&format!("hub_refusals_total{{code=\"{code}\"}}")), 0);
+    }
+    // Every sample is 0, but the engine's (the in-process engine is always connected).
+    assert_eq!(s.get("hub_engine_connected"), 1);
+    let nonzero: Vec<_> = s.samples.iter().filter(|(_, v)| **v != 0.0).collect();
+    assert_eq!(nonzero.len(), 1, "{nonzero:#?}");
+    // 3 transports + 10 disconnect reasons + 2 encodings + 16 refusal codes + 14 latency
+    // buckets and +Inf, _sum and _count + 15 single series.
+    assert_eq!(s.samples.len(), 3 + 10 + 2 + 16 + 17 + 15);
 }
 
 #[tokio::test]
@@ -265,13 +324,33 @@ async fn metrics_count_exactly_what_websocket_clients_did() {
         s.get(r#"hub_disconnects_total{reason="frame_too_large"}"#),
         1
     );
-    let others: u64 = s
-        .samples
-        .iter()
-        .filter(|(k, _)| k.starts_with("hub_disconnects_total"))
-        .map(|(_, v)| v)
-        .sum();
+    let others = s.total("hub_disconnects_total");
     assert_eq!(others, 2, "no other disconnect reason");
+
+    // Bytes: the frames the hub was handed, and every frame the clients received.
+    let sent: Vec<String> = [
+        json!({"type": "subscribe", "topic": "chat/room", "id": 1}),
+        json!({"type": "subscribe", "topic": "chat/room", "id": 1}),
+        json!({"type": "publish", "topic": "chat/room", "data": {"text": "hi"}, "id": 2}),
+    ]
+    .iter()
+    .map(Value::to_string)
+    .chain(["this is not json".to_owned()])
+    .collect();
+    let bytes_in: usize = sent.iter().map(String::len).sum();
+    assert_eq!(s.get("hub_bytes_in_total"), bytes_in as u64);
+    assert_eq!(s.get("hub_bytes_out_total"), RECEIVED.with(|r| r.get()));
+    // A's publish was timed once; nothing is queued now (every client read everything).
+    assert_eq!(s.get("hub_publish_duration_seconds_count"), 1);
+    assert_eq!(
+        s.get(r#"hub_publish_duration_seconds_bucket{le="+Inf"}"#),
+        1
+    );
+    assert!(s.samples["hub_publish_duration_seconds_sum"] > 0.0);
+    assert_eq!(s.get("hub_queued_frames"), 0);
+    assert_eq!(s.get("hub_queue_max_frames"), 0);
+    let refused = s.total("hub_refusals_total");
+    assert_eq!(refused, 0, "nothing was refused");
 
     // The scrape is the hub's own view.
     let stats = hub.stats();
@@ -296,4 +375,76 @@ async fn an_abruptly_dropped_websocket_counts_as_a_normal_disconnect() {
         s.get(r#"hub_disconnects_total{reason="protocol_error"}"#),
         0
     );
+}
+
+#[tokio::test]
+async fn refusals_on_every_transport_and_queue_depth_are_exposed() {
+    let hub = Hub::builder()
+        .hooks(metrics::OpenHooks)
+        .allowed_origins(["http://app.example"])
+        .build();
+    let addr = serve_router(metrics::router(&hub)).await;
+
+    // A page of another origin, on every transport: 403 origin_not_allowed each time.
+    let evil = [("origin", "http://evil.example".to_owned())];
+    let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("origin", "http://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 403)
+        }
+        other => panic!("the upgrade was not refused: {:?}", other.map(|_| ())),
+    }
+    let r = http(addr, "GET", "/sse?topic=t", &evil, "", WAIT).await;
+    assert_eq!(
+        (r.status.as_u16(), r.json()["code"].clone()),
+        (403, json!("origin_not_allowed"))
+    );
+    let r = http(addr, "POST", "/poll", &evil, "", WAIT).await;
+    assert_eq!(
+        (r.status.as_u16(), r.json()["code"].clone()),
+        (403, json!("origin_not_allowed"))
+    );
+    // Bad requests: a poll without a session, an SSE stream in MessagePack.
+    let r = http(addr, "GET", "/poll?cursor=0", &[], "", WAIT).await;
+    assert_eq!(r.json()["code"], "bad_request");
+    let r = http(addr, "GET", "/sse?encoding=msgpack", &[], "", WAIT).await;
+    assert_eq!(
+        (r.status.as_u16(), r.json()["code"].clone()),
+        (406, json!("bad_encoding"))
+    );
+    // The page's own origin gets in.
+    let r = http(
+        addr,
+        "POST",
+        "/poll",
+        &[("origin", "http://app.example".to_owned())],
+        "",
+        WAIT,
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200);
+
+    // Two sessions whose transport has not taken anything yet (in-process, never read): one
+    // with its welcome and two events queued, one with its welcome.
+    let memory = || ConnectRequest::new(TransportInfo::duplex("memory"), Codec::Json);
+    let busy = hub.connect(memory()).await.unwrap();
+    let _idle = hub.connect(memory()).await.unwrap();
+    for n in 0..2 {
+        assert!(hub.emit_to(busy.session.id(), "tick", &n).unwrap());
+    }
+
+    let s = scrape(addr).await;
+    assert_eq!(s.get(r#"hub_refusals_total{code="origin_not_allowed"}"#), 3);
+    assert_eq!(s.get(r#"hub_refusals_total{code="bad_request"}"#), 1);
+    assert_eq!(s.get(r#"hub_refusals_total{code="bad_encoding"}"#), 1);
+    let refused = s.total("hub_refusals_total");
+    assert_eq!(refused, 5, "nothing else was refused");
+    // The poll session's welcome was taken by its transport; the in-process ones wait.
+    assert_eq!(s.get("hub_queued_frames"), 4);
+    assert_eq!(s.get("hub_queue_max_frames"), 3);
+    assert_eq!(s.get(r#"hub_sessions{transport="memory"}"#), 2);
+    assert_eq!(s.get(r#"hub_sessions{transport="poll"}"#), 1);
+    assert_eq!(s.get("hub_sessions_opened_total"), 3);
 }

@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::raw_request;
+use common::{raw_request, Ws};
 use futures_util::{SinkExt, StreamExt};
 use hub::poll::PollService;
 use hub::sse::SseService;
@@ -52,14 +52,39 @@ fn json_in(body: &str) -> Value {
     serde_json::from_str(&body[start..=end]).unwrap()
 }
 
-#[tokio::test]
-async fn hub_shutdown_then_axum_graceful_shutdown_on_every_transport() {
-    let hub = Hub::builder().build();
-    let app = axum::Router::new()
+/// The three transports and a route of the host's own.
+fn app(hub: &Hub) -> axum::Router {
+    axum::Router::new()
         .route("/health", axum::routing::get(|| async { "ok" }))
         .route_service("/ws", WsService::new(hub.clone()))
         .route_service("/events", SseService::new(hub.clone()))
-        .route_service("/poll", PollService::new(hub.clone()));
+        .route_service("/poll", PollService::new(hub.clone()))
+}
+
+/// A WebSocket client subscribed to `news` (its reply read).
+async fn subscribed_ws(addr: SocketAddr) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    ws.send(Message::Text(
+        r#"{"type":"subscribe","topic":"news","id":1}"#.into(),
+    ))
+    .await
+    .unwrap();
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next()).await.unwrap();
+        if let Some(Ok(Message::Text(t))) = msg {
+            if t.contains(r#""type":"reply""#) {
+                return ws;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn hub_shutdown_then_axum_graceful_shutdown_on_every_transport() {
+    let hub = Hub::builder().build();
+    let app = app(&hub);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -72,14 +97,7 @@ async fn hub_shutdown_then_axum_graceful_shutdown_on_every_transport() {
     });
 
     // WebSocket client, subscribed.
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
-        .await
-        .unwrap();
-    ws.send(Message::Text(
-        r#"{"type":"subscribe","topic":"news","id":1}"#.into(),
-    ))
-    .await
-    .unwrap();
+    let mut ws = subscribed_ws(addr).await;
 
     // SSE stream on the same topic, read to its end in the background.
     let sse = tokio::spawn(request(addr, "GET", "/events?topic=news"));
@@ -105,15 +123,7 @@ async fn hub_shutdown_then_axum_graceful_shutdown_on_every_transport() {
         async move { request(addr, "GET", &target).await }
     });
 
-    // Everyone is in: the WS reply has arrived and all three sessions exist.
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next()).await.unwrap();
-        if let Some(Ok(Message::Text(t))) = msg {
-            if t.contains(r#""type":"reply""#) {
-                break;
-            }
-        }
-    }
+    // Everyone is in: all three sessions exist.
     while hub.session_count() < 3 {
         tokio::task::yield_now().await;
     }
@@ -181,4 +191,92 @@ async fn hub_shutdown_then_axum_graceful_shutdown_on_every_transport() {
         .unwrap()
         .unwrap();
     assert_eq!(hub.session_count(), 0);
+}
+
+// Regression: with one SSE stream open, axum's graceful shutdown went on for 7.5 s after the
+// signal (until the host thought of calling `hub.shutdown` in its signal future); nothing said
+// so. `hub::shutdown_signal` ties the hub's shutdown to the server's.
+#[tokio::test]
+async fn shutdown_signal_ends_every_stream_then_axum_finishes_within_the_grace() {
+    const GRACE: Duration = Duration::from_secs(3);
+    let hub = Hub::builder().build();
+    let app = app(&hub);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let stop = hub::shutdown_signal(&hub, stop_rx, GRACE);
+        async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    });
+
+    // A WebSocket, subscribed; an SSE stream, read to its end in the background; a poll
+    // session with a long-poll waiting, whose client acknowledges what it gets, as it should.
+    let mut ws = subscribed_ws(addr).await;
+    let sse = tokio::spawn(request(addr, "GET", "/events?topic=news"));
+    let (status, body) = request(addr, "POST", "/poll").await;
+    assert_eq!(status, 200, "{body}");
+    let session = json_in(&body)["session"].as_str().unwrap().to_owned();
+    let (_, first) = request(addr, "GET", &format!("/poll?session={session}&cursor=0")).await;
+    let cursor = json_in(&first)["cursor"].as_str().unwrap().to_owned();
+    let poller = tokio::spawn(async move {
+        let (status, answer) = request(
+            addr,
+            "GET",
+            &format!("/poll?session={session}&cursor={cursor}"),
+        )
+        .await;
+        let answer = json_in(&answer);
+        let next = answer["cursor"].as_str().unwrap().to_owned();
+        let (ack, _) = request(
+            addr,
+            "GET",
+            &format!("/poll?session={session}&cursor={next}"),
+        )
+        .await;
+        (status, answer, ack)
+    });
+    while hub.session_count() < 3 || hub.stats().subscriptions < 2 {
+        tokio::task::yield_now().await;
+    }
+
+    let signalled = tokio::time::Instant::now();
+    stop_tx.send(()).unwrap();
+
+    // Each client is told why, over its own transport.
+    let close = loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(Some(f)))) => break (u16::from(f.code), f.reason.to_string()),
+            Some(Ok(_)) => {}
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(close, (1001, "shutdown".to_owned()));
+    let _ = tokio::time::timeout(WAIT, async { while ws.next().await.is_some() {} }).await;
+    let (status, stream) = tokio::time::timeout(WAIT, sse).await.unwrap().unwrap();
+    assert_eq!(status, 200);
+    let close_at = stream.find("event: close").expect("no SSE close event");
+    assert!(stream[close_at..].contains(r#""code":1001,"reason":"shutdown""#));
+    let (status, answer, ack) = tokio::time::timeout(WAIT, poller).await.unwrap().unwrap();
+    assert_eq!(status, 200);
+    let last = answer["frames"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["type"].clone(), last["code"].clone()),
+        ("close".into(), 1001.into())
+    );
+    assert_eq!(ack, 404, "the acknowledged session is gone");
+
+    // And the server is done, within the grace (plus a margin for a busy machine).
+    tokio::time::timeout(GRACE + Duration::from_secs(5), server)
+        .await
+        .expect("axum did not finish")
+        .unwrap()
+        .unwrap();
+    let took = signalled.elapsed();
+    assert!(took < GRACE + Duration::from_secs(2), "took {took:?}");
+    assert_eq!(hub.session_count(), 0);
+    assert!(hub.is_shutting_down());
 }

@@ -581,6 +581,47 @@ async fn authentication_and_origin_are_refused_before_the_upgrade() {
     assert!(body.contains(r#""code":"bad_request""#), "{body}");
 }
 
+// Regression: a `Sec-WebSocket-Key` that is not 16 bytes in base64 was answered 101.
+#[tokio::test]
+async fn an_upgrade_with_a_malformed_key_is_refused_with_400_bad_request() {
+    let hub = test_hub().build();
+    let addr = serve_hyper(hub.clone()).await;
+    let upgrade = |key: &str| {
+        format!(
+            "GET /?user=a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade, close\r\nSec-WebSocket-Version: 13\r\n{key}\r\n"
+        )
+    };
+    for key in [
+        "Sec-WebSocket-Key: not base64 at all!\r\n",
+        // 15 and 17 bytes, and 16 bytes without padding.
+        "Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2Rl\r\n",
+        "Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZmc=\r\n",
+        "Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg\r\n",
+        "Sec-WebSocket-Key: \r\n",
+        "",
+    ] {
+        let raw = raw_request(addr, &upgrade(key), WAIT).await;
+        let text = String::from_utf8_lossy(&raw);
+        assert!(text.starts_with("HTTP/1.1 400"), "{key:?}: {text}");
+        assert!(text.contains(r#""code":"bad_request""#), "{key:?}: {text}");
+    }
+    assert_eq!(hub.stats().sessions_opened, 0);
+    assert_eq!(hub.stats().refusals.get("bad_request"), Some(&6));
+    // The same request with a well-formed key is upgraded.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let good = upgrade("Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\n")
+        .replace("Upgrade, close", "Upgrade");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(good.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 12];
+    tokio::time::timeout(WAIT, tcp.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 101");
+}
+
 #[tokio::test]
 async fn unauthorized_subscribe_and_publish_get_forbidden_and_deliver_nothing() {
     let hub = test_hub().build();

@@ -151,8 +151,36 @@ impl HubBuilder {
     /// Sessions one client address may hold at once; more are refused with 503
     /// `too_many_connections`. Default: no per-address limit (clients behind one NAT share an
     /// address).
+    ///
+    /// The limit needs the client's address: a connection whose transport cannot tell it is
+    /// refused with 503 `peer_unknown` (and logged once as an error), never let in uncounted.
+    /// The hub's transports find it under bare hyper (`with_peer`), under axum served with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`, and as a `SocketAddr` request
+    /// extension; behind a proxy, see [`HubBuilder::trusted_proxies`].
     pub fn max_connections_per_ip(mut self, n: usize) -> Self {
         self.config.max_connections_per_ip = Some(n);
+        self
+    }
+
+    /// Proxies (exact addresses as `/32` or `/128`, or networks, e.g. `10.0.0.0/8`) whose
+    /// forwarding headers are believed: for a connection from one of them, the client's
+    /// address (what the hooks see as the peer, and what [`HubBuilder::max_connections_per_ip`]
+    /// counts) is read from `Forwarded` or `X-Forwarded-For`: the nearest hop that is not a
+    /// trusted proxy. From any other peer those headers are ignored, so a client cannot claim
+    /// another address. Default: none (the connection's own peer is the client).
+    ///
+    /// ```
+    /// use hub_core::{Hub, IpNet};
+    /// let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "192.0.2.7/32".parse().unwrap()];
+    /// let hub = Hub::builder().max_connections_per_ip(10).trusted_proxies(proxies).build();
+    /// assert!(hub.is_trusted_proxy("10.1.2.3".parse().unwrap()));
+    /// assert!(!hub.is_trusted_proxy("192.0.2.8".parse().unwrap()));
+    /// ```
+    pub fn trusted_proxies<I>(mut self, proxies: I) -> Self
+    where
+        I: IntoIterator<Item = ipnet::IpNet>,
+    {
+        self.config.trusted_proxies = proxies.into_iter().collect();
         self
     }
 

@@ -45,6 +45,8 @@ pub(crate) struct Config {
     pub(crate) allowed_origins: Option<Arc<[String]>>,
     pub(crate) max_connections: usize,
     pub(crate) max_connections_per_ip: Option<usize>,
+    /// Proxies whose forwarding headers name the client (none by default).
+    pub(crate) trusted_proxies: Arc<[ipnet::IpNet]>,
     pub(crate) rate_limit: Option<RateLimit>,
     /// With a shared engine: how often every followed stream is checked for silent loss.
     pub(crate) engine_check_interval: Duration,
@@ -73,6 +75,7 @@ impl Default for Config {
             allowed_origins: None,
             max_connections: 100_000,
             max_connections_per_ip: None,
+            trusted_proxies: Arc::new([]),
             rate_limit: None,
             engine_check_interval: Duration::from_secs(10),
             hooks: Arc::new(AllowSubscribe),

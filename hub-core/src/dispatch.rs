@@ -28,6 +28,7 @@ impl Hub {
         let now = inner.now_ms();
         s.touch(now);
         Stats::add(&inner.stats.frames_in, 1);
+        Stats::add(&inner.stats.bytes_in, bytes.len() as u64);
         if let Some(limit) = &inner.config.rate_limit {
             match s.take_token(limit, now) {
                 Rate::Ok => {}
@@ -149,11 +150,13 @@ impl Hub {
                         format!("not allowed to publish to {topic}"),
                     ));
                 }
+                let start = std::time::Instant::now();
                 let pos = inner
                     .broker
                     .publish(&topic, data)
                     .await
                     .map_err(|e| (e.code(), e.to_string()))?;
+                inner.stats.publish_latency.since(start);
                 Stats::add(&inner.stats.published, 1);
                 // Reading this client's next frame waits while fan-out is congested.
                 inner.pace().await;

@@ -70,6 +70,19 @@ impl Rejection {
         }
     }
 
+    /// 503 `peer_unknown`: the hub limits sessions per client address
+    /// ([`crate::HubBuilder::max_connections_per_ip`]) but the transport could not tell this
+    /// client's address (a server misconfiguration, not the client's fault).
+    pub fn peer_unknown() -> Rejection {
+        Rejection {
+            status: 503,
+            code: "peer_unknown",
+            message: "the server limits sessions per client address but cannot see this \
+                      client's address"
+                .into(),
+        }
+    }
+
     /// 503 `shutting_down`: the hub no longer accepts sessions.
     pub fn shutting_down() -> Rejection {
         Rejection {

@@ -161,7 +161,9 @@ impl Hub {
         }
         // Topics published to by the server alone expire too.
         self.inner.ensure_sweeper();
+        let start = std::time::Instant::now();
         let pos = self.inner.broker.publish(topic, data).await?;
+        self.inner.stats.publish_latency.since(start);
         Stats::add(&self.inner.stats.published, 1);
         self.inner.pace().await;
         Ok(pos)
@@ -399,6 +401,9 @@ impl Hub {
                 .sessions
                 .entry(entry.value().transport.name)
                 .or_default() += 1;
+            let queued = entry.value().queue.len() as u64;
+            snap.queued_frames += queued;
+            snap.max_queue = snap.max_queue.max(queued);
         }
         let engine = inner.broker.stats();
         snap.topics = if inner.clustered() {
@@ -414,6 +419,15 @@ impl Hub {
             .sum();
         snap.engine = engine;
         snap
+    }
+
+    /// Counts a request that a transport refused with an HTTP error answer, under its stable
+    /// code ([`StatsSnapshot::refusals`]). The hub's transports call it for every refusal they
+    /// answer (authentication, origin, limits, bad requests); a host that refuses requests on
+    /// the hub's behalf may too. `code` is one of the program's fixed strings (a
+    /// [`Rejection::code`], an [`ErrorCode::as_str`]), so the table stays small.
+    pub fn record_refusal(&self, code: &'static str) {
+        self.inner.stats.count_refusal(code);
     }
 
     /// The engine's own counters (connected, reconnects, messages in and out).
@@ -470,6 +484,21 @@ impl Hub {
             self.inner.config.heartbeat_interval,
             self.inner.config.heartbeat_timeout,
         )
+    }
+
+    /// Whether `ip` is one of the proxies whose forwarding headers are believed
+    /// ([`HubBuilder::trusted_proxies`]).
+    pub fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
+        // An IPv4 peer on a dual-stack socket comes as `::ffff:a.b.c.d`.
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.inner
+            .config
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&ip))
     }
 
     /// The largest frame a client may send, in bytes.

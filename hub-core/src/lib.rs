@@ -104,8 +104,11 @@ pub use hooks::{
     Identity, SessionInfo,
 };
 pub use hub::{Broadcast, Hub, ShutdownReport};
+/// An IP network (`10.0.0.0/8`) or address (`192.0.2.7/32`), for
+/// [`HubBuilder::trusted_proxies`] (the `ipnet` crate's type).
+pub use ipnet::IpNet;
 pub use memory::MemoryBroker;
 pub use presence::{Member, PresenceStore, Scope};
 pub use session::SessionId;
-pub use stats::{NodeStats, StatsSnapshot};
+pub use stats::{LatencyHistogram, NodeStats, StatsSnapshot};
 pub use transport::{CommandError, Connection, OutFrame, Outbox, Outgoing, Session, TransportInfo};

@@ -241,6 +241,21 @@ impl Inner {
                 "the hub holds at most {max} sessions"
             )));
         }
+        if let (Some(_), None) = (self.config.max_connections_per_ip, peer) {
+            // A limit that cannot be enforced is not silently off: the connection is refused,
+            // and the operator told once (every refusal is also logged at debug).
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            static TOLD: AtomicBool = AtomicBool::new(false);
+            if !TOLD.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    "max_connections_per_ip is set but a transport could not tell a client's \
+                     address: refusing such connections with 503 peer_unknown (serve axum with \
+                     into_make_service_with_connect_info::<SocketAddr>(), give bare hyper \
+                     services with_peer, or put a SocketAddr in the request's extensions)"
+                );
+            }
+            return Err(Rejection::peer_unknown());
+        }
         if let (Some(limit), Some(peer)) = (self.config.max_connections_per_ip, peer) {
             let mut count = self.per_ip.entry(peer.ip()).or_insert(0);
             if *count >= limit {

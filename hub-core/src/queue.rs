@@ -236,6 +236,12 @@ impl Queue {
         dropped
     }
 
+    /// Frames queued now (markers not counted).
+    pub(crate) fn len(&self) -> usize {
+        let st = lock(&self.state);
+        st.items.len() - st.markers
+    }
+
     /// Why the queue was closed, if it was.
     pub(crate) fn closing(&self) -> Option<DisconnectReason> {
         lock(&self.state).closing

@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::broker::EngineStats;
 use crate::codec::Codec;
@@ -38,6 +40,14 @@ pub(crate) struct Stats {
     pub(crate) pace_timeouts: AtomicU64,
     encodes: [AtomicU64; 2],
     disconnects: [AtomicU64; DisconnectReason::ALL.len()],
+    /// Bytes of client frames handed to the hub, and of encoded frames handed to transports.
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    /// How long publishes (the host's and clients') took to get their position.
+    pub(crate) publish_latency: Latency,
+    /// Requests the transports refused, by code. Codes are `&'static str`s of the program
+    /// (the hub's, the transports', the host's hooks'), so the map stays small.
+    refusals: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Stats {
@@ -51,6 +61,12 @@ impl Stats {
 
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn count_refusal(&self, code: &'static str) {
+        *crate::session::lock(&self.refusals)
+            .entry(code)
+            .or_default() += 1;
     }
 
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
@@ -80,6 +96,10 @@ impl Stats {
                 .map(|r| (r.as_str(), self.disconnects[r.index()].load(Relaxed)))
                 .filter(|(_, n)| *n > 0)
                 .collect(),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            publish_latency: self.publish_latency.snapshot(),
+            refusals: crate::session::lock(&self.refusals).clone(),
             ..StatsSnapshot::default()
         }
     }
@@ -120,6 +140,24 @@ pub struct StatsSnapshot {
     pub encodes_msgpack: u64,
     /// Sessions ended, by reason (only reasons seen so far).
     pub disconnects: BTreeMap<&'static str, u64>,
+    /// Bytes of frames received from clients (as the transports handed them to the hub).
+    pub bytes_in: u64,
+    /// Bytes of encoded frames handed to the transports to write (without the transports' own
+    /// framing: WebSocket headers, SSE lines, poll batches).
+    pub bytes_out: u64,
+    /// Frames queued for sessions now, all sessions together (not yet taken by their
+    /// transports).
+    pub queued_frames: u64,
+    /// The longest session queue now, in frames (the slow-consumer policy applies at
+    /// [`crate::HubBuilder::queue_capacity`]).
+    pub max_queue: u64,
+    /// How long publishes took to get their position from the engine (the host's
+    /// [`crate::Hub::publish`] and clients' `publish` frames; refused ones are not timed).
+    pub publish_latency: LatencyHistogram,
+    /// Requests the transports refused with an HTTP error answer, by code (`forbidden`,
+    /// `origin_not_allowed`, `too_many_connections`, `bad_request`, ...; only codes seen so far).
+    /// See [`crate::Hub::record_refusal`].
+    pub refusals: BTreeMap<&'static str, u64>,
     /// This node's side of the engine: what it received, repaired, and sent to other nodes.
     pub node: NodeStats,
     /// The engine's own counters ([`crate::Hub::engine_stats`]).
@@ -153,5 +191,105 @@ impl StatsSnapshot {
     /// Sessions open now, all transports together.
     pub fn sessions_total(&self) -> u64 {
         self.sessions.values().sum()
+    }
+}
+
+/// Upper bounds of the publish latency buckets: 100 µs to 2.5 s, roughly 1-2.5-5 per decade
+/// (an in-process publish takes microseconds; one through a remote engine, a network round trip).
+const LATENCY_BOUNDS: [Duration; 14] = [
+    Duration::from_micros(100),
+    Duration::from_micros(250),
+    Duration::from_micros(500),
+    Duration::from_millis(1),
+    Duration::from_micros(2_500),
+    Duration::from_millis(5),
+    Duration::from_millis(10),
+    Duration::from_millis(25),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_micros(2_500_000),
+];
+
+/// A histogram of durations with fixed buckets, recorded with relaxed atomics (no lock).
+#[derive(Debug, Default)]
+pub(crate) struct Latency {
+    /// Observations per bucket (not cumulative); the last slot is past every bound.
+    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Latency {
+    /// Records the time since `start`.
+    pub(crate) fn since(&self, start: Instant) {
+        let took = start.elapsed();
+        let slot = LATENCY_BOUNDS
+            .iter()
+            .position(|b| took <= *b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        self.buckets[slot].fetch_add(1, Relaxed);
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_ns.fetch_add(ns, Relaxed);
+    }
+
+    fn snapshot(&self) -> LatencyHistogram {
+        let mut total = 0;
+        let buckets = LATENCY_BOUNDS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(bound, n)| {
+                total += n.load(Relaxed);
+                (*bound, total)
+            })
+            .collect();
+        // The count is the buckets' total (not a counter of its own), so that it always
+        // equals the `+Inf` bucket, even while publishes are being recorded.
+        let past_last = self.buckets[LATENCY_BOUNDS.len()].load(Relaxed);
+        LatencyHistogram {
+            buckets,
+            sum: Duration::from_nanos(self.sum_ns.load(Relaxed)),
+            count: total + past_last,
+        }
+    }
+}
+
+/// A histogram of durations ([`StatsSnapshot::publish_latency`]), shaped as Prometheus
+/// histograms are: cumulative counts per upper bound.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LatencyHistogram {
+    /// `(upper bound, observations at or under it)`, bounds increasing. Observations over the
+    /// last bound are counted in [`LatencyHistogram::count`] only (the `+Inf` bucket).
+    pub buckets: Vec<(Duration, u64)>,
+    /// The sum of every observation.
+    pub sum: Duration,
+    /// The number of observations.
+    pub count: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_land_in_cumulative_buckets_and_the_count_is_the_inf_bucket() {
+        let l = Latency::default();
+        let now = Instant::now();
+        // Nothing recorded yet: every bucket 0.
+        assert!(l.snapshot().buckets.iter().all(|(_, n)| *n == 0));
+        l.since(now);
+        let s = l.snapshot();
+        assert_eq!(s.count, 1);
+        assert_eq!(s.buckets.len(), LATENCY_BOUNDS.len());
+        // Cumulative: never decreasing, the last at most the count.
+        assert!(s.buckets.windows(2).all(|w| w[0].1 <= w[1].1));
+        assert!(s.buckets.last().is_some_and(|(_, n)| *n <= s.count));
+        // An observation past every bound counts in `count` only.
+        l.buckets[LATENCY_BOUNDS.len()].fetch_add(1, Relaxed);
+        let s = l.snapshot();
+        assert_eq!(s.count, 2);
+        assert!(s.buckets.last().is_some_and(|(_, n)| *n == 1));
     }
 }

@@ -38,6 +38,7 @@ use crate::hub::Hub;
 use crate::node::Inner;
 use crate::queue::lag_frames;
 use crate::session::{lock, SessionId, SessionState};
+use crate::stats::Stats;
 
 /// What a transport tells the hub about itself when it attaches a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -348,6 +349,7 @@ impl Outbox {
         }
 
         let codec = self.state.codec;
+        let before = out.len();
         let stats = &self.inner.stats;
         for item in taken.drain(..).chain(extra.into_iter().map(Item::Frame)) {
             let shared = match item {
@@ -383,6 +385,14 @@ impl Outbox {
             }
         }
         self.spare = taken;
+        let bytes: usize = out[before..]
+            .iter()
+            .map(|o| match o {
+                Outgoing::Frame(f) => f.bytes.len(),
+                _ => 0,
+            })
+            .sum();
+        Stats::add(&self.inner.stats.bytes_out, bytes as u64);
         if ping {
             out.push(Outgoing::Ping);
         }

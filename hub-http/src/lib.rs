@@ -6,12 +6,24 @@
 //!
 //! - [`seq`]: per-session command numbers (`Hub-Command-Seq`): the rules, and the answers they
 //!   lead to;
-//! - [`json_error`] and [`refusal`]: error answers with the JSON body `{"code", "message"}`;
+//! - [`json_error`] and [`refusal`]: error answers with the JSON body `{"code", "message"}`,
+//!   each marked ([`Refused`]) so that the transport counts and logs it ([`note_refusal`]);
 //! - [`read_body`]: a command's body, within the hub's frame size limit;
-//! - [`connect_request`]: what the hub's hooks judge an HTTP request by.
+//! - [`connect_request`] and [`peer`]: what the hub's hooks judge an HTTP request by, the
+//!   client's address included (under bare hyper, axum, and behind trusted proxies);
+//! - [`cors`]: the one CORS policy of hub-sse and hub-poll;
+//! - [`secret`]: session secrets in hex, compared in constant time.
+//!
+//! hub-ws uses the peer and the refusals.
 //!
 //! Answers are built as `Response<Bytes>`: each transport puts the bytes in its own body type
-//! (`Response::map`) and adds headers of its own (hub-poll's no-store headers, hub-sse's CORS).
+//! (`Response::map`) and adds headers of its own (hub-poll's no-store headers, CORS).
+//!
+//! # Features
+//!
+//! | feature | what |
+//! | --- | --- |
+//! | `axum` (off; on by default in the `hub` facade) | find the client's address in axum's `ConnectInfo<SocketAddr>` too |
 //!
 //! # Example
 //!
@@ -34,6 +46,9 @@
 
 #![warn(missing_docs)]
 
+pub mod cors;
+pub mod peer;
+pub mod secret;
 pub mod seq;
 
 use std::error::Error;
@@ -44,18 +59,33 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hub_core::{Codec, ConnectRequest, Rejection, TransportInfo};
+use hub_core::{Codec, ConnectRequest, Hub, Rejection, TransportInfo};
 
 /// The media type of JSON answers.
 const JSON_TYPE: &str = "application/json";
 
-/// An error answer: `status`, with the JSON body `{"code": code, "message": message}`.
-pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Bytes> {
+/// What an error answer says, kept in its extensions so that the transport can count and log
+/// the refusal without reading its own body back ([`note_refusal`]).
+#[derive(Debug, Clone)]
+pub struct Refused {
+    /// The stable code of the answer's body.
+    pub code: &'static str,
+    /// The body's message.
+    pub message: String,
+}
+
+/// An error answer: `status`, with the JSON body `{"code": code, "message": message}` (marked
+/// [`Refused`]).
+pub fn json_error(status: StatusCode, code: &'static str, message: &str) -> Response<Bytes> {
     let body = serde_json::json!({"code": code, "message": message}).to_string();
     let mut resp = Response::new(Bytes::from(body));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_TYPE));
+    resp.extensions_mut().insert(Refused {
+        code,
+        message: message.to_owned(),
+    });
     resp
 }
 
@@ -66,22 +96,71 @@ pub fn refusal(rej: &Rejection) -> Response<Bytes> {
     json_error(status, rej.code(), rej.message())
 }
 
+/// Counts and logs (at debug) the refusal an answer carries, if it is one ([`Refused`]): under
+/// its code in the hub's [`hub_core::StatsSnapshot::refusals`]. Each transport calls it once
+/// per answer.
+pub fn note_refusal<B>(
+    hub: &Hub,
+    transport: &'static str,
+    request: &RequestLine,
+    resp: &Response<B>,
+) {
+    if let Some(r) = resp.extensions().get::<Refused>() {
+        hub.record_refusal(r.code);
+        tracing::debug!(
+            transport,
+            status = resp.status().as_u16(),
+            code = r.code,
+            // Debug-quoted: a message may quote what the client sent (an Origin, a topic).
+            message = ?r.message,
+            method = %request.method,
+            path = %request.path,
+            peer = ?request.peer,
+            "refused a request"
+        );
+    }
+}
+
+/// What [`note_refusal`] logs of the request (taken before the request is consumed).
+#[derive(Debug, Clone)]
+pub struct RequestLine {
+    /// The method.
+    pub method: http::Method,
+    /// The path (without the query, which may hold credentials).
+    pub path: String,
+    /// The connection's peer, if known.
+    pub peer: Option<SocketAddr>,
+}
+
+impl RequestLine {
+    /// The request's method, path and connection peer ([`peer::socket_peer`]).
+    pub fn of<B>(req: &Request<B>, configured: Option<SocketAddr>) -> RequestLine {
+        RequestLine {
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            peer: peer::socket_peer(req.extensions(), configured),
+        }
+    }
+}
+
 /// What the hub's hooks judge an HTTP request by ([`hub_core::Hub::connect`],
-/// [`hub_core::Hub::authenticate`]): the request's headers and URI, and the client's address:
-/// `peer` (what the host told the service), or else a `SocketAddr` found in the request's
-/// extensions.
+/// [`hub_core::Hub::authenticate`]): the request's headers and URI, and the client's address
+/// ([`peer`]: the connection's peer, `configured` or found in the request's extensions; behind
+/// a trusted proxy, the client its forwarding headers name).
 pub fn connect_request<B>(
+    hub: &Hub,
     req: &Request<B>,
     transport: TransportInfo,
     codec: Codec,
-    peer: Option<SocketAddr>,
+    configured: Option<SocketAddr>,
 ) -> ConnectRequest {
+    let socket = peer::socket_peer(req.extensions(), configured);
     ConnectRequest {
         transport,
         codec,
         headers: req.headers().clone(),
         uri: req.uri().clone(),
-        peer: peer.or_else(|| req.extensions().get::<SocketAddr>().copied()),
+        peer: peer::client_addr(hub, req.headers(), socket),
     }
 }
 
@@ -169,6 +248,10 @@ mod tests {
         let resp = refusal(&rej);
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         assert_eq!(&resp.body()[..], rej.body().as_bytes());
+        // Marked, so that the transport counts it under its code.
+        let refused = resp.extensions().get::<Refused>().unwrap();
+        assert_eq!(refused.code, "origin_not_allowed");
+        assert_eq!(refused.message, rej.message());
     }
 
     #[tokio::test]

@@ -350,6 +350,10 @@ pub fn bad_seq(message: &str, expected: u64) -> Response<Bytes> {
         header::CONTENT_TYPE,
         HeaderValue::from_static(crate::JSON_TYPE),
     );
+    resp.extensions_mut().insert(crate::Refused {
+        code: BAD_SEQ,
+        message: message.to_owned(),
+    });
     resp
 }
 

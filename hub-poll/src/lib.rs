@@ -11,6 +11,7 @@
 //! | `GET <path>?session=S&cursor=C[&wait=ms]` | long-poll | `200` `{"cursor", "frames": [..]}` |
 //! | `POST <path>?session=S` (+ `Hub-Command-Seq: <n>`), body = one client frame | a command | `202`, empty body |
 //! | `DELETE <path>?session=S` | closes the session | `204` |
+//! | `OPTIONS <path>` | CORS preflight ([`PollService::allow_origins`]) | `204` |
 //!
 //! (`S` may come in a `Hub-Session` header instead; unknown query parameters are ignored.)
 //!
@@ -60,6 +61,10 @@
 //!   after a short bound (at most 5 s, and at most the poll wait) if it never does, so a
 //!   shutdown completes without forcing anyone when clients poll as they should. New sessions
 //!   are refused with 503 `shutting_down`.
+//! - **CORS**: [`PollService::allow_origins`] lets pages of other origins use the service with
+//!   credentials (the same policy as hub-sse's); by default no CORS headers are sent.
+//! - **Refusals** (every error answer) are counted in the hub's stats by code and logged at
+//!   debug.
 //! - **Commands** are answered in the poll stream (`reply` / `error` frames), in order with
 //!   everything else; the `POST` itself says only whether the frame was accepted: 413
 //!   `frame_too_large` over the hub's frame size limit, 400 `bad_frame` if it is not one
@@ -201,8 +206,9 @@ use hub_core::{
     Codec, ConnectRequest, DisconnectReason, Hub, Outbox, Outgoing, Payload, Rejection, Session,
     SessionId, TransportInfo,
 };
+use hub_http::cors::{Cors, CorsRoutes};
 use hub_http::seq::{self, answered, bad_seq, run_numbered, Sequencer, Verdict};
-use hub_http::BodyError;
+use hub_http::{secret, BodyError};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -233,6 +239,13 @@ const SHUTDOWN_LINGER: Duration = Duration::from_secs(5);
 /// shutting down (hub-core has no event for it; such sessions are few and short-lived).
 const SHUTDOWN_CHECK: Duration = Duration::from_secs(1);
 
+/// What the CORS policy allows on this transport's path.
+const CORS_ROUTES: CorsRoutes = CorsRoutes {
+    methods: "GET, POST, DELETE, OPTIONS",
+    request_headers: "content-type, authorization, hub-session, hub-command-seq",
+    expose_headers: "hub-command-seq, hub-command-duplicate",
+};
+
 /// Media type of MessagePack responses.
 const MSGPACK_TYPE: &str = "application/msgpack";
 const JSON_TYPE: &str = "application/json";
@@ -249,6 +262,7 @@ struct Settings {
     batch_bytes: usize,
     max_sessions: usize,
     require_seq: bool,
+    cors: Cors,
 }
 
 /// The sessions of one service (shared by all its clones).
@@ -339,6 +353,7 @@ impl PollService {
                 batch_bytes: 256 * 1024,
                 max_sessions: 100_000,
                 require_seq: false,
+                cors: Cors::same_origin(),
             }),
             table: Arc::new(Table {
                 sessions: Mutex::new(HashMap::new()),
@@ -350,8 +365,11 @@ impl PollService {
         svc
     }
 
-    /// The client's address, passed to the authenticate hook (a bare hyper server knows it per
-    /// connection). Otherwise a `SocketAddr` found in the request's extensions is used.
+    /// The client's address, passed to the authenticate hook and counted by the per-address
+    /// limit (a bare hyper server knows it per connection). Otherwise it is found in the
+    /// request's extensions: a `SocketAddr`, or axum's `ConnectInfo<SocketAddr>` (feature
+    /// `axum`). Behind a trusted proxy ([`hub_core::HubBuilder::trusted_proxies`]) the client
+    /// is the one its forwarding headers name.
     #[must_use]
     pub fn with_peer(mut self, peer: SocketAddr) -> PollService {
         self.peer = Some(peer);
@@ -406,6 +424,25 @@ impl PollService {
         self
     }
 
+    /// Pages of these origins (e.g. `https://app.example`) may use the service from the
+    /// browser (`fetch` or `XMLHttpRequest` with credentials): their `Origin` is echoed in
+    /// `Access-Control-Allow-Origin` with `Access-Control-Allow-Credentials: true`, the command
+    /// numbering's answer headers are exposed, and the `OPTIONS` preflight is answered. `"*"` in
+    /// the list allows any origin, without credentials. The same policy as hub-sse's
+    /// (`SseService::allow_origins`). Default: same-origin pages only (no CORS headers).
+    ///
+    /// This only tells browsers what they may read; who may connect at all is the hub's business
+    /// (`HubBuilder::allowed_origins`, the authenticate hook).
+    #[must_use]
+    pub fn allow_origins<I, S>(mut self, origins: I) -> PollService
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Arc::make_mut(&mut self.settings).cors = Cors::allow_origins(origins);
+        self
+    }
+
     /// Sessions this service holds (open, or closed with frames not yet acknowledged).
     pub fn session_count(&self) -> usize {
         lock(&self.table.sessions).len()
@@ -416,8 +453,29 @@ impl PollService {
         self.table.waiting.load(Ordering::Relaxed)
     }
 
-    /// Answers one request.
+    /// Answers one request, with the CORS policy's headers; refusals are counted and logged.
     async fn serve<B>(self, req: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        let line = hub_http::RequestLine::of(&req, self.peer);
+        let mut resp = if req.method() == Method::OPTIONS {
+            with_no_store(self.settings.cors.preflight(origin.as_ref(), &CORS_ROUTES))
+        } else {
+            self.answer(req).await
+        };
+        self.settings
+            .cors
+            .apply(origin.as_ref(), &CORS_ROUTES, resp.headers_mut());
+        hub_http::note_refusal(&self.hub, TRANSPORT.name, &line, &resp);
+        resp
+    }
+
+    /// Answers one request (other than a preflight).
+    async fn answer<B>(&self, req: Request<B>) -> Response<Body>
     where
         B: hyper::body::Body + Send + 'static,
         B::Data: Send,
@@ -446,7 +504,8 @@ impl PollService {
             return method_not_allowed();
         }
         // What authenticates the request, taken before any `.await` (the body need not be Sync).
-        let credentials = hub_http::connect_request(&req, TRANSPORT, Codec::Json, self.peer);
+        let credentials =
+            hub_http::connect_request(&self.hub, &req, TRANSPORT, Codec::Json, self.peer);
         let entry = match self.find(&token, credentials).await {
             Ok(entry) => entry,
             Err(resp) => return resp,
@@ -500,7 +559,7 @@ impl PollService {
                 "no secure random source available",
             );
         }
-        let connect = hub_http::connect_request(&req, TRANSPORT, codec, self.peer);
+        let connect = hub_http::connect_request(&self.hub, &req, TRANSPORT, codec, self.peer);
         let peer = connect.peer;
         let conn = match self.hub.connect(connect).await {
             Ok(conn) => conn,
@@ -553,7 +612,7 @@ impl PollService {
             ),
             span,
         ));
-        let token = format!("{id}.{}", hex(&secret));
+        let token = format!("{id}.{}", secret::hex(&secret));
         let wait_ms = millis(self.settings.poll_wait);
         let timeout_ms = millis(timeout);
         let body = match codec {
@@ -609,7 +668,7 @@ impl PollService {
         let Some(entry) = self.table.get(id) else {
             return Err(unknown());
         };
-        let secret_ok = unhex16(secret).is_some_and(|s| ct_eq(&s, &entry.secret));
+        let secret_ok = secret::matches(&entry.secret, secret.as_bytes());
         if !secret_ok {
             tracing::debug!(session = %id, "refused a request with a wrong secret");
             return Err(error(
@@ -1120,47 +1179,15 @@ fn method_not_allowed() -> Response<Body> {
     let mut resp = error(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        "use POST (open, send), GET (poll) or DELETE (close)",
+        "use POST (open, send), GET (poll), DELETE (close) or OPTIONS (CORS preflight)",
     );
     resp.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+        .insert(header::ALLOW, HeaderValue::from_static(CORS_ROUTES.methods));
     resp
 }
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    s
-}
-
-fn unhex16(s: &str) -> Option<[u8; 16]> {
-    let s = s.as_bytes();
-    if s.len() != 32 {
-        return None;
-    }
-    let digit = |c: u8| {
-        char::from(c)
-            .to_digit(16)
-            .and_then(|d| u8::try_from(d).ok())
-    };
-    let mut out = [0u8; 16];
-    for (i, pair) in s.chunks_exact(2).enumerate() {
-        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
-    }
-    Some(out)
-}
-
-/// Compares secrets in time independent of where they differ.
-fn ct_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl<B> tower_service::Service<Request<B>> for PollService
@@ -1212,15 +1239,6 @@ mod tests {
         assert_eq!(parse_cursor("+1"), None);
         assert_eq!(parse_cursor("1e3"), None);
         assert_eq!(parse_cursor("99999999999999999999999"), None);
-    }
-
-    #[test]
-    fn secrets_round_trip_through_hex() {
-        let s = [0xab; 16];
-        assert_eq!(unhex16(&hex(&s)), Some(s));
-        assert_eq!(unhex16("zz"), None);
-        assert_eq!(unhex16(&"g".repeat(32)), None);
-        assert!(!ct_eq(&[0; 16], &[1; 16]));
     }
 
     #[test]

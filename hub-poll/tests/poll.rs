@@ -1603,3 +1603,136 @@ async fn a_command_whose_client_gave_up_runs_once_and_its_retry_gets_the_answer(
     );
     assert_eq!(*entered.borrow(), 1);
 }
+
+#[tokio::test]
+async fn cors_lets_allowed_origins_open_poll_and_send_with_credentials() {
+    let hub = Hub::builder().build();
+    let poll = PollService::new(hub.clone()).allow_origins(["https://app.example"]);
+    let addr = serve(&hub, &poll).await;
+    let app = [("origin", "https://app.example")];
+
+    // The preflight of a command from the allowed origin: what it may send.
+    let pre = |origin: &'static str| async move {
+        http(
+            addr,
+            "OPTIONS",
+            "/poll?session=x",
+            &[
+                ("origin", origin),
+                ("access-control-request-method", "POST"),
+                (
+                    "access-control-request-headers",
+                    "content-type, hub-command-seq",
+                ),
+            ],
+            "",
+        )
+        .await
+    };
+    let r = pre("https://app.example").await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{:?}", r.body);
+    let h = &r.headers;
+    assert_eq!(h["access-control-allow-origin"], "https://app.example");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert_eq!(
+        h["access-control-allow-methods"],
+        "GET, POST, DELETE, OPTIONS"
+    );
+    let allowed = h["access-control-allow-headers"].to_str().unwrap();
+    for name in [
+        "content-type",
+        "authorization",
+        "hub-session",
+        "hub-command-seq",
+    ] {
+        assert!(allowed.contains(name), "{name} in {allowed}");
+    }
+    assert_eq!(h["vary"], "Origin");
+    // From another origin: refused, and no grant.
+    let r = pre("https://evil.example").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.code(), "origin_not_allowed");
+    assert!(r.headers.get("access-control-allow-origin").is_none());
+
+    // Open, command and poll from the allowed origin all carry the grant; the command
+    // numbering's answer headers are readable by the page.
+    let c = Client::open(addr, "", &app).await;
+    let uri = format!("/poll?session={}", c.session);
+    let mut headers = app.to_vec();
+    headers.push(("hub-command-seq", "1"));
+    let r = http(addr, "POST", &uri, &headers, r#"{"type":"ping","id":1}"#).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(r.headers["access-control-allow-credentials"], "true");
+    let exposed = r.headers["access-control-expose-headers"].to_str().unwrap();
+    assert!(
+        exposed.contains("hub-command-seq") && exposed.contains("hub-command-duplicate"),
+        "{exposed}"
+    );
+    let r = http(addr, "GET", &format!("{uri}&cursor=0&wait=0"), &app, "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let frames = r.json()["frames"].as_array().unwrap().clone();
+    assert_eq!(frames[0]["type"], "welcome");
+    // A refusal to the allowed origin carries the grant too, so that its page can read why.
+    let r = http(addr, "GET", &format!("{uri}&cursor=99"), &app, "").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.code(), "bad_cursor");
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+
+    // A page of another origin gets no grant (its browser will not let it read the answer).
+    let r = http(
+        addr,
+        "POST",
+        "/poll",
+        &[("origin", "https://evil.example")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.headers.get("access-control-allow-origin").is_none());
+    assert_eq!(r.headers["vary"], "Origin");
+}
+
+#[tokio::test]
+async fn without_a_cors_policy_no_cors_headers_are_sent_and_preflights_are_refused() {
+    let hub = Hub::builder().build();
+    let poll = PollService::new(hub.clone());
+    let addr = serve(&hub, &poll).await;
+    let r = http(
+        addr,
+        "POST",
+        "/poll",
+        &[("origin", "https://app.example")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r
+        .headers
+        .keys()
+        .all(|k| !k.as_str().starts_with("access-control-")));
+    let r = http(
+        addr,
+        "OPTIONS",
+        "/poll",
+        &[("origin", "https://app.example")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.code(), "origin_not_allowed");
+    // Other methods are still refused, and told what is allowed.
+    let r = http(addr, "PUT", "/poll", &[], "").await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.headers["allow"], "GET, POST, DELETE, OPTIONS");
+}

@@ -62,6 +62,9 @@
 //!   `bad_encoding`.
 //! - **CORS**: [`SseService::allow_origins`] lets pages of other origins open streams and send
 //!   commands (with credentials); the hub's own origin allow-list still applies to connecting.
+//!   The same policy as hub-poll's.
+//! - **Refusals** (every error answer) are counted in the hub's stats by code and logged at
+//!   debug.
 //!
 //! Headers: `Content-Type: text/event-stream`, `Cache-Control: no-cache, no-transform` and
 //! `X-Accel-Buffering: no`, so that proxies neither cache nor buffer; each batch of frames is one
@@ -199,8 +202,10 @@ use tracing::Instrument;
 pub use body::Body;
 
 use body::{lock, write_event, Held, TailCache, Writer};
+use hub_http::cors::{Cors, CorsRoutes};
+use hub_http::secret;
 use id::Cursor;
-use registry::{new_token, token_matches, token_text, Entry, Registry};
+use registry::{new_token, Entry, Registry};
 
 /// The transport's description for the hub: one-way, with comment-line pings; a gone client is
 /// noticed when its connection closes, not by the heartbeat timeout.
@@ -229,12 +234,13 @@ const LAST_EVENT_ID: &str = "last-event-id";
 /// At most this many topics in a stream's URL (the hub's per-session limit applies too).
 const MAX_QUERY_TOPICS: usize = id::MAX_ID_TOPICS;
 
-#[derive(Clone)]
-enum Cors {
-    SameOrigin,
-    Any,
-    List(Arc<[String]>),
-}
+/// What the CORS policy allows on this transport's path.
+const CORS_ROUTES: CorsRoutes = CorsRoutes {
+    methods: "GET, POST, OPTIONS",
+    request_headers:
+        "content-type, authorization, last-event-id, hub-session-token, hub-command-seq",
+    expose_headers: "hub-command-seq, hub-command-duplicate",
+};
 
 #[derive(Clone)]
 struct Settings {
@@ -279,14 +285,17 @@ impl SseService {
             tails: Arc::default(),
             settings: Arc::new(Settings {
                 retry: DEFAULT_RETRY,
-                cors: Cors::SameOrigin,
+                cors: Cors::same_origin(),
                 require_seq: false,
             }),
         }
     }
 
-    /// The client's address, passed to the authenticate hook (a bare hyper server knows it per
-    /// connection). Otherwise a `SocketAddr` found in the request's extensions is used.
+    /// The client's address, passed to the authenticate hook and counted by the per-address
+    /// limit (a bare hyper server knows it per connection). Otherwise it is found in the
+    /// request's extensions: a `SocketAddr`, or axum's `ConnectInfo<SocketAddr>` (feature
+    /// `axum`). Behind a trusted proxy ([`hub_core::HubBuilder::trusted_proxies`]) the client
+    /// is the one its forwarding headers name.
     #[must_use]
     pub fn with_peer(mut self, peer: SocketAddr) -> SseService {
         self.peer = Some(peer);
@@ -324,12 +333,7 @@ impl SseService {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let list: Vec<String> = origins.into_iter().map(Into::into).collect();
-        Arc::make_mut(&mut self.settings).cors = if list.iter().any(|o| o == "*") {
-            Cors::Any
-        } else {
-            Cors::List(list.into())
-        };
+        Arc::make_mut(&mut self.settings).cors = Cors::allow_origins(origins);
         self
     }
 
@@ -340,10 +344,15 @@ impl SseService {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let origin = req.headers().get(header::ORIGIN).cloned();
+        let line = hub_http::RequestLine::of(&req, self.peer);
         let mut resp = match *req.method() {
             Method::GET => self.open(req).await,
             Method::POST => self.command(req).await,
-            Method::OPTIONS => self.preflight(origin.as_ref()),
+            Method::OPTIONS => self
+                .settings
+                .cors
+                .preflight(origin.as_ref(), &CORS_ROUTES)
+                .map(Body::full),
             _ => {
                 let mut r = error_response(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -357,71 +366,10 @@ impl SseService {
                 r
             }
         };
-        self.cors_headers(origin.as_ref(), &mut resp);
-        resp
-    }
-
-    fn origin_allowed(&self, origin: &HeaderValue) -> bool {
-        match &self.settings.cors {
-            Cors::SameOrigin => false,
-            Cors::Any => true,
-            Cors::List(list) => list.iter().any(|o| o.as_bytes() == origin.as_bytes()),
-        }
-    }
-
-    fn cors_headers(&self, origin: Option<&HeaderValue>, resp: &mut Response<Body>) {
-        let h = resp.headers_mut();
-        match (&self.settings.cors, origin) {
-            (Cors::SameOrigin, _) | (_, None) => {}
-            (Cors::Any, Some(_)) => {
-                h.insert(
-                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                    HeaderValue::from_static("*"),
-                );
-                h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose_headers());
-            }
-            (Cors::List(_), Some(origin)) => {
-                h.append(header::VARY, HeaderValue::from_static("Origin"));
-                if self.origin_allowed(origin) {
-                    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-                    h.insert(
-                        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                        HeaderValue::from_static("true"),
-                    );
-                    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose_headers());
-                }
-            }
-        }
-    }
-
-    fn preflight(&self, origin: Option<&HeaderValue>) -> Response<Body> {
-        let mut resp = match origin {
-            Some(o) if !self.origin_allowed(o) => {
-                let o = String::from_utf8_lossy(o.as_bytes()).into_owned();
-                return refusal(&Rejection::origin_not_allowed(&o));
-            }
-            _ => Response::new(Body::empty()),
-        };
-        *resp.status_mut() = StatusCode::NO_CONTENT;
-        let h = resp.headers_mut();
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, POST, OPTIONS"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static(
-                "content-type, authorization, last-event-id, hub-session-token, hub-command-seq",
-            ),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_MAX_AGE,
-            HeaderValue::from_static("600"),
-        );
-        h.insert(
-            header::ALLOW,
-            HeaderValue::from_static("GET, POST, OPTIONS"),
-        );
+        self.settings
+            .cors
+            .apply(origin.as_ref(), &CORS_ROUTES, resp.headers_mut());
+        hub_http::note_refusal(&self.hub, TRANSPORT.name, &line, &resp);
         resp
     }
 
@@ -495,7 +443,7 @@ impl SseService {
                 "no random source for session tokens",
             );
         };
-        let connect = hub_http::connect_request(&req, TRANSPORT, Codec::Json, self.peer);
+        let connect = hub_http::connect_request(&self.hub, &req, TRANSPORT, Codec::Json, self.peer);
         let peer = connect.peer;
         let Connection { session, outbox } = match self.hub.connect(connect).await {
             Ok(conn) => conn,
@@ -557,7 +505,7 @@ impl SseService {
         let session_event = SessionEvent {
             kind: "session",
             session: id.to_string(),
-            token: token_text(&token),
+            token: secret::hex(&token),
             commands,
         };
         write_event(
@@ -669,7 +617,7 @@ impl SseService {
             .get(TOKEN_HEADER)
             .map(HeaderValue::as_bytes)
             .unwrap_or_default();
-        if !token_matches(&entry.token, presented) {
+        if !secret::matches(&entry.token, presented) {
             return error_response(
                 StatusCode::FORBIDDEN,
                 "forbidden",
@@ -678,7 +626,7 @@ impl SseService {
         }
         // The token is not enough: the command must also come from the stream's user (checked
         // as a connect would be: origin, then the authenticate hook).
-        let connect = hub_http::connect_request(&req, TRANSPORT, Codec::Json, self.peer);
+        let connect = hub_http::connect_request(&self.hub, &req, TRANSPORT, Codec::Json, self.peer);
         match self.hub.authenticate(&connect).await {
             Ok(who) if who.user_id() == &*entry.user => {}
             Ok(_) => {
@@ -877,13 +825,8 @@ fn query_values<'a>(uri: &'a http::Uri, name: &'a str) -> impl Iterator<Item = S
         .map(|(_, v)| v.into_owned())
 }
 
-fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+fn error_response(status: StatusCode, code: &'static str, message: &str) -> Response<Body> {
     hub_http::json_error(status, code, message).map(Body::full)
-}
-
-/// The answer headers a cross-origin page may read: the command numbering's.
-fn expose_headers() -> HeaderValue {
-    HeaderValue::from_static("hub-command-seq, hub-command-duplicate")
 }
 
 fn refusal(rej: &Rejection) -> Response<Body> {

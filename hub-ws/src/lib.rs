@@ -7,13 +7,21 @@
 //! - **Encoding** per connection: subprotocol `hub.v1.json` / `hub.v1.msgpack`, else the query
 //!   parameter `encoding=json|msgpack`, else JSON. JSON travels in text frames, MessagePack in
 //!   binary frames.
-//! - **Refusals before the upgrade**: not a WebSocket upgrade (400 `bad_request`), unknown
-//!   encoding (400 `bad_encoding`), authentication (401/403 from the hub's hook), origin
-//!   (403 `origin_not_allowed`), each with a JSON body `{"code", "message"}`.
+//! - **Refusals before the upgrade**: not a WebSocket upgrade, or a `Sec-WebSocket-Key` that is
+//!   not 16 bytes in base64 (400 `bad_request`), unknown encoding (400 `bad_encoding`),
+//!   authentication (401/403 from the hub's hook), origin (403 `origin_not_allowed`), limits
+//!   (503), each with a JSON body `{"code", "message"}`, counted in the hub's stats by code and
+//!   logged at debug.
+//! - **The client's address** (for the hooks and the per-address limit): see
+//!   [`WsService::with_peer`].
 //! - **Heartbeats**: a ping frame at the hub's interval; pongs and any frame count as life.
 //! - **Close codes**: 1009 for a frame over the hub's size limit, 1007 for a text frame that
-//!   is not UTF-8, 1008 for policy (kicked, slow consumer), 4000 for heartbeat timeout, 1001 on
-//!   shutdown (PROTOCOL.md, "Closing").
+//!   is not UTF-8, 1002 for a protocol violation, 1008 for policy (kicked, slow consumer, rate
+//!   limited), 4000 for heartbeat timeout, 1001 on shutdown (PROTOCOL.md, "Closing").
+//! - **Slow consumers**: when the hub cuts off a session whose queue overflowed, no new frame
+//!   is written; what is already being written gets a bounded time to drain, then the close
+//!   frame 1008 `slow_consumer` follows ([`WsService::slow_consumer_drain`]). Only a client
+//!   that reads nothing in that time is disconnected without one.
 //! - **Batched, vectored writes**: everything queued for the session goes out in one `writev`
 //!   of `[header, payload]` pairs (up to 512 frames per call); the payload is the hub's encoding
 //!   of the frame, shared by every subscriber and never copied into a per-connection buffer.
@@ -103,14 +111,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hub_core::{
-    Codec, ConnectRequest, Connection, DisconnectReason, Hub, Outgoing, Rejection, TransportInfo,
-};
+use hub_core::{Codec, Connection, DisconnectReason, Hub, Outgoing, Rejection, TransportInfo};
 use hyper_util::rt::TokioIo;
 use std::io::{self, IoSlice};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -132,12 +139,16 @@ pub const SUBPROTOCOL_MSGPACK: &str = "hub.v1.msgpack";
 /// How long a closing connection waits for the client's close frame before dropping the socket.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// The default of [`WsService::slow_consumer_drain`].
+pub const DEFAULT_SLOW_CONSUMER_DRAIN: Duration = Duration::from_secs(3);
+
 /// The response body of [`WsService`]: empty for the upgrade, a JSON error for refusals.
 pub type Body = Full<Bytes>;
 
 #[derive(Debug, Clone)]
 struct WsSettings {
     read_buffer_size: usize,
+    slow_consumer_drain: Duration,
 }
 
 /// A service that accepts WebSocket connections into a [`Hub`].
@@ -158,12 +169,16 @@ impl WsService {
             peer: None,
             settings: Arc::new(WsSettings {
                 read_buffer_size: 512,
+                slow_consumer_drain: DEFAULT_SLOW_CONSUMER_DRAIN,
             }),
         }
     }
 
-    /// The client's address, passed to the authenticate hook (a bare hyper server knows it per
-    /// connection). Otherwise a `SocketAddr` found in the request's extensions is used.
+    /// The client's address, passed to the authenticate hook and counted by the per-address
+    /// limit (a bare hyper server knows it per connection). Otherwise it is found in the
+    /// request's extensions: a `SocketAddr`, or axum's `ConnectInfo<SocketAddr>` (feature
+    /// `axum`). Behind a trusted proxy ([`hub_core::HubBuilder::trusted_proxies`]) the client
+    /// is the one its forwarding headers name.
     #[must_use]
     pub fn with_peer(mut self, peer: SocketAddr) -> WsService {
         self.peer = Some(peer);
@@ -180,34 +195,48 @@ impl WsService {
         self
     }
 
-    /// Answers one request: a refusal, or 101 Switching Protocols with the session task spawned.
-    async fn serve<B>(self, mut req: Request<B>) -> Response<Body> {
+    /// How long a slow consumer's connection is given, once the hub has cut it off, to take
+    /// what is already being written to it, and then the close frame 1008 `slow_consumer`
+    /// (after which the client's close reply is awaited as usual, at most 2 s). No new frame is
+    /// written once it is cut off. A client that reads too little in that time is
+    /// disconnected without a close frame (the frame it is in the middle of cannot be ended).
+    /// Default 3 s ([`DEFAULT_SLOW_CONSUMER_DRAIN`]).
+    #[must_use]
+    pub fn slow_consumer_drain(mut self, bound: Duration) -> WsService {
+        Arc::make_mut(&mut self.settings).slow_consumer_drain = bound;
+        self
+    }
+
+    /// Answers one request (refusals counted and logged), or upgrades it.
+    async fn serve<B>(self, req: Request<B>) -> Response<Body> {
+        let line = hub_http::RequestLine::of(&req, self.peer);
+        let resp = self.upgrade(req).await;
+        hub_http::note_refusal(&self.hub, TRANSPORT.name, &line, &resp);
+        resp
+    }
+
+    /// A refusal, or 101 Switching Protocols with the session task spawned.
+    async fn upgrade<B>(&self, mut req: Request<B>) -> Response<Body> {
         let Some(key) = upgrade_key(&req) else {
             return refusal(&Rejection::bad_request(
                 "bad_request",
-                "not a WebSocket upgrade request (GET, Upgrade: websocket, version 13)",
+                "not a WebSocket upgrade request (GET, Upgrade: websocket, version 13, \
+                 Sec-WebSocket-Key: 16 bytes in base64)",
             ));
         };
         let (codec, subprotocol) = match negotiate(&req) {
             Ok(n) => n,
             Err(rej) => return refusal(&rej),
         };
-        let peer = self
-            .peer
-            .or_else(|| req.extensions().get::<SocketAddr>().copied());
-        let connect = ConnectRequest {
-            transport: TRANSPORT,
-            codec,
-            headers: req.headers().clone(),
-            uri: req.uri().clone(),
-            peer,
-        };
+        let connect = hub_http::connect_request(&self.hub, &req, TRANSPORT, codec, self.peer);
+        let peer = connect.peer;
         // Authenticate before upgrading: a refused client gets a plain HTTP answer.
         let conn = match self.hub.connect(connect).await {
             Ok(conn) => conn,
             Err(rej) => return refusal(&rej),
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
+        let drain = self.settings.slow_consumer_drain;
         let config = WebSocketConfig::default()
             .read_buffer_size(self.settings.read_buffer_size)
             // Only control frames (pongs, the close handshake) go through tungstenite's
@@ -230,7 +259,7 @@ impl WsService {
                             WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
                         // A task of its own, sized for the connection's life (the upgrade's
                         // state is not carried along): ~200 bytes less per connection.
-                        tokio::spawn(run(ws, conn).instrument(tracing::Span::current()));
+                        tokio::spawn(run(ws, conn, drain).instrument(tracing::Span::current()));
                     }
                     // Dropping `conn` ends the session: its presence leaves once.
                     Err(e) => tracing::debug!(error = %e, "upgrade failed"),
@@ -289,7 +318,11 @@ impl<B: Send + 'static> hyper::service::Service<Request<B>> for WsService {
 /// Not an `async fn`: an async fn keeps its arguments and the locals moved out of them in
 /// separate slots of its state, which made every connection's task about 500 bytes larger. The
 /// `async move` block below uses what it captures in place.
-fn run<S>(mut ws: WebSocketStream<S>, conn: Connection) -> impl Future<Output = ()> + Send
+fn run<S>(
+    mut ws: WebSocketStream<S>,
+    conn: Connection,
+    drain: Duration,
+) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -317,8 +350,15 @@ where
             tokio::select! {
                 biased;
                 _ = &mut aborted => {
-                    // Stalled or gone: try to say why, briefly, then drop the socket.
                     let reason = session.close_reason().unwrap_or(DisconnectReason::Normal);
+                    if reason == DisconnectReason::SlowConsumer {
+                        // Cut off between two writes: the close frame may take the drain time.
+                        if Box::pin(send_close(&mut ws, reason, drain)).await {
+                            Box::pin(await_close_reply(&mut ws)).await;
+                        }
+                        return;
+                    }
+                    // Stalled or gone: try to say why, briefly, then drop the socket.
                     Box::pin(send_close(&mut ws, reason, Duration::from_millis(100))).await;
                     return;
                 }
@@ -336,14 +376,38 @@ where
                         ws.flush().await.map_err(io::Error::other)?;
                         FrameWriter::new(opcode).write(ws.get_mut(), &batch).await
                     };
+                    // Boxed for the same reason as the command handling below.
+                    let mut write = Box::pin(write);
                     let written = tokio::select! {
                         biased;
-                        // The write may have stopped halfway through a frame: nothing more can be
-                        // said on this socket, not even a close frame.
-                        _ = &mut aborted => return,
-                        // Boxed for the same reason as the command handling below.
-                        r = Box::pin(write) => r,
+                        _ = &mut aborted => {
+                            // The write may have stopped halfway through a frame. A slow
+                            // consumer is given a bounded time to take the rest of it, then
+                            // its close frame; in every other case (or if that time runs out)
+                            // nothing more can be said on this socket, not even a close frame.
+                            if session.close_reason() == Some(DisconnectReason::SlowConsumer) {
+                                let deadline = tokio::time::Instant::now() + drain;
+                                // Boxed, as every closing path: its timer is not part of every
+                                // connection's task for its whole life.
+                                let finished =
+                                    Box::pin(tokio::time::timeout_at(deadline, &mut write)).await;
+                                drop(write);
+                                if matches!(finished, Ok(Ok(()))) {
+                                    let left =
+                                        deadline.saturating_duration_since(tokio::time::Instant::now());
+                                    let reason = DisconnectReason::SlowConsumer;
+                                    if Box::pin(send_close(&mut ws, reason, left)).await {
+                                        Box::pin(await_close_reply(&mut ws)).await;
+                                    }
+                                } else {
+                                    tracing::debug!(?drain, "a slow consumer took nothing in time: cut without a close frame");
+                                }
+                            }
+                            return;
+                        }
+                        r = &mut write => r,
                     };
+                    drop(write);
                     batch.clear();
                     if batch.capacity() > MAX_IDLE_BATCH {
                         // A burst is over: give its memory back rather than keep it per session.
@@ -449,12 +513,19 @@ impl From<Option<Result<Message, tungstenite::Error>>> for Read {
 // The closing paths run once per connection: they are called boxed, so that their futures
 // (timers, tungstenite's send) are not part of every connection's task for its whole life.
 
-/// Sends a close frame, giving up after `wait`.
-async fn send_close<S>(ws: &mut WebSocketStream<S>, reason: DisconnectReason, wait: Duration)
+/// Sends a close frame, giving up after `wait`; returns whether it was written.
+async fn send_close<S>(
+    ws: &mut WebSocketStream<S>,
+    reason: DisconnectReason,
+    wait: Duration,
+) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let _ = tokio::time::timeout(wait, ws.send(close_msg(reason))).await;
+    matches!(
+        tokio::time::timeout(wait, ws.send(close_msg(reason))).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Sends our close frame, then waits briefly for the client's before the socket is dropped.
@@ -463,6 +534,16 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     send_close(ws, reason, CLOSE_GRACE).await;
+    await_close_reply(ws).await;
+}
+
+/// Reads (and drops) what the client still sends until its close reply, at most
+/// [`CLOSE_GRACE`]: a socket closed with unread input is reset, and a reset can destroy what the
+/// client had not read yet, our close frame included.
+async fn await_close_reply<S>(ws: &mut WebSocketStream<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         while let Some(Ok(_)) = ws.next().await {}
     })
@@ -596,13 +677,7 @@ fn close_msg(reason: DisconnectReason) -> Message {
 }
 
 fn refusal(rej: &Rejection) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(rej.body())));
-    *resp.status_mut() = StatusCode::from_u16(rej.status()).unwrap_or(StatusCode::FORBIDDEN);
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    hub_http::refusal(rej).map(Full::new)
 }
 
 fn upgrade_key<B>(req: &Request<B>) -> Option<HeaderValue> {
@@ -621,7 +696,12 @@ fn upgrade_key<B>(req: &Request<B>) -> Option<HeaderValue> {
     if !ok {
         return None;
     }
-    h.get(header::SEC_WEBSOCKET_KEY).cloned()
+    // RFC 6455, 4.2.1: "a base64-encoded value that, when decoded, is 16 bytes in length".
+    let key = h.get(header::SEC_WEBSOCKET_KEY)?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(key.as_bytes())
+        .ok()?;
+    (decoded.len() == 16).then(|| key.clone())
 }
 
 /// Picks the encoding: subprotocol first, then `?encoding=`, then JSON.
