@@ -46,12 +46,15 @@ impl HubBuilder {
         self
     }
 
-    /// The longest one publish waits while fan-out is congested. When more than one in eight
-    /// sessions have queues past half their bound (and at least two), a publish waits for them
-    /// to drain before it returns: a burst slows its publisher (the host's `publish` waits; a
-    /// publishing client's next frame is read later) instead of overflowing the queues of
-    /// subscribers that keep up. A few stalled sessions never hold publishers back: the
-    /// slow-consumer policy deals with them. Default 500 ms; `Duration::ZERO` turns pacing off.
+    /// The longest one publish waits while fan-out is congested: when more than one in
+    /// sixteen sessions have queues past half their bound (and at least two), or when a
+    /// session that fell behind less than a second ago has a queue three quarters full. The
+    /// publish then waits for them to drain before it returns: a burst slows its publisher
+    /// (the host's `publish` waits; a publishing client's next frame is read later) instead of
+    /// overflowing the queues of subscribers that keep up, or that fell behind for a moment.
+    /// A session still behind after a second is stalled and no longer holds publishers back:
+    /// the slow-consumer policy deals with it. Default 500 ms; `Duration::ZERO` turns pacing
+    /// off.
     pub fn pacing(mut self, max_wait: Duration) -> Self {
         self.config.pace_max = max_wait;
         self

@@ -96,12 +96,14 @@ impl Inner {
         }
     }
 
-    /// Whether so many session queues are congested that publishers should wait: more than
-    /// one in eight open sessions (and at least two). A few stalled sessions never hold
-    /// publishers back: the slow-consumer policy deals with them.
+    /// Whether session queues are congested so that publishers should wait: more than one in
+    /// sixteen open sessions past half their bound (and at least two), or any that fell behind
+    /// just now and is nearly full (it holds publishers for a second at most: a session still
+    /// behind after that is stalled, and the slow-consumer policy deals with it).
     fn congested(&self) -> bool {
         let n = self.congestion.queues.load(Ordering::Acquire);
-        n >= 2 && n * 8 > self.open.load(Ordering::Acquire)
+        (n >= 2 && n * 16 > self.open.load(Ordering::Acquire))
+            || self.congestion.critical.load(Ordering::Acquire) > 0
     }
 
     /// Pushes back on a publisher while fan-out is congested: waits until enough queues have

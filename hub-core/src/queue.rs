@@ -37,11 +37,26 @@ pub(crate) struct Lag {
 }
 
 /// How many of a node's session queues are past their high-water mark (half their frame or
-/// byte bound), and a signal when one drains: what publishers pace themselves by.
+/// byte bound), how many of those fell behind only just now and are nearly full (critical),
+/// and a signal when one drains: what publishers pace themselves by.
 #[derive(Debug, Default)]
 pub(crate) struct Congestion {
     pub(crate) queues: AtomicUsize,
+    /// Queues past three quarters of their bound that crossed their high-water mark less than
+    /// [`EPISODE`] ago: a session that just fell behind, which a publisher waits for (briefly)
+    /// rather than cut it. One still behind after that is stalled and no longer counted here.
+    pub(crate) critical: AtomicUsize,
     pub(crate) drained: Notify,
+}
+
+/// How long a queue that fell behind may hold publishers back (see [`Congestion::critical`]).
+pub(crate) const EPISODE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What a drained (or closed) queue gives back to the node's [`Congestion`].
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Relief {
+    high: bool,
+    critical: bool,
 }
 
 impl Congestion {
@@ -49,9 +64,16 @@ impl Congestion {
         self.queues.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn fall(&self) {
-        self.queues.fetch_sub(1, Ordering::AcqRel);
-        self.drained.notify_waiters();
+    fn relieve(&self, r: Relief) {
+        if r.high {
+            self.queues.fetch_sub(1, Ordering::AcqRel);
+        }
+        if r.critical {
+            self.critical.fetch_sub(1, Ordering::AcqRel);
+        }
+        if r.high || r.critical {
+            self.drained.notify_waiters();
+        }
     }
 }
 
@@ -67,17 +89,24 @@ pub(crate) struct QueueState {
     pub(crate) markers: usize,
     /// What `items` weigh ([`Shared::weight`]).
     pub(crate) bytes: usize,
-    /// Past the high-water mark (counted in the node's [`Congestion`]).
+    /// Past the high-water mark (counted in the node's [`Congestion`]), since when.
     pub(crate) high: bool,
+    high_since: Option<tokio::time::Instant>,
+    /// Counted in [`Congestion::critical`].
+    critical: bool,
 }
 
 impl QueueState {
-    /// Empties the queue's accounting once its items were taken; `true` if it was congested
-    /// (the caller then tells the node, after releasing the lock).
-    pub(crate) fn drained(&mut self) -> bool {
+    /// Empties the queue's accounting once its items were taken; what it gives back to the
+    /// node's congestion (the caller tells the node, after releasing the lock).
+    pub(crate) fn drained(&mut self) -> Relief {
         self.markers = 0;
         self.bytes = 0;
-        std::mem::take(&mut self.high)
+        self.high_since = None;
+        Relief {
+            high: std::mem::take(&mut self.high),
+            critical: std::mem::take(&mut self.critical),
+        }
     }
 }
 
@@ -110,18 +139,34 @@ impl Queue {
     }
 
     /// Says the queue drained (its writer took everything): no longer congested.
-    pub(crate) fn drained(&self) {
-        self.congestion.fall();
+    pub(crate) fn drained(&self, relief: Relief) {
+        self.congestion.relieve(relief);
     }
 
     /// The session is over for good: it no longer counts as congested.
     pub(crate) fn settle(&self) {
-        let was = {
+        let relief = lock(&self.state).drained();
+        self.congestion.relieve(relief);
+    }
+
+    /// A queue that has been behind for [`EPISODE`] no longer holds publishers back: it is
+    /// stalled, and meets the slow-consumer policy when full. (Run by the sweeper.)
+    pub(crate) fn expire_episode(&self, now: tokio::time::Instant) {
+        let stalled = {
             let mut st = lock(&self.state);
-            std::mem::take(&mut st.high)
+            match st.high_since {
+                Some(since) if st.critical && now.saturating_duration_since(since) >= EPISODE => {
+                    st.critical = false;
+                    true
+                }
+                _ => false,
+            }
         };
-        if was {
-            self.congestion.fall();
+        if stalled {
+            self.congestion.relieve(Relief {
+                high: false,
+                critical: true,
+            });
         }
     }
 
@@ -161,12 +206,20 @@ impl Queue {
             }
             st.items.push_back(Item::Frame(frame.clone()));
             st.bytes += weight;
-            if !st.high
-                && (st.items.len() - st.markers >= self.capacity.div_ceil(2)
-                    || st.bytes >= self.max_bytes / 2)
-            {
+            let frames = st.items.len() - st.markers;
+            if !st.high && (frames >= self.capacity.div_ceil(2) || st.bytes >= self.max_bytes / 2) {
                 st.high = true;
+                st.high_since = Some(tokio::time::Instant::now());
                 self.congestion.rise();
+            }
+            if st.high
+                && !st.critical
+                && (frames >= self.capacity - self.capacity / 4
+                    || st.bytes >= self.max_bytes - self.max_bytes / 4)
+                && st.high_since.is_some_and(|since| since.elapsed() < EPISODE)
+            {
+                st.critical = true;
+                self.congestion.critical.fetch_add(1, Ordering::AcqRel);
             }
             st.waker.take()
         };
@@ -212,24 +265,22 @@ impl Queue {
     /// Ends the queue: queued frames are kept (and written before the close) when the reason
     /// flushes, dropped otherwise. Returns how many frames were dropped.
     pub(crate) fn close(&self, reason: DisconnectReason) -> usize {
-        let (waker, dropped, was_high) = {
+        let (waker, dropped, relief) = {
             let mut st = lock(&self.state);
             if st.closing.is_some() {
                 return 0;
             }
             st.closing = Some(reason);
-            let (dropped, was_high) = if crate::error::flushes(reason) {
-                (0, false)
+            let (dropped, relief) = if crate::error::flushes(reason) {
+                (0, Relief::default())
             } else {
                 let n = st.items.len() - st.markers;
                 st.items = VecDeque::new();
                 (n, st.drained())
             };
-            (st.waker.take(), dropped, was_high)
+            (st.waker.take(), dropped, relief)
         };
-        if was_high {
-            self.congestion.fall();
-        }
+        self.congestion.relieve(relief);
         if let Some(w) = waker {
             w.wake();
         }

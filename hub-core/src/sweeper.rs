@@ -48,8 +48,9 @@ async fn sweep(weak: Weak<Inner>, interval: Duration) {
             return;
         };
         let now = inner.now_ms();
+        let tick_at = tokio::time::Instant::now();
         let timeout = u64::try_from(inner.config.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX);
-        let ping = tokio::time::Instant::now() >= next_ping;
+        let ping = tick_at >= next_ping;
         if ping {
             next_ping += interval;
         }
@@ -62,6 +63,7 @@ async fn sweep(weak: Weak<Inner>, interval: Duration) {
             } else if ping && s.transport.pings {
                 s.request_ping();
             }
+            s.queue.expire_episode(tick_at);
         }
         inner.close_all(silent, DisconnectReason::HeartbeatTimeout);
         inner.expire_acks();

@@ -317,7 +317,7 @@ impl Outbox {
         }
         let mut taken = std::mem::take(&mut self.spare);
         let mut extra: Vec<Arc<Shared>> = Vec::new();
-        let mut drained = false;
+        let mut relief = None;
         let (ping, close) = poll_fn(|cx| {
             let mut st = lock(&self.state.queue.state);
             if st.items.is_empty() && !st.ping && st.lag.is_none() && st.closing.is_none() {
@@ -328,7 +328,7 @@ impl Outbox {
                 return Poll::Pending;
             }
             std::mem::swap(&mut st.items, &mut taken);
-            drained = st.drained();
+            relief = Some(st.drained());
             if let Some(lag) = st.lag.take() {
                 extra = lag_frames(*lag);
             }
@@ -343,9 +343,9 @@ impl Outbox {
             Poll::Ready((ping, close))
         })
         .await;
-        if drained {
+        if let Some(relief) = relief {
             // Publishers pacing themselves wait for this.
-            self.state.queue.drained();
+            self.state.queue.drained(relief);
         }
 
         let codec = self.state.codec;

@@ -174,3 +174,33 @@ async fn the_queue_is_bounded_in_bytes_as_well_as_frames() {
     );
     assert!(!reading.session.is_closed());
 }
+
+#[tokio::test]
+async fn a_subscriber_that_falls_behind_for_a_moment_holds_the_publisher_instead_of_being_cut() {
+    // One subscriber of a hundred stops reading for 100 ms (a pause, a busy thread) during a
+    // burst: its queue of 64 fills while the others keep up. It is not stalled: the publisher
+    // waits for it (at most a second per episode) rather than cutting it.
+    let hub = hub(Duration::from_secs(5));
+    let mut readers = Vec::new();
+    for _ in 0..SUBS - 1 {
+        readers.push(tokio::spawn(reader(subscriber(&hub).await)));
+    }
+    let late = subscriber(&hub).await;
+    readers.push(tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        reader(late).await
+    }));
+    for i in 1..=MSGS {
+        hub.publish("t", &i).await.unwrap();
+    }
+    let expected: Vec<u64> = (1..=MSGS).collect();
+    for r in readers {
+        let (got, end) = tokio::time::timeout(Duration::from_secs(30), r)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(end, None, "nobody is cut");
+        assert_eq!(got, expected);
+    }
+    assert_eq!(hub.stats().disconnects.get("slow_consumer"), None);
+}
