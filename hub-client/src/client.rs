@@ -257,6 +257,8 @@ impl Client {
             .request(ClientOp::Publish {
                 topic: topic.to_owned(),
                 data,
+                key: None,
+                delete: false,
             })
             .await?;
         reply

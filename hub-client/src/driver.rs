@@ -457,6 +457,7 @@ impl Driver {
             since,
             last: None,
             presence,
+            conflate: None,
         };
         conn.send(&ClientFrame::new(op).with_id(id)).await
     }
@@ -595,6 +596,7 @@ impl Driver {
                 epoch,
                 offset,
                 data,
+                ..
             } => {
                 let message = Message {
                     topic: topic.clone(),

@@ -63,19 +63,66 @@ impl fmt::Display for NodeId {
     }
 }
 
+/// What a publish hands the engine: the data, and the message's key for conflation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Message {
+    /// The application data.
+    pub data: Payload,
+    /// The message's key (`match:7`): on a conflated subscription that falls behind, only the
+    /// newest message per key is kept.
+    pub key: Option<Arc<str>>,
+    /// The message deletes its key (it is never conflated away).
+    pub delete: bool,
+}
+
+impl Message {
+    /// A message without a key.
+    pub fn new(data: Payload) -> Message {
+        Message {
+            data,
+            key: None,
+            delete: false,
+        }
+    }
+
+    /// A message with a key.
+    pub fn keyed(data: Payload, key: impl Into<Arc<str>>) -> Message {
+        Message {
+            data,
+            key: Some(key.into()),
+            delete: false,
+        }
+    }
+
+    /// The same message, marked as the deletion of its key.
+    #[must_use]
+    pub fn deleting(mut self) -> Message {
+        self.delete = true;
+        self
+    }
+}
+
 /// A topic's message with its position, as the engine hands it to a node: built once per node
 /// and shared by every local subscriber (each encoding is made at most once). Cheap to clone.
 #[derive(Clone)]
 pub struct Publication(pub(crate) Arc<Shared>);
 
 impl Publication {
-    /// A publication of `topic` at `position`.
+    /// A publication of `topic` at `position`, without a key.
     pub fn new(topic: Arc<str>, position: Position, data: Payload) -> Publication {
+        Publication::of(topic, position, Message::new(data))
+    }
+
+    /// A publication of `topic` at `position` of a message (with its key, if any).
+    pub fn of(topic: Arc<str>, position: Position, message: Message) -> Publication {
         Publication(Shared::new(Frame::Message {
             topic,
             epoch: position.epoch,
             offset: position.offset,
-            data,
+            data: message.data,
+            key: message.key,
+            delete: message.delete,
         }))
     }
 
@@ -86,8 +133,9 @@ impl Publication {
                 epoch,
                 offset,
                 data,
+                ..
             } => (topic, epoch, *offset, data),
-            // Only `new` builds a Publication, always from a message.
+            // Only `of` builds a Publication, always from a message.
             _ => unreachable!("a publication is always a message"),
         }
     }
@@ -119,6 +167,19 @@ impl Publication {
     /// The application data.
     pub fn data(&self) -> &Payload {
         self.parts().3
+    }
+
+    /// The message's key, if it has one.
+    pub fn key(&self) -> Option<&Arc<str>> {
+        match self.0.frame() {
+            Frame::Message { key, .. } => key.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Whether the message deletes its key.
+    pub fn is_delete(&self) -> bool {
+        matches!(self.0.frame(), Frame::Message { delete: true, .. })
     }
 }
 
@@ -338,9 +399,10 @@ pub trait Broker: Send + Sync + 'static {
     /// Called once, when the hub is built: where to deliver, and how much history to keep.
     fn attach(&self, node: Arc<dyn Node>, retention: Retention);
 
-    /// Publishes `data` to `topic` in one atomic step and answers its position. Every node
-    /// subscribed to the topic, this one included, gets it through [`Node::deliver`].
-    async fn publish(&self, topic: &str, data: Payload) -> Result<Position, BrokerError>;
+    /// Publishes a message to `topic` in one atomic step and answers its position. Every node
+    /// subscribed to the topic, this one included, gets it through [`Node::deliver`], with its
+    /// key (and the history keeps the key too).
+    async fn publish(&self, topic: &str, message: Message) -> Result<Position, BrokerError>;
 
     /// Starts hearing a channel. Called by the node on its first local subscriber or member.
     async fn subscribe(&self, channel: Channel<'_>) -> Result<(), BrokerError>;

@@ -60,6 +60,22 @@ impl HubBuilder {
         self
     }
 
+    /// Topics whose subscriptions conflate by default (a subscribe's `conflate` says otherwise
+    /// for itself): when such a subscriber falls behind, its queue keeps only the newest
+    /// message per key, and a `since` or `last` recovers only the newest per key. For topics
+    /// of latest values: scores, dashboards, prices. Default: none.
+    ///
+    /// ```
+    /// let hub = hub_core::Hub::builder()
+    ///     .conflate_topics(|topic| topic.starts_with("scores/"))
+    ///     .build();
+    /// # drop(hub);
+    /// ```
+    pub fn conflate_topics(mut self, which: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        self.config.conflate = Some(Arc::new(which));
+        self
+    }
+
     /// Largest frame (and message) a client may send, in bytes. Default 64 KiB.
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
         self.config.max_frame_size = bytes;

@@ -50,6 +50,8 @@ pub(crate) struct Config {
     pub(crate) rate_limit: Option<RateLimit>,
     /// With a shared engine: how often every followed stream is checked for silent loss.
     pub(crate) engine_check_interval: Duration,
+    /// Topics whose subscriptions conflate unless they say otherwise.
+    pub(crate) conflate: Option<TopicFilter>,
     pub(crate) hooks: Arc<dyn Hooks>,
     pub(crate) handlers: Arc<std::collections::HashMap<String, Arc<dyn EventHandler>>>,
 }
@@ -78,11 +80,15 @@ impl Default for Config {
             trusted_proxies: Arc::new([]),
             rate_limit: None,
             engine_check_interval: Duration::from_secs(10),
+            conflate: None,
             hooks: Arc::new(AllowSubscribe),
             handlers: Arc::default(),
         }
     }
 }
+
+/// Which topics a setting applies to.
+pub(crate) type TopicFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// A per-session token bucket on frames from the client ([`crate::HubBuilder::rate_limit`]).
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -5,18 +5,39 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::json;
 
-use crate::broker::HistoryFrom;
+use crate::broker::{HistoryFrom, Message};
 use crate::codec::Payload;
 use crate::error::{DisconnectReason, ErrorCode, RoomError};
 use crate::frame::Frame;
 use crate::hooks::{Action, EventContext};
 use crate::hub::Hub;
-use crate::names::{check_name, truncate, valid_event};
+use crate::names::{check_name, truncate, valid_event, valid_key};
 use crate::presence::Scope;
 use crate::session::{lock, Rate, SessionState};
 use crate::stats::Stats;
 use crate::streams::{OpError, SubscribeReq};
 use hub_protocol::{ClientFrame, ClientOp, Scope as WireScope};
+
+/// A client's message with its key, checked.
+fn message(
+    data: Payload,
+    key: Option<String>,
+    delete: bool,
+    max: usize,
+) -> Result<Message, OpError> {
+    match key {
+        Some(key) if valid_key(&key, max) => {
+            let m = Message::keyed(data, key);
+            Ok(if delete { m.deleting() } else { m })
+        }
+        Some(_) => Err((
+            ErrorCode::BadKey,
+            format!("a key is 1 to {max} bytes without control characters"),
+        )),
+        None if delete => Err((ErrorCode::BadKey, "`delete` needs a `key`".to_owned())),
+        None => Ok(Message::new(data)),
+    }
+}
 
 fn internal(e: impl std::fmt::Display) -> OpError {
     (ErrorCode::Internal, e.to_string())
@@ -90,6 +111,7 @@ impl Hub {
                     id: None,
                     from,
                     presence: false,
+                    conflate: self.inner.conflates(topic),
                 },
             )
             .await
@@ -107,6 +129,7 @@ impl Hub {
                 since,
                 last,
                 presence,
+                conflate,
             } => {
                 check_name(&topic, max, ErrorCode::BadTopic)?;
                 if !hooks
@@ -132,6 +155,7 @@ impl Hub {
                                 (None, None) => HistoryFrom::Top,
                             },
                             presence,
+                            conflate: conflate.unwrap_or_else(|| inner.conflates(&topic)),
                         },
                     )
                     .await?;
@@ -142,8 +166,14 @@ impl Hub {
                 inner.unsubscribe(s, &topic)?;
                 Ok(Some(Payload::null()))
             }
-            ClientOp::Publish { topic, data } => {
+            ClientOp::Publish {
+                topic,
+                data,
+                key,
+                delete,
+            } => {
                 check_name(&topic, max, ErrorCode::BadTopic)?;
+                let message = message(data, key, delete, max)?;
                 if !hooks.authorize(&s.identity, Action::Publish(&topic)).await {
                     return Err((
                         ErrorCode::Forbidden,
@@ -153,7 +183,7 @@ impl Hub {
                 let start = std::time::Instant::now();
                 let pos = inner
                     .broker
-                    .publish(&topic, data)
+                    .publish(&topic, message)
                     .await
                     .map_err(|e| (e.code(), e.to_string()))?;
                 inner.stats.publish_latency.since(start);

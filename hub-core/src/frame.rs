@@ -101,4 +101,7 @@ pub(crate) enum Item {
     /// must name if nothing else of the topic arrives). Placed just before the `subscribe`
     /// reply and anything recovered. Writes nothing.
     Subscribed(Arc<(Arc<str>, Position)>),
+    /// A message superseded by a newer one of the same key while its session fell behind (a
+    /// conflated subscription): written as nothing; its place keeps the others' in order.
+    Superseded,
 }

@@ -6,14 +6,16 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::broker::{BrokerError, EngineStats, HistoryFrom, NodeId, Position, Publication};
+use crate::broker::{
+    BrokerError, EngineStats, HistoryFrom, Message, NodeId, Position, Publication,
+};
 use crate::builder::HubBuilder;
 use crate::codec::Payload;
 use crate::config::SlowConsumerPolicy;
 use crate::error::{AckError, DisconnectReason, ErrorCode, Rejection, RoomError, SendError};
 use crate::frame::{Frame, Shared};
 use crate::hooks::{ConnectRequest, Identity};
-use crate::names::{valid_event, valid_name};
+use crate::names::{valid_event, valid_key, valid_name};
 use crate::node::{Control, Inner};
 use crate::presence::{Member, Scope};
 use crate::session::{lock, SessionId, SessionState};
@@ -156,13 +158,47 @@ impl Hub {
 
     /// Publishes an already encoded payload to a topic.
     pub async fn publish_payload(&self, topic: &str, data: Payload) -> Result<Position, SendError> {
+        self.publish_message(topic, Message::new(data)).await
+    }
+
+    /// Publishes a value with a key (`match:7`): on a conflated subscription that falls
+    /// behind, only the newest message per key is kept ([`crate::HubBuilder::conflate_topics`]).
+    pub async fn publish_keyed<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        key: &str,
+        data: &T,
+    ) -> Result<Position, SendError> {
+        self.publish_message(topic, Message::keyed(Payload::from_value(data)?, key))
+            .await
+    }
+
+    /// Publishes the deletion of a key (data `null`; never conflated away).
+    pub async fn publish_delete(&self, topic: &str, key: &str) -> Result<Position, SendError> {
+        self.publish_message(topic, Message::keyed(Payload::null(), key).deleting())
+            .await
+    }
+
+    /// Publishes a message (with its key, if any).
+    pub async fn publish_message(
+        &self,
+        topic: &str,
+        message: Message,
+    ) -> Result<Position, SendError> {
         if !valid_name(topic, self.inner.config.max_name_len) {
             return Err(SendError::BadName(ErrorCode::BadTopic));
+        }
+        match &message.key {
+            Some(key) if !valid_key(key, self.inner.config.max_name_len) => {
+                return Err(SendError::BadName(ErrorCode::BadKey));
+            }
+            None if message.delete => return Err(SendError::BadName(ErrorCode::BadKey)),
+            _ => {}
         }
         // Topics published to by the server alone expire too.
         self.inner.ensure_sweeper();
         let start = std::time::Instant::now();
-        let pos = self.inner.broker.publish(topic, data).await?;
+        let pos = self.inner.broker.publish(topic, message).await?;
         self.inner.stats.publish_latency.since(start);
         Stats::add(&self.inner.stats.published, 1);
         self.inner.pace().await;

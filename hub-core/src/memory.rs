@@ -15,10 +15,9 @@ use bytes::Bytes;
 use dashmap::DashMap;
 
 use crate::broker::{
-    Broker, BrokerError, BrokerInfo, Channel, EngineStats, History, HistoryFrom, Node, Position,
-    Publication, Retention, Route,
+    Broker, BrokerError, BrokerInfo, Channel, EngineStats, History, HistoryFrom, Message, Node,
+    Position, Publication, Retention, Route,
 };
-use crate::codec::Payload;
 use crate::node::random_hex;
 use crate::session::lock;
 
@@ -179,9 +178,9 @@ impl MemoryBroker {
         });
     }
 
-    fn publish_now(&self, topic: &str, data: Payload) -> Result<Position, BrokerError> {
+    fn publish_now(&self, topic: &str, message: Message) -> Result<Position, BrokerError> {
         let retention = self.retention();
-        let mut data = Some(data);
+        let mut message = Some(message);
         loop {
             let s = self.stream(topic)?;
             let mut st = lock(&s.state);
@@ -198,11 +197,11 @@ impl MemoryBroker {
                 epoch: s.epoch.clone(),
                 offset,
             };
-            let p = Publication::new(
-                s.name.clone(),
-                position.clone(),
-                data.take().unwrap_or_default(),
-            );
+            let Some(message) = message.take() else {
+                // Taken only once: the loop goes round again only before it is.
+                return Err(BrokerError::Engine("a message published twice".to_owned()));
+            };
+            let p = Publication::of(s.name.clone(), position.clone(), message);
             if retention.max_messages > 0 {
                 st.history_bytes += p.data().as_bytes().len();
                 st.history.push_back(p.clone());
@@ -291,8 +290,8 @@ impl Broker for MemoryBroker {
         }
     }
 
-    async fn publish(&self, topic: &str, data: Payload) -> Result<Position, BrokerError> {
-        self.publish_now(topic, data)
+    async fn publish(&self, topic: &str, message: Message) -> Result<Position, BrokerError> {
+        self.publish_now(topic, message)
     }
 
     async fn subscribe(&self, channel: Channel<'_>) -> Result<(), BrokerError> {

@@ -44,3 +44,8 @@ pub(crate) fn truncate(s: &str, max: usize) -> &str {
     }
     &s[..end]
 }
+
+/// Message keys: 1..=max bytes, no control characters.
+pub(crate) fn valid_key(key: &str, max: usize) -> bool {
+    !key.is_empty() && key.len() <= max && !key.chars().any(char::is_control)
+}

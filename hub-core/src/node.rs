@@ -139,6 +139,11 @@ impl Inner {
         }
     }
 
+    /// Whether subscriptions to `topic` conflate unless they say otherwise.
+    pub(crate) fn conflates(&self, topic: &str) -> bool {
+        self.config.conflate.as_ref().is_some_and(|f| f(topic))
+    }
+
     /// Whether other nodes share this hub (control messages and a presence store are used).
     pub(crate) fn clustered(&self) -> bool {
         !self.broker_info.local
@@ -485,6 +490,20 @@ impl Tally {
         overflow: &mut Vec<Arc<SessionState>>,
     ) {
         match s.queue.push(frame) {
+            Pushed::Queued => self.queued += 1,
+            Pushed::Dropped => self.dropped += 1,
+            Pushed::Overflow => overflow.push(s.clone()),
+        }
+    }
+
+    /// A message for a conflated subscription (see [`crate::queue::Queue::push_conflating`]).
+    pub(crate) fn push_conflating(
+        &mut self,
+        s: &Arc<SessionState>,
+        frame: &Arc<Shared>,
+        overflow: &mut Vec<Arc<SessionState>>,
+    ) {
+        match s.queue.push_conflating(frame) {
             Pushed::Queued => self.queued += 1,
             Pushed::Dropped => self.dropped += 1,
             Pushed::Overflow => overflow.push(s.clone()),

@@ -94,14 +94,58 @@ pub(crate) struct QueueState {
     high_since: Option<tokio::time::Instant>,
     /// Counted in [`Congestion::critical`].
     critical: bool,
+    /// The sequence number of `items[0]` (items keep theirs while they wait).
+    head: u64,
+    /// Superseded messages among `items` (they do not count against the bounds).
+    superseded: usize,
+    /// The newest queued message per topic and key of conflated subscriptions, while the
+    /// queue is behind; what was superseded, per topic, to be told when it is written.
+    pub(crate) conflation: Option<Box<Conflation>>,
+}
+
+/// A behind queue's conflation (see [`Queue::push_conflating`]).
+#[derive(Debug, Default)]
+pub(crate) struct Conflation {
+    /// (topic, key) -> sequence number of the newest queued message of that key.
+    latest: HashMap<(Arc<str>, Arc<str>), u64>,
+    /// Topics whose queued messages are indexed in `latest` already.
+    indexed: std::collections::HashSet<Arc<str>>,
+    /// Per topic: its epoch and the first and last superseded offsets.
+    pub(crate) superseded: HashMap<Arc<str>, (Arc<str>, u64, u64)>,
+}
+
+impl Conflation {
+    /// The `gap`s (reason `conflated`) that tell what was superseded, written before the rest.
+    pub(crate) fn notices(self) -> Vec<Arc<Shared>> {
+        self.superseded
+            .into_iter()
+            .map(|(topic, (epoch, from, to))| {
+                Shared::new(Frame::Gap {
+                    topic,
+                    epoch,
+                    from,
+                    to,
+                    reason: GapReason::Conflated,
+                })
+            })
+            .collect()
+    }
 }
 
 impl QueueState {
     /// Empties the queue's accounting once its items were taken; what it gives back to the
     /// node's congestion (the caller tells the node, after releasing the lock).
-    pub(crate) fn drained(&mut self) -> Relief {
+    pub(crate) fn drained(&mut self, taken: usize) -> Relief {
+        self.head += taken as u64;
         self.markers = 0;
         self.bytes = 0;
+        self.superseded = 0;
+        self.conflation = None;
+        self.relief()
+    }
+
+    /// No longer congested: what that gives back to the node.
+    fn relief(&mut self) -> Relief {
         self.high_since = None;
         Relief {
             high: std::mem::take(&mut self.high),
@@ -145,7 +189,7 @@ impl Queue {
 
     /// The session is over for good: it no longer counts as congested.
     pub(crate) fn settle(&self) {
-        let relief = lock(&self.state).drained();
+        let relief = lock(&self.state).relief();
         self.congestion.relieve(relief);
     }
 
@@ -172,61 +216,175 @@ impl Queue {
 
     /// Queues a frame without waiting. O(1); wakes the writer only if it sleeps.
     pub(crate) fn push(&self, frame: &Arc<Shared>) -> Pushed {
-        let waker = {
+        let (pushed, waker) = {
             let mut st = lock(&self.state);
-            if st.closing.is_some() {
-                return Pushed::Dropped;
-            }
-            let weight = weight(frame.frame());
-            let frames = st.items.len() - st.markers;
-            let full =
-                frames >= self.capacity || (frames > 0 && st.bytes + weight > self.max_bytes);
-            if st.lag.is_some() || full {
-                match self.policy {
-                    SlowConsumerPolicy::Disconnect => return Pushed::Overflow,
-                    SlowConsumerPolicy::Drop => {
-                        let lag = st.lag.get_or_insert_with(Box::default);
-                        match frame.frame() {
-                            Frame::Message {
-                                topic,
-                                epoch,
-                                offset,
-                                ..
-                            } => {
-                                lag.topics
-                                    .entry(topic.clone())
-                                    .and_modify(|e| e.2 = *offset)
-                                    .or_insert((epoch.clone(), *offset, *offset));
-                            }
-                            _ => lag.others += 1,
-                        }
-                        return Pushed::Dropped;
-                    }
-                }
-            }
-            st.items.push_back(Item::Frame(frame.clone()));
-            st.bytes += weight;
-            let frames = st.items.len() - st.markers;
-            if !st.high && (frames >= self.capacity.div_ceil(2) || st.bytes >= self.max_bytes / 2) {
-                st.high = true;
-                st.high_since = Some(tokio::time::Instant::now());
-                self.congestion.rise();
-            }
-            if st.high
-                && !st.critical
-                && (frames >= self.capacity - self.capacity / 4
-                    || st.bytes >= self.max_bytes - self.max_bytes / 4)
-                && st.high_since.is_some_and(|since| since.elapsed() < EPISODE)
-            {
-                st.critical = true;
-                self.congestion.critical.fetch_add(1, Ordering::AcqRel);
-            }
-            st.waker.take()
+            self.push_locked(&mut st, frame)
         };
         if let Some(w) = waker {
             w.wake();
         }
-        Pushed::Queued
+        pushed
+    }
+
+    fn push_locked(&self, st: &mut QueueState, frame: &Arc<Shared>) -> (Pushed, Option<Waker>) {
+        if st.closing.is_some() {
+            return (Pushed::Dropped, None);
+        }
+        let weight = weight(frame.frame());
+        let frames = st.items.len() - st.markers - st.superseded;
+        let full = frames >= self.capacity || (frames > 0 && st.bytes + weight > self.max_bytes);
+        if st.lag.is_some() || full {
+            match self.policy {
+                SlowConsumerPolicy::Disconnect => return (Pushed::Overflow, None),
+                SlowConsumerPolicy::Drop => {
+                    let lag = st.lag.get_or_insert_with(Box::default);
+                    match frame.frame() {
+                        Frame::Message {
+                            topic,
+                            epoch,
+                            offset,
+                            ..
+                        } => {
+                            lag.topics
+                                .entry(topic.clone())
+                                .and_modify(|e| e.2 = *offset)
+                                .or_insert((epoch.clone(), *offset, *offset));
+                        }
+                        _ => lag.others += 1,
+                    }
+                    return (Pushed::Dropped, None);
+                }
+            }
+        }
+        st.items.push_back(Item::Frame(frame.clone()));
+        st.bytes += weight;
+        let frames = st.items.len() - st.markers - st.superseded;
+        if !st.high && (frames >= self.capacity.div_ceil(2) || st.bytes >= self.max_bytes / 2) {
+            st.high = true;
+            st.high_since = Some(tokio::time::Instant::now());
+            self.congestion.rise();
+        }
+        if st.high
+            && !st.critical
+            && (frames >= self.capacity - self.capacity / 4
+                || st.bytes >= self.max_bytes - self.max_bytes / 4)
+            && st.high_since.is_some_and(|since| since.elapsed() < EPISODE)
+        {
+            st.critical = true;
+            self.congestion.critical.fetch_add(1, Ordering::AcqRel);
+        }
+        (Pushed::Queued, st.waker.take())
+    }
+
+    /// Queues a message of a conflated subscription. While the queue is behind (past its
+    /// high-water mark), a message with a key supersedes the queued one of the same topic and
+    /// key: that one is taken out (told as a `gap` with reason `conflated` when the queue is
+    /// written), this one goes at the end, so the queue keeps the newest message per key in
+    /// offset order. Messages without a key, and deletions, are never taken out. A queue that
+    /// keeps up is not touched: every message is delivered.
+    pub(crate) fn push_conflating(&self, frame: &Arc<Shared>) -> Pushed {
+        let Frame::Message {
+            topic,
+            epoch,
+            key: Some(key),
+            delete: false,
+            ..
+        } = frame.frame()
+        else {
+            return self.push(frame);
+        };
+        let (pushed, waker) = {
+            let mut guard = lock(&self.state);
+            let st = &mut *guard;
+            if st.closing.is_none() && st.high {
+                self.supersede(st, topic, epoch, key);
+            }
+            let seq = st.head + st.items.len() as u64;
+            let (pushed, waker) = self.push_locked(st, frame);
+            if pushed == Pushed::Queued {
+                if let Some(c) = &mut st.conflation {
+                    c.latest.insert((topic.clone(), key.clone()), seq);
+                }
+            }
+            (pushed, waker)
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        pushed
+    }
+
+    /// Takes the queued message of `topic` and `key` out, if there is one (see
+    /// [`Queue::push_conflating`]).
+    fn supersede(&self, st: &mut QueueState, topic: &Arc<str>, epoch: &Arc<str>, key: &Arc<str>) {
+        let head = st.head;
+        let indexed = st
+            .conflation
+            .get_or_insert_with(Box::default)
+            .indexed
+            .contains(topic);
+        if !indexed {
+            // The first conflated push since the queue fell behind: what of this topic is queued
+            // already is conflated too (only its newest per key stays), and indexed.
+            let mut latest: HashMap<(Arc<str>, Arc<str>), u64> = HashMap::new();
+            let mut older: Vec<usize> = Vec::new();
+            for (i, item) in st.items.iter().enumerate() {
+                if let Item::Frame(f) = item {
+                    if let Frame::Message {
+                        topic: t,
+                        key: Some(k),
+                        delete: false,
+                        ..
+                    } = f.frame()
+                    {
+                        if t == topic {
+                            if let Some(prev) =
+                                latest.insert((t.clone(), k.clone()), head + i as u64)
+                            {
+                                older.extend(usize::try_from(prev - head).ok());
+                            }
+                        }
+                    }
+                }
+            }
+            for i in older {
+                Self::take_out(st, i, topic, epoch);
+            }
+            if let Some(c) = st.conflation.as_mut() {
+                c.latest.extend(latest);
+                c.indexed.insert(topic.clone());
+            }
+        }
+        let seq = st
+            .conflation
+            .as_mut()
+            .and_then(|c| c.latest.remove(&(topic.clone(), key.clone())));
+        if let Some(i) = seq
+            .and_then(|seq| seq.checked_sub(head))
+            .and_then(|i| usize::try_from(i).ok())
+        {
+            Self::take_out(st, i, topic, epoch);
+        }
+    }
+
+    /// Takes the message at `items[i]` out for a newer one of its key.
+    fn take_out(st: &mut QueueState, i: usize, topic: &Arc<str>, epoch: &Arc<str>) {
+        let Some(slot) = st.items.get_mut(i) else {
+            return;
+        };
+        if let Item::Frame(old) = std::mem::replace(slot, Item::Superseded) {
+            if let (Frame::Message { offset, .. }, Some(c)) = (old.frame(), &mut st.conflation) {
+                c.superseded
+                    .entry(topic.clone())
+                    .and_modify(|e| {
+                        e.1 = e.1.min(*offset);
+                        e.2 = e.2.max(*offset);
+                    })
+                    .or_insert((epoch.clone(), *offset, *offset));
+            }
+            st.bytes = st.bytes.saturating_sub(weight(old.frame()));
+            st.superseded += 1;
+        }
     }
 
     /// Queues a `Subscribed` marker: it writes nothing and comes at most once per subscribe
@@ -274,9 +432,10 @@ impl Queue {
             let (dropped, relief) = if crate::error::flushes(reason) {
                 (0, Relief::default())
             } else {
-                let n = st.items.len() - st.markers;
+                let n = st.items.len() - st.markers - st.superseded;
+                let taken = st.items.len();
                 st.items = VecDeque::new();
-                (n, st.drained())
+                (n, st.drained(taken))
             };
             (st.waker.take(), dropped, relief)
         };
@@ -290,7 +449,7 @@ impl Queue {
     /// Frames queued now (markers not counted).
     pub(crate) fn len(&self) -> usize {
         let st = lock(&self.state);
-        st.items.len() - st.markers
+        st.items.len() - st.markers - st.superseded
     }
 
     /// Why the queue was closed, if it was.

@@ -59,6 +59,8 @@ pub(crate) struct Sub {
     pub(crate) session: Arc<SessionState>,
     /// Wants `join`/`leave` events of the topic.
     pub(crate) presence: bool,
+    /// Conflated: when behind, only the newest message per key is kept.
+    conflate: bool,
     /// The next offset this subscription expects (in the node's current epoch).
     next: u64,
     /// Still catching up: what is delivered meanwhile waits here.
@@ -95,6 +97,8 @@ pub(crate) struct SubscribeReq {
     /// Where to start: now, after a position (recovery), or with the last messages held.
     pub(crate) from: HistoryFrom,
     pub(crate) presence: bool,
+    /// Keep only the newest message per key when behind (and when recovering).
+    pub(crate) conflate: bool,
 }
 
 /// Builds a subscription's catch-up: frames in offset order from `next`, a `gap` for each
@@ -124,6 +128,46 @@ impl Catchup {
             to,
             reason,
         })
+    }
+
+    /// Keeps only the newest message per key of what was gathered (messages without a key,
+    /// and deletions, all stay), after a `gap` with reason `conflated` that says what was
+    /// superseded.
+    fn conflate(&mut self) {
+        let mut newest: HashMap<&Arc<str>, usize> = HashMap::new();
+        let mut dropped = vec![false; self.out.len()];
+        let mut range: Option<(u64, u64)> = None;
+        for (i, f) in self.out.iter().enumerate() {
+            if let Frame::Message {
+                key: Some(key),
+                delete: false,
+                ..
+            } = f.frame()
+            {
+                if let Some(j) = newest.insert(key, i) {
+                    dropped[j] = true;
+                    if let Frame::Message { offset, .. } = self.out[j].frame() {
+                        range = Some(match range {
+                            Some((from, to)) => (from.min(*offset), to.max(*offset)),
+                            None => (*offset, *offset),
+                        });
+                    }
+                }
+            }
+        }
+        let Some((from, to)) = range else {
+            return;
+        };
+        let mut kept = Vec::with_capacity(self.out.len() + 1);
+        kept.push(self.gap(from, to, GapReason::Conflated));
+        kept.extend(
+            std::mem::take(&mut self.out)
+                .into_iter()
+                .zip(dropped)
+                .filter(|(_, d)| !d)
+                .map(|(f, _)| f),
+        );
+        self.out = kept;
     }
 
     fn add(&mut self, f: &Arc<Shared>) {
@@ -336,6 +380,7 @@ impl Inner {
                     Sub {
                         session: s.clone(),
                         presence: req.presence,
+                        conflate: req.conflate,
                         next: 0,
                         pending: Some(Box::default()),
                     },
@@ -449,6 +494,9 @@ impl Inner {
                 }
                 for f in &held.frames {
                     c.add(f);
+                }
+                if req.conflate {
+                    c.conflate();
                 }
                 let retry = held.overflow && round + 1 < CATCHUP_ROUNDS;
                 if retry {
@@ -722,7 +770,11 @@ impl Inner {
                         });
                         tally.push(&sub.session, &gap, overflow);
                     }
-                    tally.push(&sub.session, frame, overflow);
+                    if sub.conflate {
+                        tally.push_conflating(&sub.session, frame, overflow);
+                    } else {
+                        tally.push(&sub.session, frame, overflow);
+                    }
                     sub.next = offset + 1;
                 }
             }

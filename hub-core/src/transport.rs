@@ -318,6 +318,7 @@ impl Outbox {
         let mut taken = std::mem::take(&mut self.spare);
         let mut extra: Vec<Arc<Shared>> = Vec::new();
         let mut relief = None;
+        let mut notices: Vec<Arc<Shared>> = Vec::new();
         let (ping, close) = poll_fn(|cx| {
             let mut st = lock(&self.state.queue.state);
             if st.items.is_empty() && !st.ping && st.lag.is_none() && st.closing.is_none() {
@@ -328,7 +329,11 @@ impl Outbox {
                 return Poll::Pending;
             }
             std::mem::swap(&mut st.items, &mut taken);
-            relief = Some(st.drained());
+            if let Some(c) = st.conflation.take() {
+                // What was superseded is told before what superseded it.
+                notices = c.notices();
+            }
+            relief = Some(st.drained(taken.len()));
             if let Some(lag) = st.lag.take() {
                 extra = lag_frames(*lag);
             }
@@ -351,9 +356,14 @@ impl Outbox {
         let codec = self.state.codec;
         let before = out.len();
         let stats = &self.inner.stats;
-        for item in taken.drain(..).chain(extra.into_iter().map(Item::Frame)) {
+        let notices = notices.into_iter().map(Item::Frame);
+        for item in notices
+            .chain(taken.drain(..))
+            .chain(extra.into_iter().map(Item::Frame))
+        {
             let shared = match item {
                 Item::Frame(shared) => shared,
+                Item::Superseded => continue,
                 Item::Subscribed(marker) => {
                     let (topic, position) = &*marker;
                     out.push(Outgoing::Subscribed {

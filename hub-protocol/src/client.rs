@@ -74,6 +74,10 @@ pub enum ClientOp {
         last: Option<u64>,
         /// Also get the topic's `join`/`leave` events.
         presence: bool,
+        /// Conflate: when this subscription falls behind, keep only the newest message per key
+        /// (and recover only the newest per key with `since`/`last`). `None`: the topic's
+        /// default.
+        conflate: Option<bool>,
     },
     /// `unsubscribe`: stop following a topic.
     Unsubscribe {
@@ -86,6 +90,10 @@ pub enum ClientOp {
         topic: String,
         /// The message (`null` when the frame has none).
         data: Payload,
+        /// The message's key, for conflation (`match:7`).
+        key: Option<String>,
+        /// The message deletes its key (never conflated away).
+        delete: bool,
     },
     /// `event`: a custom event for the server's handler of that name.
     Event {
@@ -196,6 +204,7 @@ impl ClientFrame {
                 since,
                 last,
                 presence,
+                conflate,
             } => {
                 f.push(("topic", Str(topic)));
                 if let Some(p) = since {
@@ -207,14 +216,28 @@ impl ClientFrame {
                 if let Some(n) = last {
                     f.push(("last", U64(*n)));
                 }
+                if let Some(c) = conflate {
+                    f.push(("conflate", Bool(*c)));
+                }
                 if *presence {
                     f.push(("presence", Bool(true)));
                 }
             }
             ClientOp::Unsubscribe { topic } => f.push(("topic", Str(topic))),
-            ClientOp::Publish { topic, data } => {
+            ClientOp::Publish {
+                topic,
+                data,
+                key,
+                delete,
+            } => {
                 f.push(("topic", Str(topic)));
                 f.push(("data", Raw(data)));
+                if let Some(key) = key {
+                    f.push(("key", Str(key)));
+                }
+                if *delete {
+                    f.push(("delete", Bool(true)));
+                }
             }
             ClientOp::Event { event, data } => {
                 f.push(("event", Str(event)));
@@ -302,6 +325,12 @@ struct Incoming<D> {
     ack: Option<u64>,
     #[serde(default)]
     presence: Option<bool>,
+    #[serde(default)]
+    conflate: Option<bool>,
+    #[serde(default)]
+    key: Option<Text>,
+    #[serde(default)]
+    delete: Option<bool>,
 }
 
 /// A string field: a string and nothing else (MessagePack `bin` holding UTF-8 is refused,
@@ -349,6 +378,7 @@ impl<D: Capture> Incoming<D> {
                     since: self.since,
                     last: self.last,
                     presence: self.presence.unwrap_or(false),
+                    conflate: self.conflate,
                 }
             }
             "unsubscribe" => ClientOp::Unsubscribe {
@@ -357,6 +387,8 @@ impl<D: Capture> Incoming<D> {
             "publish" => ClientOp::Publish {
                 topic: text(self.topic, "topic")?,
                 data: wire::payload_or_null(self.data, whole),
+                key: self.key.map(|k| k.0),
+                delete: self.delete.unwrap_or(false),
             },
             "event" => ClientOp::Event {
                 event: text(self.event, "event")?,

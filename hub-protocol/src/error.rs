@@ -58,6 +58,9 @@ pub enum ErrorCode {
     EngineUnavailable,
     /// The engine answered with an error (out of memory, read-only, ...).
     EngineError,
+    /// A message key that is empty, too long (the name limit, 128 bytes by default) or holds
+    /// control characters; or `delete` without a key.
+    BadKey,
     /// An `ack` answers no event waiting for one (already answered, timed out, or never asked).
     UnknownAck,
     /// A server fault.
@@ -90,7 +93,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 33] = [
+    pub const ALL: [ErrorCode; 34] = [
         ErrorCode::BadFrame,
         ErrorCode::BadField,
         ErrorCode::UnknownType,
@@ -111,6 +114,7 @@ impl ErrorCode {
         ErrorCode::FrameTooLarge,
         ErrorCode::EngineUnavailable,
         ErrorCode::EngineError,
+        ErrorCode::BadKey,
         ErrorCode::UnknownAck,
         ErrorCode::Internal,
         ErrorCode::BadRequest,
@@ -149,6 +153,7 @@ impl ErrorCode {
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::EngineUnavailable => "engine_unavailable",
             ErrorCode::EngineError => "engine_error",
+            ErrorCode::BadKey => "bad_key",
             ErrorCode::UnknownAck => "unknown_ack",
             ErrorCode::Internal => "internal",
             ErrorCode::BadRequest => "bad_request",

@@ -75,6 +75,11 @@ pub enum ServerFrame {
         offset: u64,
         /// The application data.
         data: Payload,
+        /// The key the publisher gave (`match:7`): on a conflated subscription that falls
+        /// behind, only the newest message per key is kept.
+        key: Option<Arc<str>>,
+        /// The publisher marked it as the deletion of its key (never conflated away).
+        delete: bool,
     },
     /// `event`: an event the server sent to the session, directly or to a room.
     Event {
@@ -208,12 +213,20 @@ impl ServerFrame {
                 epoch,
                 offset,
                 data,
+                key,
+                delete,
             } => {
                 f.push(("type", Str("message")));
                 f.push(("topic", Str(topic)));
                 f.push(("epoch", Str(epoch)));
                 f.push(("offset", U64(*offset)));
                 f.push(("data", Raw(data)));
+                if let Some(key) = key {
+                    f.push(("key", Str(key)));
+                }
+                if *delete {
+                    f.push(("delete", Bool(true)));
+                }
             }
             ServerFrame::Event { event, data, ack } => {
                 f.push(("type", Str("event")));
@@ -400,6 +413,10 @@ struct MessageW<D> {
     offset: u64,
     #[serde(default = "Option::default", deserialize_with = "wire::present")]
     data: Option<D>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    delete: bool,
 }
 
 #[derive(Deserialize)]
@@ -513,6 +530,8 @@ where
                 epoch: w.epoch.into(),
                 offset: w.offset,
                 data: wire::payload_or_own_null(w.data, bytes),
+                key: w.key.map(Into::into),
+                delete: w.delete,
             }
         }
         "event" => {

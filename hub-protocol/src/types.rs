@@ -168,6 +168,10 @@ pub enum GapReason {
     Epoch,
     /// `lagged`: dropped because the session read too slowly.
     Lagged,
+    /// `conflated`: on a conflated subscription that fell behind, messages of offsets in
+    /// `from..=to` were superseded by newer messages of the same key. Not a loss: every
+    /// message of that range that follows is the newest of its key (or has no key).
+    Conflated,
     /// `ahead`: the `since` is ahead of the stream (its offsets `from..=to` were never given in
     /// this epoch, or the engine lost them and went back): nothing was recovered, and new
     /// messages will take those offsets. Forget what was held after `from - 1`.
@@ -184,6 +188,7 @@ impl GapReason {
             "epoch" => GapReason::Epoch,
             "lagged" => GapReason::Lagged,
             "ahead" => GapReason::Ahead,
+            "conflated" => GapReason::Conflated,
             other => GapReason::Other(other.into()),
         }
     }
@@ -195,6 +200,7 @@ impl GapReason {
             GapReason::Epoch => "epoch",
             GapReason::Lagged => "lagged",
             GapReason::Ahead => "ahead",
+            GapReason::Conflated => "conflated",
             GapReason::Other(s) => s,
         }
     }

@@ -42,12 +42,16 @@ fn server_frames(codec: Codec) -> Vec<ServerFrame> {
             epoch: "9f1c2a7d3b4e5f60".into(),
             offset: 1,
             data: data(codec, json!({"match": 3, "home": 1, "away": 0})),
+            key: None,
+            delete: false,
         },
         ServerFrame::Message {
             topic: "t".into(),
             epoch: "e".into(),
             offset: u64::MAX,
             data: data(codec, json!("a \"quoted\"\nline ☃")),
+            key: None,
+            delete: false,
         },
         ServerFrame::Event {
             event: "new-message".into(),
@@ -196,6 +200,8 @@ fn a_payload_of_the_other_codec_is_converted_when_encoded() {
         epoch: "e".into(),
         offset: 1,
         data: data(Codec::MsgPack, json!({"k": [1, "v"]})),
+        key: None,
+        delete: false,
     };
     assert_eq!(
         frame.encode(Codec::Json).unwrap(),
@@ -438,18 +444,21 @@ fn client_ops(codec: Codec) -> Vec<ClientOp> {
             since: None,
             last: None,
             presence: false,
+            conflate: None,
         },
         ClientOp::Subscribe {
             topic: "scores/match-3".into(),
             since: Some(Position::new("9f1c2a7d3b4e5f60", 41)),
             last: None,
             presence: true,
+            conflate: None,
         },
         ClientOp::Subscribe {
             topic: "scores/match-4".into(),
             since: None,
             last: Some(1),
             presence: false,
+            conflate: None,
         },
         ClientOp::Ack {
             ack: 3,
@@ -459,6 +468,8 @@ fn client_ops(codec: Codec) -> Vec<ClientOp> {
         ClientOp::Publish {
             topic: "chat/lobby".into(),
             data: data(codec, json!({"text": "hi"})),
+            key: None,
+            delete: false,
         },
         ClientOp::Event {
             event: "chat-message".into(),
@@ -498,6 +509,7 @@ fn client_frames_are_written_as_protocol_md_shows_them() {
                 since: Some(Position::new("9f1c2a7d3b4e5f60", 41)),
                 last: None,
                 presence: false,
+                conflate: None,
             })
             .with_id(2),
             r#"{"type":"subscribe","topic":"scores/match-3","since":{"epoch":"9f1c2a7d3b4e5f60","offset":41},"id":2}"#,
@@ -506,6 +518,8 @@ fn client_frames_are_written_as_protocol_md_shows_them() {
             ClientFrame::new(ClientOp::Publish {
                 topic: "chat/lobby".into(),
                 data: data(Codec::Json, json!({"text": "hi"})),
+                key: None,
+                delete: false,
             })
             .with_id(3),
             r#"{"type":"publish","topic":"chat/lobby","data":{"text":"hi"},"id":3}"#,
@@ -529,7 +543,7 @@ fn client_json_data_is_a_slice_of_the_input() {
     let input = Bytes::from_static(br#"{"type":"publish","topic":"a","data":{"x":[1,2]},"id":7}"#);
     let f = ClientFrame::decode(Codec::Json, &input).unwrap();
     assert_eq!(f.id, Some(7));
-    let ClientOp::Publish { topic, data } = f.op else {
+    let ClientOp::Publish { topic, data, .. } = f.op else {
         panic!()
     };
     assert_eq!(topic, "a");

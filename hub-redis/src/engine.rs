@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use hub_core::broker::{
-    Broker, BrokerError, BrokerInfo, Channel, EngineStats, History, HistoryFrom, Node, Position,
-    Publication, Retention, Route,
+    Broker, BrokerError, BrokerInfo, Channel, EngineStats, History, HistoryFrom, Message, Node,
+    Position, Publication, Retention, Route,
 };
 use hub_core::Payload;
 use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, Value};
@@ -341,8 +341,14 @@ impl Shared {
             .and_then(number)
             .ok_or_else(|| unexpected("a history read"))?;
         let topic: Arc<str> = Arc::from(topic);
-        let mut publications = Vec::with_capacity(items.len() / 3);
-        while let (Some(id), Some(codec), Some(data)) = (items.next(), items.next(), items.next()) {
+        let mut publications = Vec::with_capacity(items.len() / 5);
+        while let (Some(id), Some(codec), Some(data), Some(key), Some(delete)) = (
+            items.next(),
+            items.next(),
+            items.next(),
+            items.next(),
+            items.next(),
+        ) {
             let decoded = (|| {
                 let offset = entry_offset(&text(id)?)?;
                 let Value::BulkString(codec) = codec else {
@@ -351,17 +357,29 @@ impl Shared {
                 let Value::BulkString(data) = data else {
                     return None;
                 };
-                let payload = Payload::from_encoded(wire::codec_of(&codec)?, Bytes::from(data));
-                Some((offset, payload.ok()?))
+                let payload =
+                    Payload::from_encoded(wire::codec_of(&codec)?, Bytes::from(data)).ok()?;
+                let key = text(key)?;
+                let message = if key.is_empty() {
+                    Message::new(payload)
+                } else {
+                    let m = Message::keyed(payload, key);
+                    if text(delete)? == "1" {
+                        m.deleting()
+                    } else {
+                        m
+                    }
+                };
+                Some((offset, message))
             })();
             match decoded {
-                Some((offset, payload)) => publications.push(Publication::new(
+                Some((offset, message)) => publications.push(Publication::of(
                     topic.clone(),
                     Position {
                         epoch: epoch.clone(),
                         offset,
                     },
-                    payload,
+                    message,
                 )),
                 None => {
                     // Keep the answer a contiguous suffix: what came before the bad entry is
@@ -410,7 +428,8 @@ impl Broker for RedisEngine {
         });
     }
 
-    async fn publish(&self, topic: &str, data: Payload) -> Result<Position, BrokerError> {
+    async fn publish(&self, topic: &str, message: Message) -> Result<Position, BrokerError> {
+        let data = &message.data;
         let shared = self.shared();
         let r = shared.retention();
         let mut invocation = scripts::PUBLISH.prepare_invoke();
@@ -423,7 +442,9 @@ impl Broker for RedisEngine {
             .arg(r.max_messages)
             .arg(r.max_bytes)
             .arg(shared.ttl_ms())
-            .arg(shared.keys.topic_channel(topic));
+            .arg(shared.keys.topic_channel(topic))
+            .arg(message.key.as_deref().unwrap_or(""))
+            .arg(if message.delete { "1" } else { "0" });
         let reply = shared.script(invocation).await?;
         let Value::Array(items) = reply else {
             return Err(unexpected("a publish"));

@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use hub_core::broker::{Node, Position, Publication};
+use hub_core::broker::{self, Node, Position, Publication};
 use hub_core::Payload;
 use redis::aio::{AsyncPushSender, SendError};
 use redis::{PushInfo, PushKind, Value};
@@ -100,17 +100,25 @@ impl Shared {
                 codec,
                 epoch,
                 offset,
+                key,
                 data,
             }) => {
                 let Some(topic) = topic else {
                     return self.undecodable(node, None, "a publication on a non-topic channel");
                 };
                 match Payload::from_encoded(codec, data) {
-                    Ok(payload) => node.deliver(Publication::new(
-                        Arc::from(topic),
-                        Position { epoch, offset },
-                        payload,
-                    )),
+                    Ok(payload) => {
+                        let message = match key {
+                            Some((key, false)) => broker::Message::keyed(payload, key),
+                            Some((key, true)) => broker::Message::keyed(payload, key).deleting(),
+                            None => broker::Message::new(payload),
+                        };
+                        node.deliver(Publication::of(
+                            Arc::from(topic),
+                            Position { epoch, offset },
+                            message,
+                        ));
+                    }
                     Err(e) => {
                         let error = format!("publication data does not decode: {e}");
                         self.undecodable(node, Some(topic), &error);

@@ -14,7 +14,9 @@
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Duration;
-//! use hub_core::broker::{Broker, Channel, EngineEvent, Node, NodeId, Publication, Retention};
+//! use hub_core::broker::{
+//!     Broker, Channel, EngineEvent, Message, Node, NodeId, Publication, Retention,
+//! };
 //! use hub_core::Payload;
 //! use hub_redis::RedisEngine;
 //! use tokio::sync::mpsc;
@@ -53,7 +55,7 @@
 //!
 //! a.subscribe(Channel::Topic("scores/all")).await.unwrap();
 //! let data = Payload::from_value(&serde_json::json!({"home": 2})).unwrap();
-//! let position = b.publish("scores/all", data).await.unwrap();
+//! let position = b.publish("scores/all", Message::new(data)).await.unwrap();
 //!
 //! let got = rx.recv().await.unwrap();
 //! assert_eq!(got.position(), position);

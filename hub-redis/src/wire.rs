@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! publication: 0x01 0x01 codec:u8 epoch_len:u8 epoch offset:u64be data...
+//! keyed:       0x01 0x03 codec:u8 epoch_len:u8 epoch offset:u64be key_len:u16be key delete:u8 data...
 //! control:     0x01 0x02 origin:u32be message...
 //! ```
 //!
@@ -19,6 +20,7 @@ use hub_core::Codec;
 const VERSION: u8 = 1;
 const PUBLICATION: u8 = 1;
 const CONTROL: u8 = 2;
+const KEYED: u8 = 3;
 
 /// The one-byte tag of a codec, in stream entries and channel messages.
 pub(crate) fn codec_tag(codec: Codec) -> u8 {
@@ -43,6 +45,8 @@ pub(crate) enum Message {
         codec: Codec,
         epoch: Arc<str>,
         offset: u64,
+        /// The message's key and whether it deletes it (kind 3).
+        key: Option<(Arc<str>, bool)>,
         /// The encoded payload (not yet validated).
         data: Bytes,
     },
@@ -86,7 +90,7 @@ pub(crate) fn decode(body: Vec<u8>) -> Result<Message, WireError> {
     let body = Bytes::from(body);
     match body.as_ref() {
         [] => Err(WireError("empty message")),
-        [VERSION, PUBLICATION, codec, len, rest @ ..] => {
+        [VERSION, kind @ (PUBLICATION | KEYED), codec, len, rest @ ..] => {
             let codec = codec_of(std::slice::from_ref(codec))
                 .ok_or(WireError("publication with an unknown codec"))?;
             let len = usize::from(*len);
@@ -101,11 +105,34 @@ pub(crate) fn decode(body: Vec<u8>) -> Result<Message, WireError> {
             if offset == 0 {
                 return Err(WireError("publication at offset 0"));
             }
+            let mut at = 4 + len + 8;
+            let key = if *kind == KEYED {
+                let rest = &body[at..];
+                let [a, b, rest @ ..] = rest else {
+                    return Err(WireError("keyed publication shorter than its key"));
+                };
+                let key_len = usize::from(u16::from_be_bytes([*a, *b]));
+                if rest.len() < key_len + 1 {
+                    return Err(WireError("keyed publication shorter than its key"));
+                }
+                let key = std::str::from_utf8(&rest[..key_len])
+                    .map_err(|_| WireError("publication key is not UTF-8"))?;
+                let delete = match rest[key_len] {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(WireError("publication delete flag is not 0 or 1")),
+                };
+                at += 2 + key_len + 1;
+                Some((Arc::from(key), delete))
+            } else {
+                None
+            };
             Ok(Message::Publication {
                 codec,
                 epoch: Arc::from(epoch),
                 offset,
-                data: body.slice(4 + len + 8..),
+                key,
+                data: body.slice(at..),
             })
         }
         [VERSION, CONTROL, a, b, c, d, ..] => Ok(Message::Control {
@@ -130,9 +157,40 @@ mod tests {
                 codec: Codec::MsgPack,
                 epoch: Arc::from("0123abcd"),
                 offset: 258,
+                key: None,
                 data: Bytes::from_static(b"\x92\x01\x02"),
             })
         );
+    }
+
+    #[test]
+    fn keyed_publications_round_trip_and_refuse_bad_keys() {
+        // As the publish script writes them.
+        let mut body = vec![VERSION, KEYED, b'j', 1, b'e'];
+        body.extend_from_slice(&7u64.to_be_bytes());
+        body.extend_from_slice(&3u16.to_be_bytes());
+        body.extend_from_slice(b"m:7");
+        body.push(1);
+        body.extend_from_slice(b"null");
+        assert_eq!(
+            decode(body.clone()),
+            Ok(Message::Publication {
+                codec: Codec::Json,
+                epoch: Arc::from("e"),
+                offset: 7,
+                key: Some((Arc::from("m:7"), true)),
+                data: Bytes::from_static(b"null"),
+            })
+        );
+        for cut in 13..19 {
+            assert!(decode(body[..cut].to_vec()).is_err(), "cut at {cut}");
+        }
+        let mut bad_flag = body.clone();
+        bad_flag[18] = 2;
+        assert!(decode(bad_flag).is_err());
+        let mut bad_utf8 = body;
+        bad_utf8[15] = 0xff;
+        assert!(decode(bad_utf8).is_err());
     }
 
     #[test]

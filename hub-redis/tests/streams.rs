@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{json, node, value, Gate, NodeOptions, SharedRedis, TestNode, WAIT};
-use hub_core::broker::{Broker, Channel, History, HistoryFrom, Position, Retention};
+use hub_core::broker::{Broker, Channel, History, HistoryFrom, Message, Position, Retention};
 use hub_core::{Codec, Payload};
 use serde_json::json;
 
@@ -112,7 +112,12 @@ async fn a_position_from_one_node_resumes_on_another() {
         );
     }
     let mp = Payload::encode(Codec::MsgPack, &json!({"n": 6})).unwrap();
-    positions.push(a.engine.publish("scores", mp.clone()).await.unwrap());
+    positions.push(
+        a.engine
+            .publish("scores", Message::new(mp.clone()))
+            .await
+            .unwrap(),
+    );
 
     let h = history(&b, "scores", HistoryFrom::After(positions[1].clone())).await;
     assert_eq!(h.top, positions[5]);
@@ -458,4 +463,60 @@ async fn inbound_overflow_is_dropped_and_counted() {
         .unwrap();
     assert_eq!(a.heard.delivery().await.offset(), N + 1);
     assert_eq!(a.engine.stats().pending_in, 0);
+}
+
+#[tokio::test]
+async fn keys_travel_with_messages_through_the_channel_and_the_history() {
+    let Some(redis) = SharedRedis::get() else {
+        return;
+    };
+    let mut a = node(&redis.url, &redis.prefix, NodeOptions::default()).await;
+    let b = node(&redis.url, &redis.prefix, NodeOptions::default()).await;
+    a.engine.subscribe(Channel::Topic("board")).await.unwrap();
+    let data = Payload::from_value(&json!({"home": 1})).unwrap();
+    b.engine
+        .publish("board", Message::keyed(data.clone(), "match:7"))
+        .await
+        .unwrap();
+    b.engine
+        .publish(
+            "board",
+            Message::keyed(Payload::null(), "match:8").deleting(),
+        )
+        .await
+        .unwrap();
+    b.engine.publish("board", json(json!(3))).await.unwrap();
+    // Live, on the other node.
+    let got: Vec<(Option<String>, bool)> = [
+        a.heard.delivery().await,
+        a.heard.delivery().await,
+        a.heard.delivery().await,
+    ]
+    .iter()
+    .map(|p| (p.key().map(|k| k.to_string()), p.is_delete()))
+    .collect();
+    assert_eq!(
+        got,
+        [
+            (Some("match:7".to_owned()), false),
+            (Some("match:8".to_owned()), true),
+            (None, false)
+        ]
+    );
+    // And from the history.
+    let h = history(&a, "board", HistoryFrom::Last(3)).await;
+    let kept: Vec<(u64, Option<String>, bool)> = h
+        .publications
+        .iter()
+        .map(|p| (p.offset(), p.key().map(|k| k.to_string()), p.is_delete()))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            (1, Some("match:7".to_owned()), false),
+            (2, Some("match:8".to_owned()), true),
+            (3, None, false)
+        ]
+    );
+    assert_eq!(h.publications[0].data(), &data);
 }

@@ -436,6 +436,8 @@ impl FakeConn {
             epoch: "e".into(),
             offset,
             data: hub_protocol::Payload::encode(codec, &offset).expect("encodes"),
+            key: None,
+            delete: false,
         };
         self.frame(codec, frame).await;
     }

@@ -6,7 +6,8 @@
 -- ARGV[3] mode: 't' top only, 'a' after a position, 'l' the last n
 -- ARGV[4] the position's epoch (mode 'a')
 -- ARGV[5] first id to read, `<offset + 1>-0` (mode 'a'), or n (mode 'l')
--- Returns {epoch, top, id, codec, data, id, codec, data, ...} in ascending order.
+-- Returns {epoch, top, id, codec, data, key, delete, ...} in ascending order (key '' when the
+-- message has none; delete '1' or '0').
 local meta, stream = KEYS[1], KEYS[2]
 local epoch = redis.call('HGET', meta, 'e')
 if not epoch then
@@ -29,8 +30,12 @@ elseif ARGV[3] == 'l' then
   for i = #rev, 1, -1 do entries[#entries + 1] = rev[i] end
 end
 for _, e in ipairs(entries) do
+  local f = {}
+  for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end
   out[#out + 1] = e[1]
-  out[#out + 1] = e[2][2] or ''
-  out[#out + 1] = e[2][4] or ''
+  out[#out + 1] = f['c'] or ''
+  out[#out + 1] = f['d'] or ''
+  out[#out + 1] = f['k'] or ''
+  out[#out + 1] = f['x'] or '0'
 end
 return out

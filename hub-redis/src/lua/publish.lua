@@ -7,9 +7,11 @@
 -- ARGV[2] codec tag (one byte)      ARGV[3] data
 -- ARGV[4] messages kept             ARGV[5] payload bytes kept
 -- ARGV[6] ttl in ms (0: none)       ARGV[7] the topic's channel
+-- ARGV[8] the message's key ('' : none)   ARGV[9] '1' if the message deletes its key
 -- Returns {epoch, offset}.
 local meta, stream = KEYS[1], KEYS[2]
 local codec, data = ARGV[2], ARGV[3]
+local key = ARGV[8] or ''
 local max_len = tonumber(ARGV[4])
 local max_bytes = tonumber(ARGV[5])
 
@@ -28,7 +30,11 @@ end
 local offset = redis.call('HINCRBY', meta, 'o', 1)
 
 if max_len > 0 then
-  redis.call('XADD', stream, offset .. '-0', 'c', codec, 'd', data)
+  if key ~= '' then
+    redis.call('XADD', stream, offset .. '-0', 'c', codec, 'd', data, 'k', key, 'x', ARGV[9])
+  else
+    redis.call('XADD', stream, offset .. '-0', 'c', codec, 'd', data)
+  end
   bytes = bytes + #data
   -- Oldest first, until both bounds hold: the history stays a contiguous suffix.
   local len = redis.call('XLEN', stream)
@@ -64,14 +70,22 @@ else
   redis.call('PERSIST', stream)
 end
 
--- The channel message, format 1: version, kind (1: publication), codec tag, epoch length,
--- epoch, offset (u64, big-endian), data.
+-- The channel message, format 1: version, kind, codec tag, epoch length, epoch, offset (u64,
+-- big-endian), then for kind 3 (a keyed publication) the key's length (u16, big-endian), the
+-- key and a delete flag byte, then the data. Kind 1: a publication without a key.
 local b = {}
 local n = offset
 for i = 8, 1, -1 do
   b[i] = n % 256
   n = math.floor(n / 256)
 end
-redis.call('PUBLISH', ARGV[7],
-  '\1\1' .. codec .. string.char(#epoch) .. epoch .. string.char(unpack(b)) .. data)
+local head = codec .. string.char(#epoch) .. epoch .. string.char(unpack(b))
+if key ~= '' then
+  local flag = '\0'
+  if ARGV[9] == '1' then flag = '\1' end
+  redis.call('PUBLISH', ARGV[7], '\1\3' .. head
+    .. string.char(math.floor(#key / 256), #key % 256) .. key .. flag .. data)
+else
+  redis.call('PUBLISH', ARGV[7], '\1\1' .. head .. data)
+end
 return {epoch, offset}

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use hub_core::broker::{Broker, EngineEvent, Node, NodeId, Publication, Retention};
+use hub_core::broker::{Broker, EngineEvent, Message, Node, NodeId, Publication, Retention};
 use hub_core::Payload;
 use hub_redis::{RedisEngine, RedisEngineBuilder};
 use tokio::sync::mpsc::{self, error::TryRecvError, UnboundedReceiver, UnboundedSender};
@@ -189,8 +189,9 @@ pub(crate) async fn node(url: &str, prefix: &str, options: NodeOptions) -> TestN
     TestNode { engine, heard, id }
 }
 
-pub(crate) fn json(value: serde_json::Value) -> Payload {
-    Payload::from_value(&value).unwrap()
+/// A message (without a key) of a JSON value.
+pub(crate) fn json(value: serde_json::Value) -> Message {
+    Message::new(Payload::from_value(&value).unwrap())
 }
 
 pub(crate) fn value(p: &Publication) -> serde_json::Value {
