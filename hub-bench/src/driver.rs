@@ -133,7 +133,7 @@ pub(crate) struct Env {
     per_child: usize,
     timeout: f64,
     pub(crate) threads: Option<usize>,
-    /// Extra `--name value` options for our server (`ws-read-buffer`).
+    /// Extra `--name value` options for our server (`ws-read-buffer`, `pacing-ms`).
     pub(crate) server_extra: Vec<String>,
     /// A shared Redis for the Redis targets (`--redis`); none: a `redis-server` per run.
     pub(crate) redis_url: Option<String>,
@@ -179,7 +179,7 @@ impl Env {
             per_child: opts.get("per-child", 5000)?,
             timeout: opts.get("timeout", 120.0)?,
             threads: opts.str("threads").and_then(|t| t.parse().ok()),
-            server_extra: ["ws-read-buffer"]
+            server_extra: ["ws-read-buffer", "pacing-ms"]
                 .iter()
                 .filter_map(|k| opts.str(k).map(|v| [format!("--{k}"), v.to_owned()]))
                 .flatten()
@@ -505,6 +505,8 @@ pub(crate) struct Case {
     pub(crate) tasks: usize,
     /// Topics the host publishers spread over (publish).
     pub(crate) topics: usize,
+    /// Publishing clients (fan-out, burst), on the first node, sharing the stream's numbers.
+    pub(crate) publishers: usize,
 }
 
 impl Case {
@@ -523,6 +525,7 @@ impl Case {
         Ok(Case {
             tasks: opts.get("tasks", 64)?,
             topics: opts.get("topics", 1)?,
+            publishers: opts.get("publishers", 1)?,
             scenario,
             n,
             msgs: opts.get("msgs", msgs)?,
@@ -536,6 +539,10 @@ impl Case {
     /// A short label (`fanout n=1000`).
     pub(crate) fn label(&self) -> String {
         match self.scenario.as_str() {
+            "fanout" if self.publishers > 1 => format!(
+                "fanout {} subs, {} publishers, {} s",
+                self.n, self.publishers, self.secs
+            ),
             "fanout" => format!("fanout {} subs, {} s", self.n, self.secs),
             "latency" => format!("latency {} subs @ {} msg/s", self.n, self.rate),
             "burst" => format!("burst of {} to {} subs", self.msgs, self.n),
@@ -578,7 +585,40 @@ struct Subscribed {
     ready: u64,
     errors: u64,
     connect_s: f64,
-    publisher: Publisher,
+    /// The publishers (`case.publishers`, on the first node), each with its share of the
+    /// numbers (see `Publisher::publish_lane`).
+    publishers: Publishers,
+}
+
+/// Several publishers, sharing the numbers of one stream.
+struct Publishers(Vec<Publisher>);
+
+impl Publishers {
+    /// Publishes `from..=to`: each publisher its own numbers, one write each.
+    async fn publish(&mut self, from: u64, to: u64) -> Res<()> {
+        let lanes = self.0.len() as u64;
+        for (lane, p) in (0..).zip(self.0.iter_mut()) {
+            p.publish_lane(from, to, lanes, lane, 0).await?;
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self) {
+        for p in &mut self.0 {
+            p.close().await;
+        }
+    }
+
+    fn errors(&self) -> u64 {
+        self.0.iter().map(|p| p.errors.get()).sum()
+    }
+
+    fn samples(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .flat_map(|p| p.samples.borrow().clone())
+            .collect()
+    }
 }
 
 /// Spawns the load processes for `case.n` subscribers in `mode` (`step`: how often they
@@ -602,6 +642,7 @@ async fn subscribe(
                 ("bytes", case.bytes.to_string()),
                 ("mode", mode.into()),
                 ("step", step.to_string()),
+                ("publishers", case.publishers.to_string()),
                 ("timeout", env.timeout.to_string()),
             ],
         )
@@ -619,7 +660,10 @@ async fn subscribe(
         errors += 1;
     }
     let codec = Codec::new(target.enc, case.bytes, "bench");
-    let publisher = Publisher::connect(ep, codec).await?;
+    let mut publishers = Vec::new();
+    for _ in 0..case.publishers.max(1) {
+        publishers.push(Publisher::connect(ep, codec.clone()).await?);
+    }
     tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(Subscribed {
         loads,
@@ -628,7 +672,7 @@ async fn subscribe(
         ready,
         errors,
         connect_s,
-        publisher,
+        publishers: Publishers(publishers),
     })
 }
 
@@ -652,7 +696,7 @@ async fn fanout(env: &Env, case: &Case, target: &Target) -> Res<Value> {
         ready,
         mut errors,
         connect_s,
-        mut publisher,
+        mut publishers,
     } = subscribe(env, case, target, &ep, "fanout", step).await?;
     let (rss_before, _) = dep.mem();
 
@@ -678,7 +722,7 @@ async fn fanout(env: &Env, case: &Case, target: &Target) -> Res<Value> {
         }
         let allowed = last.min(low + window);
         if next <= allowed {
-            publisher.publish(next, allowed, 0).await?;
+            publishers.publish(next, allowed).await?;
             next = allowed + 1;
         }
         match tokio::time::timeout_at(deadline, loads.events.recv()).await {
@@ -694,7 +738,7 @@ async fn fanout(env: &Env, case: &Case, target: &Target) -> Res<Value> {
         }
     }
     let published = next - 1;
-    publisher.close().await;
+    publishers.close().await;
     let elapsed = t0.elapsed().as_secs_f64();
     let side = cpu0.since(&dep);
     let cpu_s = side.server_s;
@@ -712,13 +756,13 @@ async fn fanout(env: &Env, case: &Case, target: &Target) -> Res<Value> {
     let received = sum(&done, "received");
     let expected = ready * published;
     let loss = expected.saturating_sub(received) + (case.n as u64 - ready) * published;
-    errors += sum(&done, "errors") + sum(&done, "disorder") + publisher.errors.get();
+    errors += sum(&done, "errors") + sum(&done, "disorder") + publishers.errors();
     if done.iter().any(Option::is_none) {
         errors += 1;
     }
     let mut errs = samples(&connected);
     errs.extend(samples(&done));
-    errs.extend(publisher.samples.borrow().iter().cloned());
+    errs.extend(publishers.samples());
     Ok(json!({
         "subs": case.n,
         "msgs": published,
@@ -726,6 +770,7 @@ async fn fanout(env: &Env, case: &Case, target: &Target) -> Res<Value> {
         "budget_s": case.secs,
         "bytes": case.bytes,
         "window": window,
+        "publishers": case.publishers,
         "queue": env.queue,
         "load_procs": loads_len(&parts),
         "connect_s": connect_s,
@@ -946,7 +991,7 @@ async fn burst(env: &Env, case: &Case, target: &Target) -> Res<Value> {
         connected,
         ready,
         mut errors,
-        mut publisher,
+        mut publishers,
         ..
     } = subscribe(env, case, target, &ep, "burst", 1).await?;
 
@@ -954,7 +999,7 @@ async fn burst(env: &Env, case: &Case, target: &Target) -> Res<Value> {
     let cpu_l0 = loads.cpu();
     let t0 = Instant::now();
     // One write of every frame: as fast as the server reads the publisher's socket.
-    publisher.publish(1, case.msgs, 0).await?;
+    publishers.publish(1, case.msgs).await?;
     let write_s = t0.elapsed().as_secs_f64();
     let settled = loads
         .wait_all("settled", Duration::from_secs_f64(env.timeout), |_, _| {})
@@ -964,7 +1009,7 @@ async fn burst(env: &Env, case: &Case, target: &Target) -> Res<Value> {
     let side = cpu0.since(&dep);
     let cpu_l = loads.cpu() - cpu_l0;
     let (rss, hwm) = dep.mem();
-    publisher.close().await;
+    publishers.close().await;
     let stats = dep.stats().await;
     loads.send_all("stop").await;
     let done = loads
@@ -977,13 +1022,13 @@ async fn burst(env: &Env, case: &Case, target: &Target) -> Res<Value> {
     let expected = case.n as u64 * case.msgs;
     let loss = expected.saturating_sub(received);
     // Closed subscribers are counted as loss and by `closed`, not as errors of the tool.
-    errors += sum(&done, "disorder") + publisher.errors.get();
+    errors += sum(&done, "disorder") + publishers.errors();
     if done.iter().any(Option::is_none) {
         errors += 1;
     }
     let mut errs = samples(&connected);
     errs.extend(samples(&done));
-    errs.extend(publisher.samples.borrow().iter().cloned());
+    errs.extend(publishers.samples());
     Ok(json!({
         "subs": case.n,
         "ready": ready,
@@ -1022,6 +1067,8 @@ async fn publish(env: &Env, case: &Case, target: &Target) -> Res<Value> {
     });
     let mut errors = 0;
     let mut errs: Vec<Value> = Vec::new();
+    // The last phase's (the concurrent one's) CPU goes into the common fields.
+    let mut last_side = Cpu::read(&dep).since(&dep);
     for (phase, tasks) in [("seq", 1), ("conc", case.tasks)] {
         let cmd = json!({"tasks": tasks, "n": case.msgs, "secs": case.secs,
                          "topics": case.topics, "bytes": case.bytes});
@@ -1044,15 +1091,15 @@ async fn publish(env: &Env, case: &Case, target: &Target) -> Res<Value> {
         report[format!("{phase}_elapsed_s")] = r["elapsed_s"].clone();
         report[format!("{phase}_server_cpu_pct")] = json!(pct(side.server_s));
         report[format!("{phase}_redis_cpu_pct")] = json!(side.redis_s.map(pct));
+        last_side = side;
     }
     let stats = dep.stats().await;
-    let side = Cpu::read(&dep).since(&dep);
     dep.stop().await;
     errs.truncate(5);
     report["errors"] = json!(errors);
     report["error_samples"] = json!(errs);
     report["loss"] = json!(0);
-    Ok(report.with_server(&side, &stats))
+    Ok(report.with_server(&last_side, &stats))
 }
 
 /// Whether a scenario applies to a target (host publishes need our server).

@@ -76,6 +76,8 @@ struct Cfg {
     mode: Mode,
     rate: f64,
     step: u64,
+    /// Publishers the messages come from (see [`Next`]).
+    publishers: usize,
     concurrency: usize,
     rbuf: usize,
     subscribe: bool,
@@ -173,16 +175,23 @@ impl State {
         self.error(what);
     }
 
-    /// One bench message reached a subscriber whose next expected number is `*next`.
+    /// One bench message reached a subscriber that expects `next`.
     #[inline]
-    fn deliver(&mut self, next: &mut u64, seq: u64, ts: u64, now: u64) {
-        if seq != *next {
+    fn deliver(&mut self, next: &mut Next, seq: u64, ts: u64, now: u64) {
+        let lanes = next.0.len() as u64;
+        let Some(expected) = usize::try_from(seq.saturating_sub(1) % lanes)
+            .ok()
+            .and_then(|lane| next.0.get_mut(lane))
+        else {
+            return;
+        };
+        if seq != *expected {
             self.disorder += 1;
-            if seq < *next {
+            if seq < *expected {
                 return;
             }
         }
-        *next = seq + 1;
+        *expected = seq + lanes;
         self.received += 1;
         let Ok(i) = usize::try_from(seq) else { return };
         if i >= self.counts.len() {
@@ -216,6 +225,23 @@ impl State {
                 println!("{}", json!({"ev": "progress", "low": self.low}));
             }
         }
+    }
+}
+
+/// The numbers a subscriber expects next, one per publisher: with P publishers, publisher `p`
+/// sends the numbers `n` with `(n - 1) % P == p`, in order (messages of different publishers
+/// may interleave in any order).
+#[derive(Debug, Clone)]
+struct Next(Vec<u64>);
+
+impl Next {
+    fn new(publishers: usize) -> Next {
+        Next((1..=publishers.max(1) as u64).collect())
+    }
+
+    /// Whether every message up to `msgs` has arrived.
+    fn done(&self, msgs: u64) -> bool {
+        self.0.iter().all(|&n| n > msgs)
     }
 }
 
@@ -272,6 +298,7 @@ fn cfg(opts: &Opts) -> Res<Cfg> {
         mode,
         rate: opts.get("rate", 50.0)?,
         step: opts.get("step", 32)?,
+        publishers: opts.get("publishers", 1)?,
         concurrency: opts.get("concurrency", 128)?,
         rbuf: opts.get("rbuf", 16 * 1024)?,
         subscribe: opts.get("subscribe", true)?,
@@ -506,7 +533,7 @@ async fn subscriber(
         notify.notify_one();
         permit = None;
     }
-    let mut next: u64 = 1;
+    let mut next = Next::new(cfg.publishers);
     let mut pongs: Vec<Vec<u8>> = Vec::new();
     let why = 'outer: loop {
         match conn.fill().await {
@@ -559,8 +586,12 @@ async fn subscriber(
         }
     };
     drop(permit);
-    st.borrow_mut()
-        .ended(ready, next > cfg.msgs, format!("sub {i}: {why}"), &notify);
+    st.borrow_mut().ended(
+        ready,
+        next.done(cfg.msgs),
+        format!("sub {i}: {why}"),
+        &notify,
+    );
 }
 
 /// One SSE subscriber: open the stream (subscribed by its URL), then count what arrives.
@@ -597,7 +628,7 @@ async fn sse_subscriber(
         }
     };
     let mut ready = false;
-    let mut next: u64 = 1;
+    let mut next = Next::new(cfg.publishers);
     let why = loop {
         match conn.fill().await {
             Ok(sse::Read::Data) => {}
@@ -623,7 +654,7 @@ async fn sse_subscriber(
     drop(permit);
     st.borrow_mut().ended(
         ready,
-        next > cfg.msgs,
+        next.done(cfg.msgs),
         format!("sse sub {i}: {why}"),
         &notify,
     );
@@ -637,7 +668,7 @@ fn sse_events(
     st: &RefCell<State>,
     notify: &Notify,
     body: &mut Vec<u8>,
-    next: &mut u64,
+    next: &mut Next,
     ready: &mut bool,
     now: u64,
 ) {
@@ -742,7 +773,7 @@ async fn sse_h2_connection(
                     return;
                 }
             };
-            let (mut buf, mut next, mut ready) = (Vec::new(), 1u64, false);
+            let (mut buf, mut next, mut ready) = (Vec::new(), Next::new(cfg.publishers), false);
             let why = loop {
                 use http_body_util::BodyExt;
                 match body.frame().await {
@@ -759,7 +790,7 @@ async fn sse_h2_connection(
             };
             st.borrow_mut().ended(
                 ready,
-                next > cfg.msgs,
+                next.done(cfg.msgs),
                 format!("sse-h2 sub {i}: {why}"),
                 &notify,
             );
@@ -822,7 +853,7 @@ async fn poll_subscriber(
             }
         };
     let mut ready = false;
-    let mut next: u64 = 1;
+    let mut next = Next::new(cfg.publishers);
     let why = loop {
         let path = format!("/poll?session={session}&cursor={cursor}&wait=20000");
         let (status, range) = match c.request("GET", &path, b"").await {
@@ -863,7 +894,7 @@ async fn poll_subscriber(
     drop(permit);
     st.borrow_mut().ended(
         ready,
-        next > cfg.msgs,
+        next.done(cfg.msgs),
         format!("poll sub {i}: {why}"),
         &notify,
     );
@@ -954,15 +985,31 @@ impl Publisher {
 
     /// Publishes messages `from..=to` in one write, stamped with `ts_ns`.
     pub(crate) async fn publish(&mut self, from: u64, to: u64, ts_ns: u64) -> Res<()> {
+        self.publish_lane(from, to, 1, 0, ts_ns).await
+    }
+
+    /// Publishes, in one write, the messages `n` of `from..=to` that are publisher `lane`'s
+    /// of `lanes` (`(n - 1) % lanes == lane`, see [`Next`]).
+    pub(crate) async fn publish_lane(
+        &mut self,
+        from: u64,
+        to: u64,
+        lanes: u64,
+        lane: u64,
+        ts_ns: u64,
+    ) -> Res<()> {
         self.out.clear();
         let op = self.codec.enc().opcode();
-        for seq in from..=to {
+        let lanes = lanes.max(1);
+        for seq in (from..=to).filter(|n| (n - 1) % lanes == lane) {
             self.plain.clear();
             self.codec.publish(&mut self.plain, seq, ts_ns);
             let key = ws::mask_key(&mut self.mask);
             ws::encode_frame(&mut self.out, op, &self.plain, key);
         }
-        self.wr.write_all(&self.out).await?;
+        if !self.out.is_empty() {
+            self.wr.write_all(&self.out).await?;
+        }
         Ok(())
     }
 }

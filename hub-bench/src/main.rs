@@ -40,13 +40,14 @@ USAGE:
                    node-ws-msgpack (the Node ws peer), bun-ws, bun-ws-msgpack (the Bun peer).
                    Our tuned server's runtime per target: ws-json@current, ws-json@multi,
                    ws-json@multi:N (N workers); default multi with --threads
-                   presets: full, quick (the WebSocket suite), scale (fan-out, latency, burst
-                   and host publishes against ws-json, ws-redis, ws-cluster)
+                   presets: full, quick (the WebSocket suite), scale (fan-out, latencies,
+                   burst and host publishes against ws-json, ws-redis, ws-cluster)
   hub-bench run    --scenario fanout|latency|conns|burst|publish [--targets ws-json] [--runs 1]
                    [--subs 1000] [--msgs N] [--secs 5] [--bytes 100] [--window W]
-                   [--rate 50] [--conns 10000] [--tasks 64] [--topics 1]
+                   [--rate 50] [--conns 10000] [--tasks 64] [--topics 1] [--publishers 1]
     fanout:  publish as fast as the server takes it, at most --msgs messages or --secs
-             seconds, with at most W messages in flight (default min(queue/2, 500000/subs))
+             seconds, with at most W messages in flight (default min(queue/2, 500000/subs));
+             --publishers clients share the publishing (each its share of the numbers)
     burst:   --msgs messages (default 2000) published at once, no window, to --subs
              subscribers: deliveries, loss, slow-consumer closes, paced publishes
     latency: --subs subscribers, --rate msg/s for --secs seconds, publisher in the same process
@@ -68,6 +69,7 @@ COMMON OPTIONS (suite, run, smoke):
   --peer-dir DIR      where the Node peer lives (default hub-bench/peer)
   --bun-dir DIR       where the Bun peer lives (default hub-bench/peer-bun)
   --ws-read-buffer N  hub-ws's read buffer (bytes) for our server
+  --pacing-ms N       the hub's pacing bound (HubBuilder::pacing) for our tuned server; 0: off
   --redis URL         a shared Redis for ws-redis/ws-cluster (keys under a prefix of the
                       run's own, deleted after it); default: a redis-server of the run's own
                       on a free port (--redis-server PROGRAM), pinned to --redis-cpu (1|none)
@@ -119,6 +121,7 @@ fn case(scenario: &str, n: usize, msgs: u64, rate: f64, secs: f64) -> Case {
         secs,
         tasks: 64,
         topics: 1,
+        publishers: 1,
     }
 }
 
@@ -143,6 +146,7 @@ fn preset(name: &str) -> Res<Vec<Case>> {
         "scale" => vec![
             case("fanout", 1000, 1_000_000, 0.0, 5.0),
             case("latency", 1000, 0, 50.0, 10.0),
+            case("latency", 100, 0, 200.0, 10.0),
             case("burst", 1000, 2000, 0.0, 0.0),
             case("publish", 0, 1_000_000, 0.0, 5.0),
         ],

@@ -5,7 +5,8 @@
 //!   `/poll`, WebSocket (hub-ws) at every other path, all on one hub (a WebSocket publisher
 //!   reaches SSE and long-polling subscribers), through hyper-util's auto builder with
 //!   `http1().max_buf_size(8192)` and `TCP_NODELAY` on accepted sockets; the runtime chosen by
-//!   `--runtime current|multi` and `--threads N`; the engine in process, or Redis with
+//!   `--runtime current|multi` and `--threads N`, pacing by `--pacing-ms` (0: off); the
+//!   engine in process, or Redis with
 //!   `--redis URL --prefix P` (each such process is one node of the hub);
 //! - **axum** (`--http axum`): exactly what README shows a user: `#[tokio::main]` (the
 //!   multi-thread runtime, default workers), `axum::serve(listener, Router::new()
@@ -102,6 +103,11 @@ async fn serve(opts: &Opts) -> Res<()> {
     // hub-ws's read buffer, to measure its effect on memory (default: hub-ws's own).
     let read_buffer: Option<usize> = opts.str("ws-read-buffer").and_then(|v| v.parse().ok());
     let mut builder = Hub::builder().queue_capacity(queue).hooks(BenchHooks);
+    // The longest a publish waits for congested queues (ms; 0: no pacing), to measure what
+    // pacing does (default: the hub's own).
+    if let Some(ms) = opts.str("pacing-ms").and_then(|v| v.parse().ok()) {
+        builder = builder.pacing(Duration::from_millis(ms));
+    }
     let mut engine = None;
     if let Some(url) = opts.str("redis") {
         let prefix = opts.str("prefix").unwrap_or("hub-bench");
