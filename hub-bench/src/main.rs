@@ -169,7 +169,7 @@ fn smoke_redis() -> bool {
 /// The smoke plan: tiny runs of every scenario against our server, each over the targets
 /// that need no external install (the peers do): every transport of the tuned server, the
 /// current-thread runtime, the axum server, and (see [`smoke_redis`]) one node and a cluster
-/// over Redis. A burst stays below the queue's capacity, so it never depends on timing.
+/// over Redis; and a fan-out from 3 publishers. A burst stays below the queue's capacity, so it never depends on timing.
 fn smoke_plan() -> Res<Vec<(Case, Vec<Target>)>> {
     let redis = smoke_redis();
     if !redis {
@@ -184,6 +184,8 @@ fn smoke_plan() -> Res<Vec<(Case, Vec<Target>)>> {
     };
     let mut publish = case("publish", 0, 2000, 0.0, 5.0);
     publish.tasks = 8;
+    let mut shared = case("fanout", 20, 200, 0.0, 60.0);
+    shared.publishers = 3;
     Ok(vec![
         (
             case("fanout", 20, 200, 0.0, 60.0),
@@ -211,6 +213,7 @@ fn smoke_plan() -> Res<Vec<(Case, Vec<Target>)>> {
             )?,
         ),
         (publish, targets("ws-json", "ws-redis")?),
+        (shared, targets("ws-json", "ws-cluster")?),
     ])
 }
 

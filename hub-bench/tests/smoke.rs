@@ -50,6 +50,8 @@ fn smoke_runs_without_loss() {
         ("ws-json@multi:2", "burst"),
         ("ws-axum", "burst"),
         ("ws-json", "publish"),
+        // 3 publishers sharing one stream.
+        ("ws-json", "fanout"),
     ]);
     if redis {
         expected.extend([
@@ -60,6 +62,7 @@ fn smoke_runs_without_loss() {
             ("ws-redis", "burst"),
             ("ws-cluster", "burst"),
             ("ws-redis", "publish"),
+            ("ws-cluster", "fanout"),
         ]);
     }
     for (target, scenario) in &expected {
@@ -111,6 +114,12 @@ fn smoke_runs_without_loss() {
             assert_eq!(n["sessions"], 10, "half of the subscribers on each in {r}");
         }
     }
+    let shared = fanouts.iter().filter(|r| r["publishers"] == 3).count();
+    assert_eq!(
+        shared,
+        if redis { 2 } else { 1 },
+        "fan-outs from 3 publishers:\n{stdout}"
+    );
     for r in fanouts {
         assert_eq!(r["subs"], 20, "{r}");
         assert_eq!(r["msgs"], 200, "{r}");
