@@ -4,73 +4,148 @@
 //! error (`kill_on_drop`), and every child also exits on its own when its stdin closes.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
+use crate::deploy::{spawn, Deployment, Proc};
 use crate::load::{Endpoint, Publisher};
 use crate::msg::{Codec, Enc};
-use crate::util::{err, median, proc_cpu, proc_mem, Hist, Opts, Res};
+use crate::util::{err, median, proc_cpu, Hist, Opts, Res};
+
+/// What serves a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `hub-bench server`, tuned (see server.rs).
+    Hub,
+    /// `hub-bench server --http axum`: the hub as README shows it.
+    Axum,
+    /// The Node `ws` peer.
+    Node,
+    /// The Bun peer (`Bun.serve` with its topic pub/sub).
+    Bun,
+}
+
+/// The engine behind our server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Engine {
+    /// The in-process engine (one node).
+    Memory,
+    /// One node over Redis.
+    Redis,
+    /// Several nodes over Redis: the publisher on node 0, subscribers on the others.
+    Cluster,
+}
 
 /// What is measured: our hub over WebSocket in one encoding, our hub's SSE streams (published
-/// to over WebSocket), or the Node `ws` peer.
+/// to over WebSocket), the hub over Redis (one node or several), the hub as README serves it,
+/// or a peer (Node `ws`, Bun).
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
-    /// The name in reports (`ws-json`, `ws-msgpack`, `sse`, `node-ws`).
+    /// The name in reports (`ws-json`, `ws-msgpack`, `sse`, `node-ws`, `ws-json@current`).
     pub(crate) name: String,
     /// The encoding of the bench's frames.
     pub(crate) enc: Enc,
-    /// Whether it is the hub (else the Node peer).
-    pub(crate) hub: bool,
+    /// What serves it.
+    pub(crate) kind: Kind,
     /// Subscribers use server-sent events.
     pub(crate) sse: bool,
     /// SSE streams over HTTP/2 (cleartext, prior knowledge), many per connection.
     pub(crate) h2: bool,
     /// Subscribers use long-polling.
     pub(crate) poll: bool,
+    /// The engine (our server only).
+    pub(crate) engine: Engine,
+    /// The server's runtime, from a `@current`, `@multi` or `@multi:N` suffix (`N` workers):
+    /// our tuned server only; none: multi-thread with `--threads` (default: its CPUs).
+    pub(crate) runtime: Option<(String, Option<usize>)>,
 }
 
 impl Target {
-    /// Parses a target name.
+    /// Parses a target name, with an optional runtime suffix (`ws-json@multi:2`).
     pub(crate) fn parse(name: &str) -> Res<Target> {
-        let (enc, hub) = match name {
-            "ws-json" | "sse" | "sse-h2" | "poll" => (Enc::Json, true),
-            "ws-msgpack" => (Enc::MsgPack, true),
-            "node-ws" => (Enc::Json, false),
-            "node-ws-msgpack" => (Enc::MsgPack, false),
+        let (base, rt) = match name.split_once('@') {
+            Some((b, r)) => (b, Some(r)),
+            None => (name, None),
+        };
+        let (enc, kind, engine) = match base {
+            "ws-json" | "sse" | "sse-h2" | "poll" => (Enc::Json, Kind::Hub, Engine::Memory),
+            "ws-msgpack" => (Enc::MsgPack, Kind::Hub, Engine::Memory),
+            "ws-redis" => (Enc::Json, Kind::Hub, Engine::Redis),
+            "ws-cluster" => (Enc::Json, Kind::Hub, Engine::Cluster),
+            "ws-axum" => (Enc::Json, Kind::Axum, Engine::Memory),
+            "node-ws" => (Enc::Json, Kind::Node, Engine::Memory),
+            "node-ws-msgpack" => (Enc::MsgPack, Kind::Node, Engine::Memory),
+            "bun-ws" => (Enc::Json, Kind::Bun, Engine::Memory),
+            "bun-ws-msgpack" => (Enc::MsgPack, Kind::Bun, Engine::Memory),
             _ => return Err(err(format!("unknown target {name}"))),
+        };
+        let runtime = match rt {
+            None => None,
+            Some(_) if kind != Kind::Hub => {
+                return Err(err(format!(
+                    "{name}: a runtime suffix applies to our tuned server only (ws-axum is \
+                     always #[tokio::main])"
+                )))
+            }
+            Some("current") => Some(("current".to_owned(), None)),
+            Some("multi") => Some(("multi".to_owned(), None)),
+            Some(r) => match r.strip_prefix("multi:").map(str::parse::<usize>) {
+                Some(Ok(n)) if n > 0 => Some(("multi".to_owned(), Some(n))),
+                _ => {
+                    return Err(err(format!(
+                        "{name}: runtime suffix @current, @multi or @multi:N"
+                    )))
+                }
+            },
         };
         Ok(Target {
             name: name.to_owned(),
             enc,
-            hub,
-            sse: name == "sse" || name == "sse-h2",
-            h2: name == "sse-h2",
-            poll: name == "poll",
+            kind,
+            sse: base == "sse" || base == "sse-h2",
+            h2: base == "sse-h2",
+            poll: base == "poll",
+            engine,
+            runtime,
         })
+    }
+
+    /// Whether it is our hub (it speaks the protocol and answers `stats`).
+    pub(crate) fn hub(&self) -> bool {
+        matches!(self.kind, Kind::Hub | Kind::Axum)
     }
 }
 
 /// Settings shared by every run of one invocation.
 #[derive(Debug, Clone)]
 pub(crate) struct Env {
-    exe: PathBuf,
+    pub(crate) exe: PathBuf,
     /// Pin the server to CPU 0 and the load (driver and load processes) to CPU 1.
-    pin: bool,
-    peer_dir: PathBuf,
-    node: String,
-    queue: usize,
+    pub(crate) pin: bool,
+    pub(crate) peer_dir: PathBuf,
+    pub(crate) bun_dir: PathBuf,
+    pub(crate) node: String,
+    pub(crate) queue: usize,
     per_child: usize,
     timeout: f64,
-    threads: Option<usize>,
-    /// Extra `--name value` options for our server (`ws-read-buffer`).
-    server_extra: Vec<String>,
+    pub(crate) threads: Option<usize>,
+    /// Extra `--name value` options for our server (`ws-read-buffer`, `pacing-ms`).
+    pub(crate) server_extra: Vec<String>,
+    /// A shared Redis for the Redis targets (`--redis`); none: a `redis-server` per run.
+    pub(crate) redis_url: Option<String>,
+    /// The shared Redis's pid, to read its CPU (`--redis-pid`).
+    pub(crate) redis_pid: Option<u32>,
+    /// The program to start Redis with (`--redis-server`, default `redis-server`).
+    pub(crate) redis_server: String,
+    /// The CPU the driver's own Redis is pinned to (`--redis-cpu N|none`, default 1).
+    pub(crate) redis_cpu: Option<usize>,
+    /// Nodes of a `ws-cluster` (`--nodes`, default 3: the publisher's and two for
+    /// subscribers).
+    pub(crate) cluster_nodes: usize,
 }
 
 impl Env {
@@ -89,23 +164,38 @@ impl Env {
             "on" | "true" => true,
             _ => false,
         };
+        let dir = |opt: &str, default: &str| {
+            opts.str(opt)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(default))
+        };
         Ok(Env {
             exe,
             pin,
-            peer_dir: opts
-                .str("peer-dir")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/peer"))),
+            peer_dir: dir("peer-dir", "peer"),
+            bun_dir: dir("bun-dir", "peer-bun"),
             node: opts.str("node").unwrap_or("node").to_owned(),
             queue: opts.get("queue", 1024)?,
             per_child: opts.get("per-child", 5000)?,
             timeout: opts.get("timeout", 120.0)?,
             threads: opts.str("threads").and_then(|t| t.parse().ok()),
-            server_extra: ["ws-read-buffer"]
+            server_extra: ["ws-read-buffer", "pacing-ms"]
                 .iter()
                 .filter_map(|k| opts.str(k).map(|v| [format!("--{k}"), v.to_owned()]))
                 .flatten()
                 .collect(),
+            redis_url: opts.str("redis").map(str::to_owned),
+            redis_pid: opts.str("redis-pid").and_then(|p| p.parse().ok()),
+            redis_server: opts
+                .str("redis-server")
+                .unwrap_or("redis-server")
+                .to_owned(),
+            redis_cpu: match opts.str("redis-cpu") {
+                Some("none" | "off") => None,
+                Some(c) => Some(c.parse().map_err(|_| err("--redis-cpu N|none"))?),
+                None => Some(1),
+            },
+            cluster_nodes: opts.get("nodes", 3)?,
         })
     }
 
@@ -122,156 +212,12 @@ impl Env {
             .status()
             .is_ok_and(|s| s.success());
         eprintln!(
-            "hub-bench: server pinned to CPU 0 (taskset -c 0); driver and load processes to CPU 1 (taskset -c 1){}",
+            "hub-bench: server pinned to CPU 0 (taskset -c 0; every node of a cluster too); \
+             driver and load processes to CPU 1 (taskset -c 1); a Redis of the driver's own to {}{}",
+            self.redis_cpu.map_or("no CPU in particular".to_owned(), |c| format!("CPU {c}")),
             if ok { "" } else { " [pinning the driver failed]" }
         );
     }
-}
-
-/// A child process: killed when dropped.
-struct Proc {
-    child: Child,
-    pid: u32,
-    stdin: Option<ChildStdin>,
-}
-
-impl Proc {
-    async fn send(&mut self, line: &str) {
-        if let Some(stdin) = &mut self.stdin {
-            let _ = stdin.write_all(format!("{line}\n").as_bytes()).await;
-            let _ = stdin.flush().await;
-        }
-    }
-
-    async fn kill(mut self) {
-        self.stdin = None;
-        let _ = self.child.start_kill();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
-    }
-}
-
-/// Spawns `program args` (pinned to `core` if set), forwarding its JSON stdout lines as
-/// `(index, value)` to `tx` (other lines go to stderr).
-fn spawn(
-    env: &Env,
-    core: Option<usize>,
-    program: &std::ffi::OsStr,
-    args: &[String],
-    envs: &[(&str, &str)],
-    index: usize,
-    tx: mpsc::UnboundedSender<(usize, Value)>,
-) -> Res<Proc> {
-    let mut cmd = match core.filter(|_| env.pin) {
-        Some(c) => {
-            let mut cmd = Command::new("taskset");
-            cmd.arg("-c").arg(c.to_string()).arg(program);
-            cmd
-        }
-        None => Command::new(program),
-    };
-    cmd.args(args)
-        .envs(envs.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| err(format!("spawning {program:?}: {e}")))?;
-    let pid = child.id().ok_or_else(|| err("child has no pid"))?;
-    let stdin = child.stdin.take();
-    if let Some(out) = child.stdout.take() {
-        tokio::task::spawn_local(async move {
-            let mut lines = BufReader::new(out).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                match serde_json::from_str::<Value>(&line) {
-                    Ok(v) => {
-                        let _ = tx.send((index, v));
-                    }
-                    Err(_) => eprintln!("[child {index}] {line}"),
-                }
-            }
-        });
-    }
-    Ok(Proc { child, pid, stdin })
-}
-
-/// The server under test, with its event channel.
-struct Server {
-    proc: Proc,
-    addr: SocketAddr,
-    events: mpsc::UnboundedReceiver<(usize, Value)>,
-}
-
-impl Server {
-    /// The hub's counters (hub only; `null` for the peer or on timeout).
-    async fn stats(&mut self, hub: bool) -> Value {
-        if !hub {
-            return Value::Null;
-        }
-        self.proc.send("stats").await;
-        let wait = tokio::time::timeout(Duration::from_secs(3), async {
-            while let Some((_, v)) = self.events.recv().await {
-                if let Some(s) = v.get("stats") {
-                    return s.clone();
-                }
-            }
-            Value::Null
-        });
-        wait.await.unwrap_or(Value::Null)
-    }
-}
-
-async fn start_server(env: &Env, target: &Target) -> Res<Server> {
-    let (tx, mut events) = mpsc::unbounded_channel();
-    let proc = if target.hub {
-        let mut args: Vec<String> = ["server", "--addr", "127.0.0.1:0", "--queue"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.push(env.queue.to_string());
-        if let Some(t) = env.threads {
-            args.extend(["--threads".to_owned(), t.to_string()]);
-        }
-        args.extend(env.server_extra.iter().cloned());
-        spawn(env, Some(0), env.exe.as_os_str(), &args, &[], 0, tx)?
-    } else {
-        let script = env.peer_dir.join("server.js");
-        if !env.peer_dir.join("node_modules/ws").exists() {
-            return Err(err(format!(
-                "the Node peer is not installed: run {}",
-                env.peer_dir.join("install.sh").display()
-            )));
-        }
-        let args = vec![script.display().to_string()];
-        spawn(
-            env,
-            Some(0),
-            std::ffi::OsStr::new(&env.node),
-            &args,
-            &[("PORT", "0")],
-            0,
-            tx,
-        )?
-    };
-    let port = tokio::time::timeout(Duration::from_secs(15), async {
-        while let Some((_, v)) = events.recv().await {
-            if let Some(p) = v.get("port").and_then(Value::as_u64) {
-                return Some(p);
-            }
-        }
-        None
-    })
-    .await
-    .ok()
-    .flatten()
-    .ok_or_else(|| err(format!("{}: server did not report its port", target.name)))?;
-    let port = u16::try_from(port)?;
-    Ok(Server {
-        proc,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        events,
-    })
 }
 
 /// The next second octet of load processes' source addresses (127.N.child.1), starting from
@@ -362,6 +308,97 @@ impl Loads {
     }
 }
 
+/// CPU times at the start of a measured phase: every node's and Redis's.
+struct Cpu {
+    at: Instant,
+    nodes: Vec<f64>,
+    redis: Option<f64>,
+}
+
+/// What the server side used during a phase (seconds of CPU, and of wall clock).
+struct Side {
+    /// All nodes together.
+    server_s: f64,
+    nodes_s: Vec<f64>,
+    redis_s: Option<f64>,
+    secs: f64,
+}
+
+impl Cpu {
+    fn read(dep: &Deployment) -> Cpu {
+        Cpu {
+            at: Instant::now(),
+            nodes: dep.cpus(),
+            redis: dep.redis_cpu(),
+        }
+    }
+
+    fn since(&self, dep: &Deployment) -> Side {
+        let nodes_s: Vec<f64> = dep
+            .cpus()
+            .iter()
+            .zip(&self.nodes)
+            .map(|(now, then)| now - then)
+            .collect();
+        Side {
+            server_s: nodes_s.iter().sum(),
+            nodes_s,
+            redis_s: dep
+                .redis_cpu()
+                .zip(self.redis)
+                .map(|(now, then)| now - then),
+            secs: self.at.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// Adds the server side's figures to a report.
+trait WithServer {
+    fn with_server(self, side: &Side, stats: &[Value]) -> Value;
+}
+
+impl WithServer for Value {
+    /// `server_stats` (one node's counters, or every node's as a list), the counters of
+    /// interest summed over the nodes (`slow_consumer_closes`, `paced`, `pace_timeouts`,
+    /// `dropped`; null for a peer), Redis's CPU (`redis_cpu_pct`, when its pid is known) and
+    /// each node's CPU in a cluster (`node_cpu_pct`).
+    fn with_server(mut self, side: &Side, stats: &[Value]) -> Value {
+        let Value::Object(m) = &mut self else {
+            return self;
+        };
+        let total = |f: &dyn Fn(&Value) -> Option<u64>| -> Value {
+            if stats.is_empty() || stats.iter().all(Value::is_null) {
+                Value::Null
+            } else {
+                json!(stats.iter().filter_map(f).sum::<u64>())
+            }
+        };
+        m.insert(
+            "slow_consumer_closes".into(),
+            total(&|s| Some(s["disconnects"]["slow_consumer"].as_u64().unwrap_or(0))),
+        );
+        for k in ["paced", "pace_timeouts", "dropped"] {
+            m.insert(k.into(), total(&|s| s[k].as_u64()));
+        }
+        let pct = |cpu: f64| 100.0 * cpu / side.secs.max(1e-9);
+        m.insert("redis_cpu_pct".into(), json!(side.redis_s.map(pct)));
+        if side.nodes_s.len() > 1 {
+            m.insert("nodes".into(), json!(side.nodes_s.len()));
+            let per: Vec<f64> = side.nodes_s.iter().map(|&c| pct(c)).collect();
+            m.insert("node_cpu_pct".into(), json!(per));
+        }
+        m.insert(
+            "server_stats".into(),
+            match stats {
+                [] => Value::Null,
+                [one] => one.clone(),
+                all => json!(all),
+            },
+        );
+        self
+    }
+}
+
 fn sum(vals: &[Option<Value>], key: &str) -> u64 {
     vals.iter()
         .flatten()
@@ -379,14 +416,15 @@ fn samples(vals: &[Option<Value>]) -> Vec<String> {
         .collect()
 }
 
-fn endpoint(server: &Server, target: &Target) -> Endpoint {
-    let ws_path = if target.hub {
+fn endpoint(dep: &Deployment, target: &Target) -> Endpoint {
+    let ws_path = if target.hub() {
         format!("/ws?encoding={}", target.enc.name())
     } else {
         "/".to_owned()
     };
     Endpoint {
-        addr: server.addr,
+        addr: dep.addr(),
+        sub_addrs: dep.sub_addrs(),
         path: if target.sse {
             "/sse?topic=bench".to_owned()
         } else if target.poll {
@@ -394,7 +432,7 @@ fn endpoint(server: &Server, target: &Target) -> Endpoint {
         } else {
             ws_path.clone()
         },
-        hub: target.hub,
+        hub: target.hub(),
         src: None,
         sse: target.sse,
         h2: target.h2,
@@ -427,6 +465,10 @@ fn load_args(ep: &Endpoint, target: &Target, extra: &[(&str, String)]) -> Vec<St
         }
         .to_owned(),
     ];
+    if !ep.sub_addrs.is_empty() {
+        let addrs: Vec<String> = ep.sub_addrs.iter().map(ToString::to_string).collect();
+        a.extend(["--sub-addrs".to_owned(), addrs.join(",")]);
+    }
     for (k, v) in extra {
         a.push(format!("--{k}"));
         a.push(v.clone());
@@ -444,11 +486,11 @@ fn split(total: usize, per: usize) -> Vec<usize> {
 /// Parameters of one run.
 #[derive(Debug, Clone)]
 pub(crate) struct Case {
-    /// `fanout`, `latency` or `conns`.
+    /// `fanout`, `latency`, `conns`, `burst` or `publish`.
     pub(crate) scenario: String,
     /// Subscribers (fan-out, latency) or connections (conns).
     pub(crate) n: usize,
-    /// Messages (fan-out).
+    /// Messages (fan-out: at most; burst: exactly; publish: at most, per phase).
     pub(crate) msgs: u64,
     /// Payload bytes.
     pub(crate) bytes: usize,
@@ -456,8 +498,15 @@ pub(crate) struct Case {
     pub(crate) window: u64,
     /// Messages per second (latency).
     pub(crate) rate: f64,
-    /// Seconds of publishing (fan-out: at most; latency: exactly) or of holding (conns).
+    /// Seconds of publishing (fan-out: at most; latency: exactly; publish: at most, per
+    /// phase) or of holding (conns).
     pub(crate) secs: f64,
+    /// Concurrent host publishers (publish: the second phase; the first has one).
+    pub(crate) tasks: usize,
+    /// Topics the host publishers spread over (publish).
+    pub(crate) topics: usize,
+    /// Publishing clients (fan-out, burst), on the first node, sharing the stream's numbers.
+    pub(crate) publishers: usize,
 }
 
 impl Case {
@@ -469,10 +518,17 @@ impl Case {
             "conns" | "memory" | "connect" => opts.get("conns", 10_000)?,
             _ => opts.get("subs", 1000)?,
         };
+        let msgs = match scenario.as_str() {
+            "burst" => 2000,
+            _ => 1_000_000,
+        };
         Ok(Case {
+            tasks: opts.get("tasks", 64)?,
+            topics: opts.get("topics", 1)?,
+            publishers: opts.get("publishers", 1)?,
             scenario,
             n,
-            msgs: opts.get("msgs", 1_000_000)?,
+            msgs: opts.get("msgs", msgs)?,
             bytes: opts.get("bytes", 100)?,
             window: opts.get("window", 0)?,
             rate: opts.get("rate", 50.0)?,
@@ -483,8 +539,17 @@ impl Case {
     /// A short label (`fanout n=1000`).
     pub(crate) fn label(&self) -> String {
         match self.scenario.as_str() {
+            "fanout" if self.publishers > 1 => format!(
+                "fanout {} subs, {} publishers, {} s",
+                self.n, self.publishers, self.secs
+            ),
             "fanout" => format!("fanout {} subs, {} s", self.n, self.secs),
             "latency" => format!("latency {} subs @ {} msg/s", self.n, self.rate),
+            "burst" => format!("burst of {} to {} subs", self.msgs, self.n),
+            "publish" => format!(
+                "host publishes, 1 and {} tasks, {} topic(s)",
+                self.tasks, self.topics
+            ),
             _ => format!("conns {}", self.n),
         }
     }
@@ -497,6 +562,8 @@ pub(crate) async fn run_case(env: &Env, case: &Case, target: &Target) -> Value {
         "fanout" => fanout(env, case, target).await,
         "latency" => latency(env, case, target).await,
         "conns" | "memory" | "connect" => conns(env, case, target).await,
+        "burst" => burst(env, case, target).await,
+        "publish" => publish(env, case, target).await,
         s => Err(err(format!("unknown scenario {s}"))),
     }
     .unwrap_or_else(|e| json!({"errors": 1, "error": e.to_string()}));
@@ -509,30 +576,73 @@ pub(crate) async fn run_case(env: &Env, case: &Case, target: &Target) -> Value {
     report
 }
 
-async fn fanout(env: &Env, case: &Case, target: &Target) -> Res<Value> {
-    // In flight: below the hub's queue capacity (so no subscriber can overflow), and about
-    // 500,000 deliveries at most (so that both servers hold similar amounts of data in flight).
-    let window = if case.window > 0 {
-        case.window
-    } else {
-        (env.queue as u64 / 2)
-            .min((500_000 / case.n.max(1) as u64).max(16))
-            .max(1)
-    };
-    let step = (window / 16).max(1);
-    let mut server = start_server(env, target).await?;
-    let ep = endpoint(&server, target);
+/// The subscribers of a fan-out or a burst, connected, and the publisher.
+struct Subscribed {
+    loads: Loads,
+    /// Subscribers per load process.
+    parts: Vec<usize>,
+    connected: Vec<Option<Value>>,
+    ready: u64,
+    errors: u64,
+    connect_s: f64,
+    /// The publishers (`case.publishers`, on the first node), each with its share of the
+    /// numbers (see `Publisher::publish_lane`).
+    publishers: Publishers,
+}
+
+/// Several publishers, sharing the numbers of one stream.
+struct Publishers(Vec<Publisher>);
+
+impl Publishers {
+    /// Publishes `from..=to`: each publisher its own numbers, one write each.
+    async fn publish(&mut self, from: u64, to: u64) -> Res<()> {
+        let lanes = self.0.len() as u64;
+        for (lane, p) in (0..).zip(self.0.iter_mut()) {
+            p.publish_lane(from, to, lanes, lane, 0).await?;
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self) {
+        for p in &mut self.0 {
+            p.close().await;
+        }
+    }
+
+    fn errors(&self) -> u64 {
+        self.0.iter().map(|p| p.errors.get()).sum()
+    }
+
+    fn samples(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .flat_map(|p| p.samples.borrow().clone())
+            .collect()
+    }
+}
+
+/// Spawns the load processes for `case.n` subscribers in `mode` (`step`: how often they
+/// report progress), connects them, then the publisher (to the first node).
+async fn subscribe(
+    env: &Env,
+    case: &Case,
+    target: &Target,
+    ep: &Endpoint,
+    mode: &str,
+    step: u64,
+) -> Res<Subscribed> {
     let parts = split(case.n, env.per_child);
     let mut loads = Loads::spawn(env, parts.len(), |i| {
         load_args(
-            &ep,
+            ep,
             target,
             &[
                 ("subs", parts[i].to_string()),
                 ("msgs", case.msgs.to_string()),
                 ("bytes", case.bytes.to_string()),
-                ("mode", "fanout".into()),
+                ("mode", mode.into()),
                 ("step", step.to_string()),
+                ("publishers", case.publishers.to_string()),
                 ("timeout", env.timeout.to_string()),
             ],
         )
@@ -549,13 +659,48 @@ async fn fanout(env: &Env, case: &Case, target: &Target) -> Res<Value> {
     if connected.iter().any(Option::is_none) {
         errors += 1;
     }
-    let (rss_before, _) = proc_mem(server.proc.pid);
-
     let codec = Codec::new(target.enc, case.bytes, "bench");
-    let mut publisher = Publisher::connect(&ep, codec).await?;
+    let mut publishers = Vec::new();
+    for _ in 0..case.publishers.max(1) {
+        publishers.push(Publisher::connect(ep, codec.clone()).await?);
+    }
     tokio::time::sleep(Duration::from_millis(100)).await;
+    Ok(Subscribed {
+        loads,
+        parts,
+        connected,
+        ready,
+        errors,
+        connect_s,
+        publishers: Publishers(publishers),
+    })
+}
 
-    let cpu_s0 = proc_cpu(server.proc.pid);
+async fn fanout(env: &Env, case: &Case, target: &Target) -> Res<Value> {
+    // In flight: below the hub's queue capacity (so no subscriber can overflow), and about
+    // 500,000 deliveries at most (so that both servers hold similar amounts of data in flight).
+    let window = if case.window > 0 {
+        case.window
+    } else {
+        (env.queue as u64 / 2)
+            .min((500_000 / case.n.max(1) as u64).max(16))
+            .max(1)
+    };
+    let step = (window / 16).max(1);
+    let mut dep = Deployment::start(env, target).await?;
+    let ep = endpoint(&dep, target);
+    let Subscribed {
+        mut loads,
+        parts,
+        connected,
+        ready,
+        mut errors,
+        connect_s,
+        mut publishers,
+    } = subscribe(env, case, target, &ep, "fanout", step).await?;
+    let (rss_before, _) = dep.mem();
+
+    let cpu0 = Cpu::read(&dep);
     let cpu_l0 = loads.cpu();
     let t0 = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(env.timeout);
@@ -577,7 +722,7 @@ async fn fanout(env: &Env, case: &Case, target: &Target) -> Res<Value> {
         }
         let allowed = last.min(low + window);
         if next <= allowed {
-            publisher.publish(next, allowed, 0).await?;
+            publishers.publish(next, allowed).await?;
             next = allowed + 1;
         }
         match tokio::time::timeout_at(deadline, loads.events.recv()).await {
@@ -593,30 +738,31 @@ async fn fanout(env: &Env, case: &Case, target: &Target) -> Res<Value> {
         }
     }
     let published = next - 1;
-    publisher.close().await;
+    publishers.close().await;
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu_s = proc_cpu(server.proc.pid) - cpu_s0;
+    let side = cpu0.since(&dep);
+    let cpu_s = side.server_s;
     let cpu_l = loads.cpu() - cpu_l0;
-    let (rss, hwm) = proc_mem(server.proc.pid);
-    let stats = server.stats(target.hub).await;
+    let (rss, hwm) = dep.mem();
+    let stats = dep.stats().await;
 
     loads.send_all("stop").await;
     let done = loads
         .wait_all("done", Duration::from_secs(20), |_, _| {})
         .await;
     loads.kill().await;
-    server.proc.kill().await;
+    dep.stop().await;
 
     let received = sum(&done, "received");
     let expected = ready * published;
     let loss = expected.saturating_sub(received) + (case.n as u64 - ready) * published;
-    errors += sum(&done, "errors") + sum(&done, "disorder") + publisher.errors.get();
+    errors += sum(&done, "errors") + sum(&done, "disorder") + publishers.errors();
     if done.iter().any(Option::is_none) {
         errors += 1;
     }
     let mut errs = samples(&connected);
     errs.extend(samples(&done));
-    errs.extend(publisher.samples.borrow().iter().cloned());
+    errs.extend(publishers.samples());
     Ok(json!({
         "subs": case.n,
         "msgs": published,
@@ -624,6 +770,7 @@ async fn fanout(env: &Env, case: &Case, target: &Target) -> Res<Value> {
         "budget_s": case.secs,
         "bytes": case.bytes,
         "window": window,
+        "publishers": case.publishers,
         "queue": env.queue,
         "load_procs": loads_len(&parts),
         "connect_s": connect_s,
@@ -642,8 +789,8 @@ async fn fanout(env: &Env, case: &Case, target: &Target) -> Res<Value> {
         "server_rss_before_kb": rss_before,
         "server_rss_kb": rss,
         "server_hwm_kb": hwm,
-        "server_stats": stats,
-    }))
+    })
+    .with_server(&side, &stats))
 }
 
 fn loads_len(parts: &[usize]) -> usize {
@@ -657,8 +804,8 @@ async fn latency(env: &Env, case: &Case, target: &Target) -> Res<Value> {
         ));
     }
     let msgs = ((case.rate * case.secs).round() as u64).max(1);
-    let mut server = start_server(env, target).await?;
-    let ep = endpoint(&server, target);
+    let mut dep = Deployment::start(env, target).await?;
+    let ep = endpoint(&dep, target);
     let mut loads = Loads::spawn(env, 1, |_| {
         load_args(
             &ep,
@@ -680,7 +827,7 @@ async fn latency(env: &Env, case: &Case, target: &Target) -> Res<Value> {
         .await;
     let ready = sum(&connected, "ready");
     let mut errors = sum(&connected, "failed");
-    let cpu_s0 = proc_cpu(server.proc.pid);
+    let cpu0 = Cpu::read(&dep);
     let cpu_l0 = loads.cpu();
     let t0 = Instant::now();
     loads.send_all("start").await;
@@ -692,13 +839,14 @@ async fn latency(env: &Env, case: &Case, target: &Target) -> Res<Value> {
         )
         .await;
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu_s = proc_cpu(server.proc.pid) - cpu_s0;
+    let side = cpu0.since(&dep);
+    let cpu_s = side.server_s;
     let cpu_l = loads.cpu() - cpu_l0;
-    let (rss, hwm) = proc_mem(server.proc.pid);
-    let stats = server.stats(target.hub).await;
+    let (rss, hwm) = dep.mem();
+    let stats = dep.stats().await;
     loads.send_all("stop").await;
     loads.kill().await;
-    server.proc.kill().await;
+    dep.stop().await;
 
     let mut hist = Hist::new();
     let mut ttf = Hist::new();
@@ -751,15 +899,15 @@ async fn latency(env: &Env, case: &Case, target: &Target) -> Res<Value> {
         "load_cpu_pct": 100.0 * cpu_l / elapsed.max(1e-9),
         "server_rss_kb": rss,
         "server_hwm_kb": hwm,
-        "server_stats": stats,
-    }))
+    })
+    .with_server(&side, &stats))
 }
 
 async fn conns(env: &Env, case: &Case, target: &Target) -> Res<Value> {
-    let mut server = start_server(env, target).await?;
-    let ep = endpoint(&server, target);
+    let mut dep = Deployment::start(env, target).await?;
+    let ep = endpoint(&dep, target);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (rss0, _) = proc_mem(server.proc.pid);
+    let (rss0, _) = dep.mem();
     let parts = split(case.n, env.per_child);
     let mut loads = Loads::spawn(env, parts.len(), |i| {
         load_args(
@@ -778,7 +926,7 @@ async fn conns(env: &Env, case: &Case, target: &Target) -> Res<Value> {
     .await?;
     // Let the load processes start before the clock does.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let cpu_s0 = proc_cpu(server.proc.pid);
+    let cpu0 = Cpu::read(&dep);
     let cpu_l0 = loads.cpu();
     let t0 = Instant::now();
     loads.send_all("connect").await;
@@ -786,21 +934,22 @@ async fn conns(env: &Env, case: &Case, target: &Target) -> Res<Value> {
         .wait_all("connected", Duration::from_secs_f64(env.timeout), |_, _| {})
         .await;
     let connect_s = t0.elapsed().as_secs_f64();
-    let cpu_s = proc_cpu(server.proc.pid) - cpu_s0;
+    let side = cpu0.since(&dep);
+    let cpu_s = side.server_s;
     let cpu_l = loads.cpu() - cpu_l0;
     let ready = sum(&connected, "ready");
     let mut errors = sum(&connected, "failed");
     // Settle, then measure; then hold and check that every connection is still there.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (rss, hwm) = proc_mem(server.proc.pid);
+    let (rss, hwm) = dep.mem();
     tokio::time::sleep(Duration::from_secs_f64(case.secs.min(600.0))).await;
-    let stats = server.stats(target.hub).await;
+    let stats = dep.stats().await;
     loads.send_all("stop").await;
     let done = loads
         .wait_all("done", Duration::from_secs(30), |_, _| {})
         .await;
     loads.kill().await;
-    server.proc.kill().await;
+    dep.stop().await;
     let closed = sum(&done, "closed");
     errors += sum(&done, "errors");
     if done.iter().any(Option::is_none) {
@@ -826,8 +975,136 @@ async fn conns(env: &Env, case: &Case, target: &Target) -> Res<Value> {
         "server_rss_kb": rss,
         "server_hwm_kb": hwm,
         "rss_per_conn_b": per_conn,
-        "server_stats": stats,
-    }))
+    })
+    .with_server(&side, &stats))
+}
+
+/// A burst: every message published at once, with no window (as a publishing client that
+/// sends as fast as its socket takes it), then wait until every subscriber has all of them or
+/// has been closed. Reports deliveries, loss and slow-consumer closes.
+async fn burst(env: &Env, case: &Case, target: &Target) -> Res<Value> {
+    let mut dep = Deployment::start(env, target).await?;
+    let ep = endpoint(&dep, target);
+    let Subscribed {
+        mut loads,
+        parts,
+        connected,
+        ready,
+        mut errors,
+        mut publishers,
+        ..
+    } = subscribe(env, case, target, &ep, "burst", 1).await?;
+
+    let cpu0 = Cpu::read(&dep);
+    let cpu_l0 = loads.cpu();
+    let t0 = Instant::now();
+    // One write of every frame: as fast as the server reads the publisher's socket.
+    publishers.publish(1, case.msgs).await?;
+    let write_s = t0.elapsed().as_secs_f64();
+    let settled = loads
+        .wait_all("settled", Duration::from_secs_f64(env.timeout), |_, _| {})
+        .await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let timed_out = settled.iter().any(Option::is_none);
+    let side = cpu0.since(&dep);
+    let cpu_l = loads.cpu() - cpu_l0;
+    let (rss, hwm) = dep.mem();
+    publishers.close().await;
+    let stats = dep.stats().await;
+    loads.send_all("stop").await;
+    let done = loads
+        .wait_all("done", Duration::from_secs(20), |_, _| {})
+        .await;
+    loads.kill().await;
+    dep.stop().await;
+
+    let received = sum(&done, "received");
+    let expected = case.n as u64 * case.msgs;
+    let loss = expected.saturating_sub(received);
+    // Closed subscribers are counted as loss and by `closed`, not as errors of the tool.
+    errors += sum(&done, "disorder") + publishers.errors();
+    if done.iter().any(Option::is_none) {
+        errors += 1;
+    }
+    let mut errs = samples(&connected);
+    errs.extend(samples(&done));
+    errs.extend(publishers.samples());
+    Ok(json!({
+        "subs": case.n,
+        "ready": ready,
+        "msgs": case.msgs,
+        "bytes": case.bytes,
+        "queue": env.queue,
+        "load_procs": parts.len(),
+        "publisher_write_s": write_s,
+        "elapsed_s": elapsed,
+        "timed_out": timed_out,
+        "deliveries": received,
+        "expected": expected,
+        "loss": loss,
+        "complete": sum(&done, "complete"),
+        "closed": sum(&done, "closed"),
+        "closes_slow_consumer_seen": sum(&done, "slow_closes"),
+        "errors": errors,
+        "error_samples": errs,
+        "deliveries_per_s": received as f64 / elapsed.max(1e-9),
+        "server_cpu_pct": 100.0 * side.server_s / elapsed.max(1e-9),
+        "load_cpu_pct": 100.0 * cpu_l / elapsed.max(1e-9),
+        "server_rss_kb": rss,
+        "server_hwm_kb": hwm,
+    })
+    .with_server(&side, &stats))
+}
+
+/// Host publishes per second (`hub.publish` inside the server process, no subscribers):
+/// first one task publishing sequentially, then `tasks` tasks at once, each phase at most
+/// `msgs` publishes or `secs` seconds. Our server only.
+async fn publish(env: &Env, case: &Case, target: &Target) -> Res<Value> {
+    let mut dep = Deployment::start(env, target).await?;
+    let mut report = json!({
+        "tasks": case.tasks, "topics": case.topics, "bytes": case.bytes,
+        "max_msgs": case.msgs, "budget_s": case.secs,
+    });
+    let mut errors = 0;
+    let mut errs: Vec<Value> = Vec::new();
+    // The last phase's (the concurrent one's) CPU goes into the common fields.
+    let mut last_side = Cpu::read(&dep).since(&dep);
+    for (phase, tasks) in [("seq", 1), ("conc", case.tasks)] {
+        let cmd = json!({"tasks": tasks, "n": case.msgs, "secs": case.secs,
+                         "topics": case.topics, "bytes": case.bytes});
+        let cpu0 = Cpu::read(&dep);
+        dep.nodes[0].proc.send(&format!("publish {cmd}")).await;
+        let r = dep.nodes[0]
+            .wait_for(
+                "published",
+                Duration::from_secs_f64(case.secs + env.timeout),
+            )
+            .await
+            .ok_or_else(|| err("the server did not report its publishes"))?;
+        let side = cpu0.since(&dep);
+        errors += r["errors"].as_u64().unwrap_or(1);
+        errs.extend(r["error_samples"].as_array().cloned().unwrap_or_default());
+        let pct = |c: f64| 100.0 * c / side.secs.max(1e-9);
+        report[format!("{phase}_tasks")] = json!(tasks);
+        report[format!("{phase}_published")] = r["ok"].clone();
+        report[format!("{phase}_per_s")] = r["per_s"].clone();
+        report[format!("{phase}_elapsed_s")] = r["elapsed_s"].clone();
+        report[format!("{phase}_server_cpu_pct")] = json!(pct(side.server_s));
+        report[format!("{phase}_redis_cpu_pct")] = json!(side.redis_s.map(pct));
+        last_side = side;
+    }
+    let stats = dep.stats().await;
+    dep.stop().await;
+    errs.truncate(5);
+    report["errors"] = json!(errors);
+    report["error_samples"] = json!(errs);
+    report["loss"] = json!(0);
+    Ok(report.with_server(&last_side, &stats))
+}
+
+/// Whether a scenario applies to a target (host publishes need our server).
+pub(crate) fn applies(case: &Case, target: &Target) -> bool {
+    case.scenario != "publish" || target.kind == Kind::Hub
 }
 
 /// Prints a report: one JSON line on stdout, a table on stderr.
@@ -872,6 +1149,7 @@ fn metrics(scenario: &str) -> &'static [&'static str] {
             "server_hwm_kb",
             "server_cpu_pct",
             "load_cpu_pct",
+            "redis_cpu_pct",
         ],
         "latency" => &[
             "p50_us",
@@ -881,6 +1159,28 @@ fn metrics(scenario: &str) -> &'static [&'static str] {
             "last_sub_p99_us",
             "loss",
             "server_cpu_pct",
+            "redis_cpu_pct",
+        ],
+        "burst" => &[
+            "deliveries",
+            "loss",
+            "slow_consumer_closes",
+            "closed",
+            "paced",
+            "pace_timeouts",
+            "publisher_write_s",
+            "elapsed_s",
+            "deliveries_per_s",
+            "server_cpu_pct",
+        ],
+        "publish" => &[
+            "seq_per_s",
+            "conc_per_s",
+            "seq_server_cpu_pct",
+            "conc_server_cpu_pct",
+            "seq_redis_cpu_pct",
+            "conc_redis_cpu_pct",
+            "errors",
         ],
         _ => &[
             "connect_per_s",
@@ -892,18 +1192,17 @@ fn metrics(scenario: &str) -> &'static [&'static str] {
     }
 }
 
-/// Runs every case against every target, `runs` times, interleaved (one target after the
-/// other within each run, so that machine noise hits all alike), and prints the medians.
-pub(crate) async fn suite(
-    env: &Env,
-    cases: &[Case],
-    targets: &[Target],
-    runs: usize,
-) -> Vec<Value> {
+/// Runs every case against each of its targets, `runs` times, interleaved (one target after
+/// the other within each run, so that machine noise hits all alike), and prints the medians.
+/// A case that does not apply to a target (host publishes on a peer) is skipped.
+pub(crate) async fn suite(env: &Env, plan: &[(Case, Vec<Target>)], runs: usize) -> Vec<Value> {
     let mut all: BTreeMap<(usize, usize), Vec<Value>> = BTreeMap::new();
     for run in 0..runs {
-        for (ci, case) in cases.iter().enumerate() {
+        for (ci, (case, targets)) in plan.iter().enumerate() {
             for (ti, target) in targets.iter().enumerate() {
+                if !applies(case, target) {
+                    continue;
+                }
                 eprintln!(
                     "hub-bench: run {}/{runs}: {} against {}",
                     run + 1,
@@ -918,7 +1217,7 @@ pub(crate) async fn suite(
         }
     }
     let mut table = String::from("\n## Medians\n");
-    for (ci, case) in cases.iter().enumerate() {
+    for (ci, (case, targets)) in plan.iter().enumerate() {
         let keys = metrics(&case.scenario);
         table.push_str(&format!(
             "\n### {} ({runs} runs)\n\n| target | {} |\n|---|{}\n",
@@ -927,7 +1226,9 @@ pub(crate) async fn suite(
             "---|".repeat(keys.len())
         ));
         for (ti, target) in targets.iter().enumerate() {
-            let rs = all.get(&(ci, ti)).cloned().unwrap_or_default();
+            let Some(rs) = all.get(&(ci, ti)) else {
+                continue;
+            };
             let cells: Vec<String> = keys
                 .iter()
                 .map(|k| {

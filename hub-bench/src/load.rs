@@ -5,7 +5,8 @@
 //! `start` (latency mode: publish), `stop` (report and exit); EOF exits;
 //! `last N` (fan-out: the driver stopped publishing at N), ...; events on stdout:
 //! `connected` (all connections are up and subscribed, or failed), `progress` (fan-out: every
-//! message up to `low` reached every subscriber of this process) and `done` (final counts).
+//! message up to `low` reached every subscriber of this process), `settled` (burst: every
+//! subscriber has every message or has been closed) and `done` (final counts).
 //!
 //! The hot path is per read, not per frame: each subscriber reads into its own reused buffer,
 //! takes the clock once per read, and parses every complete frame in it in place.
@@ -34,6 +35,9 @@ pub(crate) enum Mode {
     Fanout,
     /// Publish at a fixed rate from this process and measure latency.
     Latency,
+    /// Receive a burst (published by the driver with no window): report when every
+    /// subscriber has all of it or has been closed.
+    Burst,
     /// Hold the connections.
     Idle,
 }
@@ -41,8 +45,11 @@ pub(crate) enum Mode {
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub(crate) struct Endpoint {
-    /// The server's address.
+    /// The server's address (the publisher's node).
     pub(crate) addr: SocketAddr,
+    /// Where subscribers connect, subscriber `i` to `sub_addrs[i % len]` (the nodes of a
+    /// cluster other than the publisher's); empty: `addr`.
+    pub(crate) sub_addrs: Vec<SocketAddr>,
     /// The request path (with the query).
     pub(crate) path: String,
     /// Whether the server is the hub (speaks the protocol: welcome, subscribe, reply), or a
@@ -69,6 +76,8 @@ struct Cfg {
     mode: Mode,
     rate: f64,
     step: u64,
+    /// Publishers the messages come from (see [`Next`]).
+    publishers: usize,
     concurrency: usize,
     rbuf: usize,
     subscribe: bool,
@@ -103,9 +112,37 @@ struct State {
     failed: usize,
     closed: usize,
     lat: Option<Lat>,
+    /// Subscribers that got the last message (`msgs`).
+    complete: usize,
+    /// Subscribers closed by the server with 1008 `slow_consumer` (WebSocket close code and
+    /// reason, or the SSE `close` event's reason).
+    slow_closes: usize,
+    /// Burst mode: report `settled` once every ready subscriber is complete or closed.
+    report_settled: bool,
 }
 
 impl State {
+    /// Burst mode: says `settled` (once) when no subscriber is still waiting for messages.
+    fn check_settled(&mut self) {
+        if self.report_settled && self.complete + self.closed >= self.ready {
+            self.report_settled = false;
+            println!(
+                "{}",
+                json!({"ev": "settled", "complete": self.complete, "closed": self.closed,
+                       "slow_closes": self.slow_closes, "received": self.received})
+            );
+        }
+    }
+
+    /// The subscriber to this address (cluster: the nodes in turn).
+    fn sub_addr(ep: &Endpoint, i: usize) -> SocketAddr {
+        if ep.sub_addrs.is_empty() {
+            ep.addr
+        } else {
+            ep.sub_addrs[i % ep.sub_addrs.len()]
+        }
+    }
+
     fn error(&mut self, what: String) {
         self.errors += 1;
         if self.samples.len() < 5 {
@@ -121,9 +158,16 @@ impl State {
     }
 
     /// A subscriber's connection ended: closed if it had become ready, else failed.
-    fn ended(&mut self, ready: bool, what: String, notify: &Notify) {
+    /// `complete`: it had received every message (burst mode).
+    fn ended(&mut self, ready: bool, complete: bool, what: String, notify: &Notify) {
+        if what.contains("slow_consumer") {
+            self.slow_closes += 1;
+        }
         if ready {
-            self.closed += 1;
+            if !complete {
+                self.closed += 1;
+                self.check_settled();
+            }
         } else {
             self.failed += 1;
             notify.notify_one();
@@ -131,22 +175,33 @@ impl State {
         self.error(what);
     }
 
-    /// One bench message reached a subscriber whose next expected number is `*next`.
+    /// One bench message reached a subscriber that expects `next`.
     #[inline]
-    fn deliver(&mut self, next: &mut u64, seq: u64, ts: u64, now: u64) {
-        if seq != *next {
+    fn deliver(&mut self, next: &mut Next, seq: u64, ts: u64, now: u64) {
+        let lanes = next.0.len() as u64;
+        let Some(expected) = usize::try_from(seq.saturating_sub(1) % lanes)
+            .ok()
+            .and_then(|lane| next.0.get_mut(lane))
+        else {
+            return;
+        };
+        if seq != *expected {
             self.disorder += 1;
-            if seq < *next {
+            if seq < *expected {
                 return;
             }
         }
-        *next = seq + 1;
+        *expected = seq + lanes;
         self.received += 1;
         let Ok(i) = usize::try_from(seq) else { return };
         if i >= self.counts.len() {
             return;
         }
         self.counts[i] += 1;
+        if seq == self.msgs && self.report_settled {
+            self.complete += 1;
+            self.check_settled();
+        }
         if let Some(lat) = &mut self.lat {
             let d = now.saturating_sub(ts);
             lat.hist.record(d / 1000);
@@ -173,6 +228,23 @@ impl State {
     }
 }
 
+/// The numbers a subscriber expects next, one per publisher: with P publishers, publisher `p`
+/// sends the numbers `n` with `(n - 1) % P == p`, in order (messages of different publishers
+/// may interleave in any order).
+#[derive(Debug, Clone)]
+struct Next(Vec<u64>);
+
+impl Next {
+    fn new(publishers: usize) -> Next {
+        Next((1..=publishers.max(1) as u64).collect())
+    }
+
+    /// Whether every message up to `msgs` has arrived.
+    fn done(&self, msgs: u64) -> bool {
+        self.0.iter().all(|&n| n > msgs)
+    }
+}
+
 /// Runs the load process.
 pub(crate) fn main(opts: &Opts) -> Res<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -193,11 +265,17 @@ fn cfg(opts: &Opts) -> Res<Cfg> {
         "fanout" => Mode::Fanout,
         "latency" => Mode::Latency,
         "idle" => Mode::Idle,
+        "burst" => Mode::Burst,
         m => return Err(err(format!("unknown --mode {m}"))),
     };
     Ok(Cfg {
         ep: Endpoint {
             addr,
+            sub_addrs: opts
+                .list("sub-addrs", "")
+                .iter()
+                .map(|a| a.parse())
+                .collect::<Result<_, _>>()?,
             path: opts.str("path").unwrap_or("/ws").to_owned(),
             hub: opts.str("server").unwrap_or("hub") == "hub",
             src: opts.str("src").map(str::parse).transpose()?,
@@ -220,6 +298,7 @@ fn cfg(opts: &Opts) -> Res<Cfg> {
         mode,
         rate: opts.get("rate", 50.0)?,
         step: opts.get("step", 32)?,
+        publishers: opts.get("publishers", 1)?,
         concurrency: opts.get("concurrency", 128)?,
         rbuf: opts.get("rbuf", 16 * 1024)?,
         subscribe: opts.get("subscribe", true)?,
@@ -265,6 +344,9 @@ async fn run(opts: &Opts) -> Res<()> {
             first: vec![0; msgs + 1],
             last: vec![0; msgs + 1],
         }),
+        complete: 0,
+        slow_closes: 0,
+        report_settled: false,
     }));
     let notify = Rc::new(Notify::new());
     let sem = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
@@ -335,6 +417,7 @@ async fn run(opts: &Opts) -> Res<()> {
     {
         let mut s = st.borrow_mut();
         s.nsubs = u32::try_from(s.ready).unwrap_or(u32::MAX);
+        s.report_settled = cfg.mode == Mode::Burst;
         println!(
             "{}",
             json!({"ev": "connected", "ready": s.ready, "failed": s.failed, "secs": secs,
@@ -396,6 +479,7 @@ fn print_done(s: &State, sent: u64) {
             "ev": "done", "ready": s.ready, "failed": s.failed, "closed": s.closed,
             "received": s.received, "disorder": s.disorder, "errors": s.errors,
             "samples": s.samples, "low": s.low, "sent": sent, "lat": lat,
+            "complete": s.complete, "slow_closes": s.slow_closes,
         })
     );
 }
@@ -413,7 +497,13 @@ async fn subscriber(
     let subproto = None;
     let conn = tokio::time::timeout(
         cfg.timeout,
-        WsConn::connect(cfg.ep.addr, cfg.ep.src, &cfg.ep.path, subproto, cfg.rbuf),
+        WsConn::connect(
+            State::sub_addr(&cfg.ep, i),
+            cfg.ep.src,
+            &cfg.ep.path,
+            subproto,
+            cfg.rbuf,
+        ),
     )
     .await;
     let mut conn = match conn {
@@ -443,7 +533,7 @@ async fn subscriber(
         notify.notify_one();
         permit = None;
     }
-    let mut next: u64 = 1;
+    let mut next = Next::new(cfg.publishers);
     let mut pongs: Vec<Vec<u8>> = Vec::new();
     let why = 'outer: loop {
         match conn.fill().await {
@@ -496,8 +586,12 @@ async fn subscriber(
         }
     };
     drop(permit);
-    st.borrow_mut()
-        .ended(ready, format!("sub {i}: {why}"), &notify);
+    st.borrow_mut().ended(
+        ready,
+        next.done(cfg.msgs),
+        format!("sub {i}: {why}"),
+        &notify,
+    );
 }
 
 /// One SSE subscriber: open the stream (subscribed by its URL), then count what arrives.
@@ -512,7 +606,12 @@ async fn sse_subscriber(
     let mut permit = sem.acquire_owned().await.ok();
     let conn = tokio::time::timeout(
         cfg.timeout,
-        SseConn::connect(cfg.ep.addr, cfg.ep.src, &cfg.ep.path, cfg.rbuf),
+        SseConn::connect(
+            State::sub_addr(&cfg.ep, i),
+            cfg.ep.src,
+            &cfg.ep.path,
+            cfg.rbuf,
+        ),
     )
     .await;
     let mut conn = match conn {
@@ -529,7 +628,7 @@ async fn sse_subscriber(
         }
     };
     let mut ready = false;
-    let mut next: u64 = 1;
+    let mut next = Next::new(cfg.publishers);
     let why = loop {
         match conn.fill().await {
             Ok(sse::Read::Data) => {}
@@ -553,8 +652,12 @@ async fn sse_subscriber(
         }
     };
     drop(permit);
-    st.borrow_mut()
-        .ended(ready, format!("sse sub {i}: {why}"), &notify);
+    st.borrow_mut().ended(
+        ready,
+        next.done(cfg.msgs),
+        format!("sse sub {i}: {why}"),
+        &notify,
+    );
 }
 
 /// Handles every complete event in an SSE subscriber's `body` (HTTP/1.1 or HTTP/2).
@@ -565,7 +668,7 @@ fn sse_events(
     st: &RefCell<State>,
     notify: &Notify,
     body: &mut Vec<u8>,
-    next: &mut u64,
+    next: &mut Next,
     ready: &mut bool,
     now: u64,
 ) {
@@ -582,6 +685,9 @@ fn sse_events(
             notify.notify_one();
         }
         b"error" | b"gap" | b"close" | b"dropped" => {
+            if name == b"close" && memchr::memmem::find(data, b"slow_consumer").is_some() {
+                s.slow_closes += 1;
+            }
             let text: String = String::from_utf8_lossy(data).chars().take(200).collect();
             s.error(format!("sse sub {i}: {text}"));
         }
@@ -610,12 +716,16 @@ async fn sse_h2_connection(
         notify.notify_one();
     };
     let permit = sem.acquire_owned().await.ok();
-    let tcp =
-        match tokio::time::timeout(cfg.timeout, ws::tcp_connect(cfg.ep.addr, cfg.ep.src)).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => return fail(format!("connect: {e}")),
-            Err(_) => return fail("connect timed out".to_owned()),
-        };
+    let tcp = match tokio::time::timeout(
+        cfg.timeout,
+        ws::tcp_connect(State::sub_addr(&cfg.ep, first), cfg.ep.src),
+    )
+    .await
+    {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => return fail(format!("connect: {e}")),
+        Err(_) => return fail("connect timed out".to_owned()),
+    };
     let handshake = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(tcp),
@@ -628,7 +738,7 @@ async fn sse_h2_connection(
         let _ = conn.await;
     });
     drop(permit);
-    let uri = format!("http://{}{}", cfg.ep.addr, cfg.ep.path);
+    let uri = format!("http://{}{}", State::sub_addr(&cfg.ep, first), cfg.ep.path);
     for i in first..first + n {
         let (mut send, cfg, st, notify, uri) = (
             send.clone(),
@@ -663,7 +773,7 @@ async fn sse_h2_connection(
                     return;
                 }
             };
-            let (mut buf, mut next, mut ready) = (Vec::new(), 1u64, false);
+            let (mut buf, mut next, mut ready) = (Vec::new(), Next::new(cfg.publishers), false);
             let why = loop {
                 use http_body_util::BodyExt;
                 match body.frame().await {
@@ -678,15 +788,19 @@ async fn sse_h2_connection(
                     }
                 }
             };
-            st.borrow_mut()
-                .ended(ready, format!("sse-h2 sub {i}: {why}"), &notify);
+            st.borrow_mut().ended(
+                ready,
+                next.done(cfg.msgs),
+                format!("sse-h2 sub {i}: {why}"),
+                &notify,
+            );
         });
     }
 }
 
 /// Opens a long-poll session and subscribes it: the connection, the session and the cursor.
-async fn poll_open(cfg: &Cfg) -> Res<(HttpConn, String, String)> {
-    let mut c = HttpConn::connect(cfg.ep.addr, cfg.ep.src, cfg.rbuf).await?;
+async fn poll_open(cfg: &Cfg, i: usize) -> Res<(HttpConn, String, String)> {
+    let mut c = HttpConn::connect(State::sub_addr(&cfg.ep, i), cfg.ep.src, cfg.rbuf).await?;
     let (status, body) = c.request("POST", &cfg.ep.path, b"").await?;
     let body = &c.buf[body];
     if status != 200 {
@@ -725,7 +839,7 @@ async fn poll_subscriber(
 ) {
     let mut permit = sem.acquire_owned().await.ok();
     let (mut c, session, mut cursor) =
-        match tokio::time::timeout(cfg.timeout, poll_open(&cfg)).await {
+        match tokio::time::timeout(cfg.timeout, poll_open(&cfg, i)).await {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {
                 st.borrow_mut()
@@ -739,7 +853,7 @@ async fn poll_subscriber(
             }
         };
     let mut ready = false;
-    let mut next: u64 = 1;
+    let mut next = Next::new(cfg.publishers);
     let why = loop {
         let path = format!("/poll?session={session}&cursor={cursor}&wait=20000");
         let (status, range) = match c.request("GET", &path, b"").await {
@@ -778,8 +892,12 @@ async fn poll_subscriber(
         }
     };
     drop(permit);
-    st.borrow_mut()
-        .ended(ready, format!("poll sub {i}: {why}"), &notify);
+    st.borrow_mut().ended(
+        ready,
+        next.done(cfg.msgs),
+        format!("poll sub {i}: {why}"),
+        &notify,
+    );
 }
 
 /// The publisher's side of a connection: the write half, plus a reader task that counts what
@@ -794,6 +912,8 @@ pub(crate) struct Publisher {
     pub(crate) errors: Rc<Cell<u64>>,
     /// The first few of them, as text.
     pub(crate) samples: Rc<RefCell<Vec<String>>>,
+    /// The reader task (it ends when the server answers our close, or closes).
+    reader: tokio::task::JoinHandle<()>,
 }
 
 impl Publisher {
@@ -804,7 +924,7 @@ impl Publisher {
         let errors = Rc::new(Cell::new(0));
         let samples = Rc::new(RefCell::new(Vec::new()));
         let (e2, s2, c2) = (errors.clone(), samples.clone(), codec.clone());
-        tokio::task::spawn_local(async move {
+        let reader = tokio::task::spawn_local(async move {
             let note = |what: String| {
                 e2.set(e2.get() + 1);
                 let mut s = s2.borrow_mut();
@@ -848,28 +968,48 @@ impl Publisher {
             mask,
             errors,
             samples,
+            reader,
         })
     }
 
-    /// Ends the connection with a close frame (code 1000), as a polite client does.
+    /// Ends the connection with a close frame (code 1000), as a polite client does, and
+    /// waits (at most 2 s) for the server's answer, so that the server is not stopped with
+    /// the close still unread (its socket would then be reset).
     pub(crate) async fn close(&mut self) {
         self.out.clear();
         let key = ws::mask_key(&mut self.mask);
         ws::encode_frame(&mut self.out, ws::OP_CLOSE, &1000u16.to_be_bytes(), key);
         let _ = self.wr.write_all(&self.out).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.reader).await;
     }
 
     /// Publishes messages `from..=to` in one write, stamped with `ts_ns`.
     pub(crate) async fn publish(&mut self, from: u64, to: u64, ts_ns: u64) -> Res<()> {
+        self.publish_lane(from, to, 1, 0, ts_ns).await
+    }
+
+    /// Publishes, in one write, the messages `n` of `from..=to` that are publisher `lane`'s
+    /// of `lanes` (`(n - 1) % lanes == lane`, see [`Next`]).
+    pub(crate) async fn publish_lane(
+        &mut self,
+        from: u64,
+        to: u64,
+        lanes: u64,
+        lane: u64,
+        ts_ns: u64,
+    ) -> Res<()> {
         self.out.clear();
         let op = self.codec.enc().opcode();
-        for seq in from..=to {
+        let lanes = lanes.max(1);
+        for seq in (from..=to).filter(|n| (n - 1) % lanes == lane) {
             self.plain.clear();
             self.codec.publish(&mut self.plain, seq, ts_ns);
             let key = ws::mask_key(&mut self.mask);
             ws::encode_frame(&mut self.out, op, &self.plain, key);
         }
-        self.wr.write_all(&self.out).await?;
+        if !self.out.is_empty() {
+            self.wr.write_all(&self.out).await?;
+        }
         Ok(())
     }
 }
