@@ -758,3 +758,39 @@ async fn an_event_asked_on_one_node_is_answered_by_a_session_on_another() {
     let r = a.hub.emit_with_ack(ghost, "x", &1, WAIT).await;
     assert_eq!(r.unwrap_err(), hub::AckError::NoSession);
 }
+
+#[tokio::test]
+async fn a_clients_publishes_wait_for_redis_together_and_keep_their_order() {
+    let Some(redis) = SharedRedis::get() else {
+        return;
+    };
+    let n = nodes(&redis.url, &redis.prefix, 2).await;
+    let (a, b) = (&n[0], &n[1]);
+    let mut reader = b.client(Kind::Ws, "bob", &[], WAIT).await;
+    reader
+        .request(json!({"type": "subscribe", "topic": "pipe"}), 1)
+        .await;
+    let mut writer = a.client(Kind::Ws, "ann", &[], WAIT).await;
+    // 300 publishes sent back to back, before any answer is read.
+    for i in 0..300u64 {
+        writer
+            .send(json!({"type": "publish", "topic": "pipe", "data": i, "id": 1000 + i}))
+            .await;
+    }
+    let mut replies = BTreeMap::new();
+    while replies.len() < 300 {
+        let f = writer.recv().await;
+        if f["type"] == "reply" {
+            replies.insert(f["id"].as_u64().unwrap(), f["data"]["offset"].as_u64().unwrap());
+        }
+        assert_ne!(f["type"], "error", "{f}");
+    }
+    // Each got the offset of its place in the order sent.
+    let offsets: Vec<u64> = replies.values().copied().collect();
+    assert_eq!(offsets, (1..=300).collect::<Vec<_>>());
+    // The other node got them in that order, with their data.
+    for i in 0..300u64 {
+        let m = reader.recv().await;
+        assert_eq!((m["offset"].as_u64(), &m["data"]), (Some(i + 1), &json!(i)));
+    }
+}

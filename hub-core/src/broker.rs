@@ -402,6 +402,11 @@ pub trait Broker: Send + Sync + 'static {
     /// Publishes a message to `topic` in one atomic step and answers its position. Every node
     /// subscribed to the topic, this one included, gets it through [`Node::deliver`], with its
     /// key (and the history keeps the key too).
+    ///
+    /// The message takes its place in the order of publishes by the time the returned future
+    /// is first polled (e.g. queued for the engine's connection, before any `.await` that
+    /// waits for the engine): the node relies on it to let a client's publishes wait for
+    /// their answers together while keeping their order.
     async fn publish(&self, topic: &str, message: Message) -> Result<Position, BrokerError>;
 
     /// Starts hearing a channel. Called by the node on its first local subscriber or member.

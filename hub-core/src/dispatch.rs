@@ -1,5 +1,7 @@
 //! Client commands: decoding a client's frame, running it, answering it.
 
+use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,12 +13,87 @@ use crate::error::{DisconnectReason, ErrorCode, RoomError};
 use crate::frame::Frame;
 use crate::hooks::{Action, EventContext};
 use crate::hub::Hub;
+use crate::node::Inner;
 use crate::names::{check_name, truncate, valid_event, valid_key};
 use crate::presence::Scope;
 use crate::session::{lock, Rate, SessionState};
 use crate::stats::Stats;
 use crate::streams::{OpError, SubscribeReq};
 use hub_protocol::{ClientFrame, ClientOp, Scope as WireScope};
+
+/// A client's publishes waiting for the engine at once; beyond, the next frame is read only
+/// once one is answered.
+const PUBLISHES_IN_FLIGHT: usize = 64;
+
+impl Hub {
+    /// Publishes a client's message. The engine fixes its place in the stream at once (the
+    /// first poll of its publish); its answer may come later: meanwhile the client's next
+    /// frames are read and run (up to [`PUBLISHES_IN_FLIGHT`] publishes waiting), so that a
+    /// client publishing through a shared engine is not held to one round trip per message.
+    /// Its `reply` (or `error`) is queued when the engine answers.
+    async fn publish_pipelined(
+        &self,
+        s: &Arc<SessionState>,
+        id: Option<u64>,
+        topic: String,
+        message: Message,
+    ) {
+        let inner = self.inner.clone();
+        let session = s.clone();
+        let start = std::time::Instant::now();
+        let broker = inner.broker.clone();
+        let mut publish = Box::pin(async move { broker.publish(&topic, message).await });
+        let first = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(publish.as_mut().poll(cx))
+        })
+        .await;
+        match first {
+            std::task::Poll::Ready(result) => finish_publish(&inner, &session, id, start, result),
+            std::task::Poll::Pending => {
+                let waiting = session.publishes_waiting.fetch_add(1, Ordering::AcqRel);
+                if waiting >= PUBLISHES_IN_FLIGHT || tokio::runtime::Handle::try_current().is_err()
+                {
+                    let result = publish.await;
+                    session.publishes_waiting.fetch_sub(1, Ordering::AcqRel);
+                    finish_publish(&inner, &session, id, start, result);
+                } else {
+                    let (inner, session) = (inner.clone(), session.clone());
+                    tokio::spawn(async move {
+                        let result = publish.await;
+                        session.publishes_waiting.fetch_sub(1, Ordering::AcqRel);
+                        finish_publish(&inner, &session, id, start, result);
+                    });
+                }
+            }
+        }
+        // Reading this client's next frame waits while fan-out is congested.
+        inner.pace().await;
+    }
+}
+
+/// Answers a client's publish: its position, or the engine's refusal.
+fn finish_publish(
+    inner: &Inner,
+    s: &Arc<SessionState>,
+    id: Option<u64>,
+    start: std::time::Instant,
+    result: Result<crate::broker::Position, crate::broker::BrokerError>,
+) {
+    match result {
+        Ok(pos) => {
+            inner.stats.publish_latency.since(start);
+            Stats::add(&inner.stats.published, 1);
+            if let Some(id) = id {
+                let reply = json!({"epoch": &*pos.epoch, "offset": pos.offset});
+                match Payload::from_value(&reply) {
+                    Ok(data) => inner.push_one(s, Frame::Reply { id, data }),
+                    Err(e) => inner.send_error(s, Some(id), ErrorCode::Internal, e.to_string()),
+                }
+            }
+        }
+        Err(e) => inner.send_error(s, id, e.code(), e.to_string()),
+    }
+}
 
 /// A client's message with its key, checked.
 fn message(
@@ -180,18 +257,8 @@ impl Hub {
                         format!("not allowed to publish to {topic}"),
                     ));
                 }
-                let start = std::time::Instant::now();
-                let pos = inner
-                    .broker
-                    .publish(&topic, message)
-                    .await
-                    .map_err(|e| (e.code(), e.to_string()))?;
-                inner.stats.publish_latency.since(start);
-                Stats::add(&inner.stats.published, 1);
-                // Reading this client's next frame waits while fan-out is congested.
-                inner.pace().await;
-                let reply = json!({"epoch": &*pos.epoch, "offset": pos.offset});
-                Payload::from_value(&reply).map(Some).map_err(internal)
+                self.publish_pipelined(s, f.id, topic, message).await;
+                Ok(None)
             }
             ClientOp::Event { event, data } => {
                 if !valid_event(&event, max) {

@@ -70,6 +70,8 @@ pub(crate) struct SessionState {
     pub(crate) abort_notify: Notify,
     /// Answers this session owes (events sent with `emit_with_ack`), bounded.
     pub(crate) acks_owed: AtomicUsize,
+    /// The client's publishes waiting for the engine's answer (bounded).
+    pub(crate) publishes_waiting: AtomicUsize,
 }
 
 impl SessionState {
@@ -103,6 +105,7 @@ impl SessionState {
             aborted: AtomicBool::new(false),
             abort_notify: Notify::new(),
             acks_owed: AtomicUsize::new(0),
+            publishes_waiting: AtomicUsize::new(0),
         }
     }
 

@@ -81,6 +81,18 @@ pub(crate) struct Outgoing {
     body: Vec<u8>,
 }
 
+/// Publishes waiting at most for the publisher task; beyond, a publish fails at once
+/// (`engine_unavailable`: Redis is not keeping up).
+const PUBLISH_QUEUE: usize = 16_384;
+/// Publishes sent to Redis in one pipeline (one round trip).
+const PUBLISH_BATCH: usize = 256;
+
+/// One publish, waiting for the publisher task.
+struct PublishJob {
+    invocation: redis::Cmd,
+    reply: tokio::sync::oneshot::Sender<Result<Position, BrokerError>>,
+}
+
 /// Everything the engine's tasks share.
 pub(crate) struct Shared {
     pub(crate) settings: Settings,
@@ -99,6 +111,8 @@ pub(crate) struct Shared {
     pub(crate) own_ready: watch::Sender<bool>,
     pub(crate) inbound_tx: mpsc::Sender<PushInfo>,
     outbound_tx: mpsc::Sender<Outgoing>,
+    /// Publishes waiting for the publisher task, in the order they were made.
+    publish_tx: mpsc::Sender<PublishJob>,
     /// A `tick` is refreshing ttls now (one at a time).
     ticking: AtomicBool,
     /// Closed ([`RedisEngine::close`], or the last handle dropped): loops stop.
@@ -118,6 +132,18 @@ pub(crate) fn random_u64() -> u64 {
 /// A fresh epoch candidate: 16 random hex digits.
 fn new_epoch() -> String {
     format!("{:016x}", random_u64())
+}
+
+/// The `{epoch, offset}` the publish script answers.
+fn position(reply: Value) -> Result<Position, BrokerError> {
+    let Value::Array(items) = reply else {
+        return Err(unexpected("a publish"));
+    };
+    let mut items = items.into_iter();
+    match (items.next().and_then(text), items.next().and_then(number)) {
+        (Some(epoch), Some(offset)) => Ok(Position::new(epoch, offset)),
+        _ => Err(unexpected("a publish")),
+    }
 }
 
 fn unexpected(what: &str) -> BrokerError {
@@ -165,6 +191,7 @@ impl RedisEngine {
         let client = redis::Client::open(info).map_err(|e| BuildError::Url(e.to_string()))?;
         let (inbound_tx, inbound_rx) = mpsc::channel(settings.inbound_queue);
         let (outbound_tx, outbound_rx) = mpsc::channel(settings.outbound_queue);
+        let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let shared = Arc::new(Shared {
             keys: Keys::new(&settings.prefix),
             settings,
@@ -178,6 +205,7 @@ impl RedisEngine {
             own_ready: watch::Sender::new(false),
             inbound_tx,
             outbound_tx,
+            publish_tx,
             ticking: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
@@ -191,6 +219,7 @@ impl RedisEngine {
             tokio::spawn(shared.clone().supervise()).abort_handle(),
             tokio::spawn(shared.clone().dispatch(inbound_rx)).abort_handle(),
             tokio::spawn(shared.clone().write(outbound_rx)).abort_handle(),
+            tokio::spawn(shared.clone().publisher(publish_rx)).abort_handle(),
         ];
         Ok(RedisEngine {
             inner: Arc::new(Inner { shared, tasks }),
@@ -269,6 +298,63 @@ impl Shared {
             }
             tokio::time::sleep(self.settings.backoff_min).await;
         }
+    }
+
+    /// Sends queued publishes to Redis, as many as are waiting (up to [`PUBLISH_BATCH`]) in one
+    /// pipeline: one round trip for them all, and Redis runs them in the order they were made.
+    /// Each gets its own answer (a publish Redis refused fails alone).
+    async fn publisher(self: Arc<Self>, mut rx: mpsc::Receiver<PublishJob>) {
+        let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+        while rx.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for job in &batch {
+                pipe.add_command(job.invocation.clone());
+            }
+            let answers = self.publish_pipeline(&pipe).await;
+            match answers {
+                Ok(answers) if answers.len() == batch.len() => {
+                    let n = batch.len() as u64;
+                    self.counters.messages_out.fetch_add(n, Ordering::Relaxed);
+                    for (job, answer) in batch.drain(..).zip(answers) {
+                        let _ = job.reply.send(answer.map_err(|e| self.map_error(e)).and_then(position));
+                    }
+                }
+                Ok(_) => {
+                    for job in batch.drain(..) {
+                        let _ = job.reply.send(Err(unexpected("a pipeline of publishes")));
+                    }
+                }
+                Err(e) => {
+                    for job in batch.drain(..) {
+                        let _ = job.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs a pipeline of publishes; when Redis lost the scripts (every call answered
+    /// `NOSCRIPT`, so none ran), loads them and runs it once more.
+    async fn publish_pipeline(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<Vec<redis::RedisResult<Value>>, BrokerError> {
+        let mut conn = self.command_conn()?;
+        self.timed(async move {
+            let answers: Vec<redis::RedisResult<Value>> = pipe.query_async(&mut conn).await?;
+            let lost = !answers.is_empty()
+                && answers.iter().all(|a| {
+                    matches!(a, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+                });
+            if lost {
+                tracing::info!("redis lost the hub's scripts: loading them again");
+                crate::link::load_scripts(&mut conn).await?;
+                return pipe.query_async(&mut conn).await;
+            }
+            Ok(answers)
+        })
+        .await
     }
 
     /// Writes queued control messages, a pipeline at a time, for the engine's life.
@@ -429,13 +515,16 @@ impl Broker for RedisEngine {
     }
 
     async fn publish(&self, topic: &str, message: Message) -> Result<Position, BrokerError> {
-        let data = &message.data;
         let shared = self.shared();
+        // At once when down: no queueing for a Redis that is not there.
+        shared.command_conn()?;
         let r = shared.retention();
-        let mut invocation = scripts::PUBLISH.prepare_invoke();
+        let data = &message.data;
+        let mut invocation = scripts::evalsha(
+            &scripts::PUBLISH,
+            &[&shared.keys.topic_meta(topic), &shared.keys.topic_stream(topic)],
+        );
         invocation
-            .key(shared.keys.topic_meta(topic))
-            .key(shared.keys.topic_stream(topic))
             .arg(new_epoch())
             .arg(&[wire::codec_tag(data.codec())][..])
             .arg(data.as_bytes().as_ref())
@@ -445,18 +534,19 @@ impl Broker for RedisEngine {
             .arg(shared.keys.topic_channel(topic))
             .arg(message.key.as_deref().unwrap_or(""))
             .arg(if message.delete { "1" } else { "0" });
-        let reply = shared.script(invocation).await?;
-        let Value::Array(items) = reply else {
-            return Err(unexpected("a publish"));
-        };
-        let mut items = items.into_iter();
-        let (Some(epoch), Some(offset)) =
-            (items.next().and_then(text), items.next().and_then(number))
-        else {
-            return Err(unexpected("a publish"));
-        };
-        shared.counters.messages_out.fetch_add(1, Ordering::Relaxed);
-        Ok(Position::new(epoch, offset))
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        // Queued in call order: a node's publishes reach Redis in the order they were made.
+        shared
+            .publish_tx
+            .try_send(PublishJob { invocation, reply })
+            .map_err(|_| {
+                BrokerError::Unavailable("too many publishes waiting for redis".to_owned())
+            })?;
+        // The publisher task answers within the command timeout (or the engine is closing).
+        match answer.await {
+            Ok(result) => result,
+            Err(_) => Err(BrokerError::Unavailable("the engine is closed".to_owned())),
+        }
     }
 
     async fn subscribe(&self, channel: Channel<'_>) -> Result<(), BrokerError> {

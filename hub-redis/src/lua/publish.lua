@@ -15,7 +15,8 @@ local key = ARGV[8] or ''
 local max_len = tonumber(ARGV[4])
 local max_bytes = tonumber(ARGV[5])
 
-local epoch = redis.call('HGET', meta, 'e')
+local m = redis.call('HMGET', meta, 'e', 'b')
+local epoch = m[1]
 local bytes = 0
 if not epoch then
   -- A new epoch: what is left of an older stream under this name goes, offsets restart at 1.
@@ -25,7 +26,7 @@ if not epoch then
   redis.call('HSET', meta, 'e', epoch, 'o', 0, 'b', 0)
   redis.call('DEL', stream)
 else
-  bytes = tonumber(redis.call('HGET', meta, 'b')) or 0
+  bytes = tonumber(m[2]) or 0
 end
 local offset = redis.call('HINCRBY', meta, 'o', 1)
 
@@ -41,7 +42,12 @@ if max_len > 0 then
   local cut = nil
   local from = '-'
   while len > 0 and (len > max_len or bytes > max_bytes) do
-    local batch = redis.call('XRANGE', stream, from, '+', 'COUNT', 64)
+    -- Read only what must go (usually one entry: the history is full and one came in); more
+    -- in batches when the byte bound cuts deeper.
+    local want = 1
+    if len > max_len then want = len - max_len end
+    if want > 64 then want = 64 end
+    local batch = redis.call('XRANGE', stream, from, '+', 'COUNT', want)
     if #batch == 0 then break end
     for _, entry in ipairs(batch) do
       if len <= max_len and bytes <= max_bytes then break end
