@@ -781,7 +781,10 @@ async fn a_clients_publishes_wait_for_redis_together_and_keep_their_order() {
     while replies.len() < 300 {
         let f = writer.recv().await;
         if f["type"] == "reply" {
-            replies.insert(f["id"].as_u64().unwrap(), f["data"]["offset"].as_u64().unwrap());
+            replies.insert(
+                f["id"].as_u64().unwrap(),
+                f["data"]["offset"].as_u64().unwrap(),
+            );
         }
         assert_ne!(f["type"], "error", "{f}");
     }

@@ -13,8 +13,8 @@ use crate::error::{DisconnectReason, ErrorCode, RoomError};
 use crate::frame::Frame;
 use crate::hooks::{Action, EventContext};
 use crate::hub::Hub;
-use crate::node::Inner;
 use crate::names::{check_name, truncate, valid_event, valid_key};
+use crate::node::Inner;
 use crate::presence::Scope;
 use crate::session::{lock, Rate, SessionState};
 use crate::stats::Stats;
@@ -43,10 +43,8 @@ impl Hub {
         let start = std::time::Instant::now();
         let broker = inner.broker.clone();
         let mut publish = Box::pin(async move { broker.publish(&topic, message).await });
-        let first = std::future::poll_fn(|cx| {
-            std::task::Poll::Ready(publish.as_mut().poll(cx))
-        })
-        .await;
+        let first =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(publish.as_mut().poll(cx))).await;
         match first {
             std::task::Poll::Ready(result) => finish_publish(&inner, &session, id, start, result),
             std::task::Poll::Pending => {

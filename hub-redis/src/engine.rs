@@ -317,7 +317,9 @@ impl Shared {
                     let n = batch.len() as u64;
                     self.counters.messages_out.fetch_add(n, Ordering::Relaxed);
                     for (job, answer) in batch.drain(..).zip(answers) {
-                        let _ = job.reply.send(answer.map_err(|e| self.map_error(e)).and_then(position));
+                        let _ = job
+                            .reply
+                            .send(answer.map_err(|e| self.map_error(e)).and_then(position));
                     }
                 }
                 Ok(_) => {
@@ -522,7 +524,10 @@ impl Broker for RedisEngine {
         let data = &message.data;
         let mut invocation = scripts::evalsha(
             &scripts::PUBLISH,
-            &[&shared.keys.topic_meta(topic), &shared.keys.topic_stream(topic)],
+            &[
+                &shared.keys.topic_meta(topic),
+                &shared.keys.topic_stream(topic),
+            ],
         );
         invocation
             .arg(new_epoch())
