@@ -238,7 +238,12 @@ async fn a_trusted_proxys_forwarding_headers_name_the_client_on_every_transport(
     let addr = serve(&hub, true).await;
     // The client wrote a made-up first hop; the proxy appended the address it saw.
     let ana = [("x-forwarded-for", "198.51.100.1, 203.0.113.7")];
-    let bo = [("forwarded", "for=\"[2001:db8::b0]:4711\";proto=https")];
+    // Another client: a `Forwarded` header it wrote itself is passed on by the proxy and must
+    // not be believed (only X-Forwarded-For is read by default).
+    let bo = [
+        ("forwarded", "for=198.51.100.1"),
+        ("x-forwarded-for", "2001:db8::b0"),
+    ];
     for kind in KINDS {
         let first = open(addr, kind, &ana).await.unwrap();
         assert_eq!(
@@ -256,7 +261,49 @@ async fn a_trusted_proxys_forwarding_headers_name_the_client_on_every_transport(
         let second = open(addr, kind, &bo).await.unwrap();
         assert_eq!(
             peers.last(),
+            Some("[2001:db8::b0]:0".parse().unwrap()),
+            "{kind:?}"
+        );
+        close(&hub, addr, second, &bo).await;
+        close(&hub, addr, first, &ana).await;
+    }
+}
+
+#[tokio::test]
+async fn a_hub_told_to_read_forwarded_reads_it_and_ignores_x_forwarded_for() {
+    let proxy: hub::IpNet = "127.0.0.1/32".parse().unwrap();
+    let (hub, peers) = hub_with(
+        Hub::builder()
+            .max_connections_per_ip(1)
+            .trusted_proxies([proxy])
+            .forwarded_header(hub::ForwardedHeader::Forwarded),
+    );
+    let addr = serve(&hub, true).await;
+    let ana = [
+        ("forwarded", "for=\"[2001:db8::b0]:4711\";proto=https"),
+        ("x-forwarded-for", "203.0.113.7"),
+    ];
+    // The same made-up X-Forwarded-For, another Forwarded: another client.
+    let bo = [
+        ("forwarded", "for=198.51.100.2"),
+        ("x-forwarded-for", "203.0.113.7"),
+    ];
+    for kind in KINDS {
+        let first = open(addr, kind, &ana).await.unwrap();
+        assert_eq!(
+            peers.last(),
             Some("[2001:db8::b0]:4711".parse().unwrap()),
+            "{kind:?}"
+        );
+        let second = open(addr, kind, &bo).await.unwrap();
+        assert_eq!(
+            peers.last(),
+            Some("198.51.100.2:0".parse().unwrap()),
+            "{kind:?}"
+        );
+        assert_eq!(
+            open(addr, kind, &ana).await.err(),
+            Some((503, "too_many_connections".to_owned())),
             "{kind:?}"
         );
         close(&hub, addr, second, &bo).await;

@@ -184,8 +184,8 @@ impl HubBuilder {
     /// Proxies (exact addresses as `/32` or `/128`, or networks, e.g. `10.0.0.0/8`) whose
     /// forwarding headers are believed: for a connection from one of them, the client's
     /// address (what the hooks see as the peer, and what [`HubBuilder::max_connections_per_ip`]
-    /// counts) is read from `Forwarded` or `X-Forwarded-For`: the nearest hop that is not a
-    /// trusted proxy. From any other peer those headers are ignored, so a client cannot claim
+    /// counts) is read from `X-Forwarded-For` (or `Forwarded`: [`HubBuilder::forwarded_header`]):
+    /// the nearest hop that is not a trusted proxy. From any other peer those headers are ignored, so a client cannot claim
     /// another address. Default: none (the connection's own peer is the client).
     ///
     /// ```
@@ -200,6 +200,15 @@ impl HubBuilder {
         I: IntoIterator<Item = ipnet::IpNet>,
     {
         self.config.trusted_proxies = proxies.into_iter().collect();
+        self
+    }
+
+    /// The header in which the trusted proxies name the client: `X-Forwarded-For` (the
+    /// default: what nginx, Caddy, HAProxy and most load balancers append to) or `Forwarded`
+    /// (RFC 7239). Only that one is read: a proxy passes the other one on as the client sent
+    /// it, so believing it would let a client claim any address.
+    pub fn forwarded_header(mut self, header: crate::ForwardedHeader) -> Self {
+        self.config.forwarded_header = header;
         self
     }
 

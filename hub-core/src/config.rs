@@ -47,6 +47,8 @@ pub(crate) struct Config {
     pub(crate) max_connections_per_ip: Option<usize>,
     /// Proxies whose forwarding headers name the client (none by default).
     pub(crate) trusted_proxies: Arc<[ipnet::IpNet]>,
+    /// Which header a trusted proxy names the client in.
+    pub(crate) forwarded_header: ForwardedHeader,
     pub(crate) rate_limit: Option<RateLimit>,
     /// With a shared engine: how often every followed stream is checked for silent loss.
     pub(crate) engine_check_interval: Duration,
@@ -78,6 +80,7 @@ impl Default for Config {
             max_connections: 100_000,
             max_connections_per_ip: None,
             trusted_proxies: Arc::new([]),
+            forwarded_header: ForwardedHeader::XForwardedFor,
             rate_limit: None,
             engine_check_interval: Duration::from_secs(10),
             conflate: None,
@@ -85,6 +88,17 @@ impl Default for Config {
             handlers: Arc::default(),
         }
     }
+}
+
+/// The header in which trusted proxies name the client ([`crate::HubBuilder::forwarded_header`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For`, which nginx, Caddy, HAProxy and most load balancers append to.
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239), for proxies configured to write it.
+    Forwarded,
 }
 
 /// Which topics a setting applies to.

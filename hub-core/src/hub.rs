@@ -522,7 +522,12 @@ impl Hub {
         )
     }
 
-    /// Whether `ip` is one of the proxies whose forwarding headers are believed
+    /// The header the trusted proxies name the client in ([`HubBuilder::forwarded_header`]).
+    pub fn forwarded_header(&self) -> crate::ForwardedHeader {
+        self.inner.config.forwarded_header
+    }
+
+    /// Whether `ip` is one of the hub's trusted proxies
     /// ([`HubBuilder::trusted_proxies`]).
     pub fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
         // An IPv4 peer on a dual-stack socket comes as `::ffff:a.b.c.d`.

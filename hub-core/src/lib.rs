@@ -93,7 +93,7 @@ pub use async_trait::async_trait;
 pub use broker::{Broker, BrokerError, EngineStats, HistoryFrom, NodeId, Position, Publication};
 pub use builder::HubBuilder;
 pub use codec::{Codec, Payload};
-pub use config::SlowConsumerPolicy;
+pub use config::{ForwardedHeader, SlowConsumerPolicy};
 pub use error::{
     AckError, DecodeError, DisconnectReason, EncodeError, ErrorCode, HandlerError, Rejection,
     RoomError, SendError,

@@ -14,8 +14,10 @@
 //! hyper does not compile axum for nothing.
 //!
 //! **Behind trusted proxies** ([`hub_core::HubBuilder::trusted_proxies`]; none by default): when
-//! the peer is a trusted proxy, the client is read from the `Forwarded` header (RFC 7239, its
-//! `for=` parameters), or without one from `X-Forwarded-For`: walking the hops from the
+//! the peer is a trusted proxy, the client is read from `X-Forwarded-For`, or from `Forwarded`
+//! (RFC 7239, its `for=` parameters) when the hub says so
+//! ([`hub_core::HubBuilder::forwarded_header`]), never from the other one (a proxy passes it on
+//! as the client wrote it): walking the hops from the
 //! right (the nearest), the client is the first address that is not a trusted proxy (each
 //! trusted proxy appends the address it got the request from, so everything left of the first
 //! untrusted hop may be made up by the client). A hop that is not an address (`unknown`, an
@@ -27,7 +29,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::header::HeaderMap;
 use http::Extensions;
-use hub_core::Hub;
+use hub_core::{ForwardedHeader, Hub};
 
 /// The most forwarding hops looked at, from the nearest.
 pub const MAX_HOPS: usize = 32;
@@ -52,6 +54,19 @@ fn axum_peer(_extensions: &Extensions) -> Option<SocketAddr> {
     None
 }
 
+/// The path the client asked for: under axum's `Router::nest` (which strips the prefix before
+/// the service sees the request), the original one from axum's `OriginalUri` (feature
+/// `axum`); else the request's own. For URLs the hub hands back to the client (SSE's
+/// `commands`).
+pub fn public_path<'a>(extensions: &'a Extensions, uri: &'a http::Uri) -> &'a str {
+    #[cfg(feature = "axum")]
+    if let Some(original) = extensions.get::<axum::extract::OriginalUri>() {
+        return original.0.path();
+    }
+    let _ = extensions;
+    uri.path()
+}
+
 /// The client's address: the connection's peer (`peer`), or, when that is one of the hub's
 /// trusted proxies, the address its forwarding headers name (see the module docs).
 pub fn client_addr(hub: &Hub, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<SocketAddr> {
@@ -67,7 +82,7 @@ pub fn client_addr(hub: &Hub, headers: &HeaderMap, peer: Option<SocketAddr>) -> 
         }
         None => false,
     };
-    if headers.contains_key("forwarded") {
+    if hub.forwarded_header() == ForwardedHeader::Forwarded {
         let hops = headers
             .get_all("forwarded")
             .iter()
@@ -196,8 +211,38 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_is_preferred_and_parsed_as_rfc_7239_writes_it() {
+    fn a_clients_own_forwarded_header_is_not_believed_by_default() {
+        // nginx and Caddy append to X-Forwarded-For and pass the client's own `Forwarded` on:
+        // found in a test behind both. Only the configured header counts.
         let hub = hub();
+        let proxy = Some(addr("10.0.0.1:8080"));
+        let h = headers(&[
+            ("forwarded", "for=6.6.6.6"),
+            ("x-forwarded-for", "203.0.113.9"),
+        ]);
+        assert_eq!(client_addr(&hub, &h, proxy), Some(addr("203.0.113.9:0")));
+        // With `Forwarded` configured, it is the other way round.
+        let forwarded = forwarded_hub();
+        let h = headers(&[
+            ("forwarded", "for=198.51.100.1"),
+            ("x-forwarded-for", "6.6.6.6"),
+        ]);
+        assert_eq!(
+            client_addr(&forwarded, &h, proxy),
+            Some(addr("198.51.100.1:0"))
+        );
+    }
+
+    fn forwarded_hub() -> Hub {
+        Hub::builder()
+            .trusted_proxies(["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()])
+            .forwarded_header(ForwardedHeader::Forwarded)
+            .build()
+    }
+
+    #[test]
+    fn forwarded_is_parsed_as_rfc_7239_writes_it() {
+        let hub = forwarded_hub();
         let proxy = Some(addr("[::1]:8080"));
         let h = headers(&[
             ("x-forwarded-for", "198.51.100.77"),

@@ -500,7 +500,10 @@ impl SseService {
         }
 
         let id = session.id();
-        let commands = format!("{}?session={id}", req.uri().path());
+        // The path the client used: under axum's `nest`, the service sees it with the prefix
+        // stripped.
+        let path = hub_http::peer::public_path(req.extensions(), req.uri());
+        let commands = format!("{path}?session={id}");
         let mut after_welcome = BytesMut::new();
         let session_event = SessionEvent {
             kind: "session",
