@@ -36,6 +36,7 @@ use crate::wire::{self, Capture, MsgPackData, Val};
 ///     since: None,
 ///     last: None,
 ///     presence: false,
+///     conflate: None,
 /// })
 /// .with_id(1);
 /// let bytes = frame.encode(Codec::MsgPack).unwrap();

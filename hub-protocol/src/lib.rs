@@ -27,13 +27,18 @@
 //!
 //! // The client publishes.
 //! let data = Payload::encode(Codec::MsgPack, &serde_json::json!({"text": "hi"})).unwrap();
-//! let request = ClientFrame::new(ClientOp::Publish { topic: "chat/lobby".into(), data })
-//!     .with_id(7);
+//! let request = ClientFrame::new(ClientOp::Publish {
+//!     topic: "chat/lobby".into(),
+//!     data,
+//!     key: None,
+//!     delete: false,
+//! })
+//! .with_id(7);
 //! let wire = request.encode(Codec::MsgPack).unwrap();
 //!
 //! // The server reads it...
 //! let got = ClientFrame::decode(Codec::MsgPack, &wire).unwrap();
-//! let ClientOp::Publish { topic, data } = &got.op else { panic!("a publish") };
+//! let ClientOp::Publish { topic, data, .. } = &got.op else { panic!("a publish") };
 //! assert_eq!((topic.as_str(), got.id), ("chat/lobby", Some(7)));
 //! let text: serde_json::Value = data.decode().unwrap();
 //! assert_eq!(text["text"], "hi");
