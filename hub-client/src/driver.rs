@@ -671,7 +671,7 @@ impl Driver {
                 self.emit(ConnectionEvent::ServerError { code, message });
                 None
             }
-            ServerFrame::Close { code, reason } => Some(close_end(code, reason.into_owned())),
+            ServerFrame::Close { code, reason, .. } => Some(close_end(code, reason.into_owned())),
             ServerFrame::Welcome { .. } => {
                 self.emit(ConnectionEvent::ProtocolError {
                     message: "a second welcome".into(),

@@ -60,6 +60,27 @@ impl HubBuilder {
         self
     }
 
+    /// Over how long [`crate::Hub::shutdown`] ends the sessions: in batches spread evenly over
+    /// `window` (one batch every 50 ms at most), in random order, so that the clients of a node
+    /// that goes away do not all land on the others in the same instant (as Phoenix's drainer
+    /// does). The `grace` given to `shutdown` starts after the last batch. Default
+    /// `Duration::ZERO`: every session ends at once (clients still spread their returns by the
+    /// [`HubBuilder::reconnect_spread`] hint).
+    pub fn shutdown_drain(mut self, window: Duration) -> Self {
+        self.config.shutdown_drain = window;
+        self
+    }
+
+    /// The spread of the reconnection delays a shutdown hints at: every session ended by
+    /// [`crate::Hub::shutdown`] is told to wait a random delay in `0..spread` before it comes
+    /// back (WebSocket: close reason `shutdown;retry_ms=N`; SSE and poll: `retry_ms` in the
+    /// `close` frame, and an SSE `retry:` line that a browser's `EventSource` obeys). Default
+    /// 5 s; `Duration::ZERO` sends no hint.
+    pub fn reconnect_spread(mut self, spread: Duration) -> Self {
+        self.config.reconnect_spread = spread;
+        self
+    }
+
     /// Topics whose subscriptions conflate by default (a subscribe's `conflate` says otherwise
     /// for itself): when such a subscriber falls behind, its queue keeps only the newest
     /// message per key, and a `since` or `last` recovers only the newest per key. For topics

@@ -31,6 +31,10 @@ pub(crate) struct Config {
     pub(crate) queue_bytes: usize,
     /// The longest a publish waits for congested queues to drain.
     pub(crate) pace_max: Duration,
+    /// Over how long [`crate::Hub::shutdown`] spreads the ends of the sessions.
+    pub(crate) shutdown_drain: Duration,
+    /// The reconnection delays a shutdown hints at are spread over `0..reconnect_spread`.
+    pub(crate) reconnect_spread: Duration,
     pub(crate) max_frame_size: usize,
     pub(crate) history_len: usize,
     pub(crate) history_bytes: usize,
@@ -66,6 +70,8 @@ impl Default for Config {
             queue_capacity: 1024,
             queue_bytes: 1024 * 1024,
             pace_max: Duration::from_millis(500),
+            shutdown_drain: Duration::ZERO,
+            reconnect_spread: Duration::from_secs(5),
             max_frame_size: 64 * 1024,
             history_len: 100,
             history_bytes: 1024 * 1024,

@@ -3,7 +3,7 @@
 
 use crate::broker::BrokerError;
 
-pub use hub_protocol::{DecodeError, DisconnectReason, EncodeError, ErrorCode};
+pub use hub_protocol::{CloseText, DecodeError, DisconnectReason, EncodeError, ErrorCode};
 
 /// Whether queued frames are still worth sending before a session ends for `reason`. A session
 /// that is stalled or gone is aborted instead.

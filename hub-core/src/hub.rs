@@ -476,15 +476,45 @@ impl Hub {
     /// frame) after the frames already queued for it, and waits up to `grace` for the
     /// transports to write them. Sessions still writing at the deadline are aborted.
     ///
+    /// So that the clients do not all come back in the same instant, the sessions end in
+    /// batches over [`HubBuilder::shutdown_drain`] (default: all at once), and each is told a
+    /// random reconnection delay within [`HubBuilder::reconnect_spread`] (default 5 s), which
+    /// hub.js and hub-client obey. `grace` starts after the last batch.
+    ///
     /// Call it before stopping the host's server (e.g. before axum's graceful shutdown
     /// completes): upgraded and streaming connections are the hub's, not the server's.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         let inner = &self.inner;
         inner.shutting_down.store(true, Ordering::Release);
-        let sessions: Vec<Arc<SessionState>> =
+        let mut sessions: Vec<Arc<SessionState>> =
             inner.sessions.iter().map(|e| e.value().clone()).collect();
-        for s in &sessions {
-            inner.close_session(s, DisconnectReason::Shutdown);
+        let mut rng = Spread::new();
+        // Random order: no group of clients (the oldest, one shard of the map) always goes
+        // first.
+        for i in (1..sessions.len()).rev() {
+            sessions.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        let spread_ms = inner.config.reconnect_spread.as_millis() as u64;
+        let drain = inner.config.shutdown_drain;
+        // One batch every 50 ms at most, evenly over the window.
+        let batches = ((drain.as_millis() / 50) as usize).clamp(1, sessions.len().max(1));
+        let per_batch = sessions.len().div_ceil(batches).max(1);
+        let start = tokio::time::Instant::now();
+        for (i, batch) in sessions.chunks(per_batch).enumerate() {
+            if i > 0 {
+                tokio::time::sleep_until(start + drain.mul_f64(i as f64 / batches as f64)).await;
+            }
+            for s in batch {
+                if s.is_closed() {
+                    continue;
+                }
+                if spread_ms > 0 {
+                    // 1..=spread: 0 means "no hint".
+                    let hint = 1 + rng.below(spread_ms);
+                    s.retry_hint_ms.store(hint, Ordering::Release);
+                }
+                inner.close_session(s, DisconnectReason::Shutdown);
+            }
         }
         let flushed = tokio::time::timeout(grace, inner.all_detached())
             .await
@@ -590,5 +620,26 @@ impl Broadcast<'_> {
             .hub
             .inner
             .emit_rooms(&self.rooms, &self.except, &event, &data)?)
+    }
+}
+
+/// A small xorshift generator for spreading shutdown batches and hints (not for secrets).
+struct Spread(u64);
+
+impl Spread {
+    fn new() -> Spread {
+        let seed =
+            (u64::from(crate::node::random_u32()) << 32) | u64::from(crate::node::random_u32());
+        Spread(seed | 1)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    fn below(&mut self, n: u64) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x % n.max(1)
     }
 }

@@ -95,8 +95,8 @@ pub use builder::HubBuilder;
 pub use codec::{Codec, Payload};
 pub use config::{ForwardedHeader, SlowConsumerPolicy};
 pub use error::{
-    AckError, DecodeError, DisconnectReason, EncodeError, ErrorCode, HandlerError, Rejection,
-    RoomError, SendError,
+    AckError, CloseText, DecodeError, DisconnectReason, EncodeError, ErrorCode, HandlerError,
+    Rejection, RoomError, SendError,
 };
 pub use frame::FrameKind;
 pub use hooks::{

@@ -72,9 +72,24 @@ pub(crate) struct SessionState {
     pub(crate) acks_owed: AtomicUsize,
     /// The client's publishes waiting for the engine's answer (bounded).
     pub(crate) publishes_waiting: AtomicUsize,
+    /// The reconnection delay (ms) the session's end hints at; 0: none.
+    pub(crate) retry_hint_ms: AtomicU64,
 }
 
 impl SessionState {
+    /// The hinted reconnection delay in ms, if any.
+    pub(crate) fn retry_hint_ms(&self) -> Option<u64> {
+        match self.retry_hint_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(ms),
+        }
+    }
+
+    /// The hinted reconnection delay, if any.
+    pub(crate) fn retry_hint(&self) -> Option<std::time::Duration> {
+        self.retry_hint_ms().map(std::time::Duration::from_millis)
+    }
+
     pub(crate) fn new(
         id: SessionId,
         identity: Identity,
@@ -106,6 +121,7 @@ impl SessionState {
             abort_notify: Notify::new(),
             acks_owed: AtomicUsize::new(0),
             publishes_waiting: AtomicUsize::new(0),
+            retry_hint_ms: AtomicU64::new(0),
         }
     }
 

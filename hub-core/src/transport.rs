@@ -26,8 +26,10 @@ use std::future::poll_fn;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::Bytes;
+use hub_protocol::CloseText;
 
 use crate::broker::{HistoryFrom, Position};
 use crate::codec::Codec;
@@ -251,6 +253,20 @@ impl Session {
         self.state.queue.closing()
     }
 
+    /// How long the client should wait before reconnecting, when the hub said so at the
+    /// session's end (a shutdown spreads its clients' returns: [`crate::HubBuilder::reconnect_spread`]).
+    /// A transport puts it in what it writes last: the WebSocket close reason
+    /// ([`Session::close_text`]), the `close` frame ([`Outbox::close_frame`] does).
+    pub fn retry_hint(&self) -> Option<Duration> {
+        self.state.retry_hint()
+    }
+
+    /// The WebSocket close reason text for `reason`: the reason, with `;retry_ms=N` when the
+    /// hub hints at a reconnection delay ([`hub_protocol::CloseText`]).
+    pub fn close_text(&self, reason: DisconnectReason) -> String {
+        CloseText::new(reason, self.state.retry_hint_ms()).to_string()
+    }
+
     /// Completes when the session must stop at once (slow consumer, heartbeat timeout, shutdown
     /// deadline): a transport races its writes against it so that a stalled socket cannot hold
     /// the session open.
@@ -422,9 +438,14 @@ impl Outbox {
     /// for transports without a close frame of their own (SSE, long-polling).
     pub fn close_frame(&self, reason: DisconnectReason) -> Bytes {
         // Only fixed strings and integers: encoding cannot fail.
-        Frame::close(reason)
+        Frame::close_with_retry(reason, self.state.retry_hint_ms())
             .encode(self.state.codec)
             .unwrap_or_default()
+    }
+
+    /// The reconnection delay the hub hinted at when the session ended ([`Session::retry_hint`]).
+    pub fn retry_hint(&self) -> Option<Duration> {
+        self.state.retry_hint()
     }
 }
 

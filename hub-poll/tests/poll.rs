@@ -1248,9 +1248,12 @@ async fn shutdown_answers_polls_with_the_queued_frames_then_close_and_lets_go() 
         (1..=3).map(|n| (n, json!({"n": n}))).collect::<Vec<_>>()
     );
     assert_eq!(frames.len(), 4, "{frames:?}");
+    // With the hub's reconnection hint (a random delay within the default 5 s spread).
+    let hint = frames[3]["retry_ms"].as_u64().unwrap_or(0);
+    assert!((1..=5000).contains(&hint), "{}", frames[3]);
     assert_eq!(
         frames[3],
-        json!({"type": "close", "code": 1001, "reason": "shutdown"})
+        json!({"type": "close", "code": 1001, "reason": "shutdown", "retry_ms": hint})
     );
     // Every session was let go in time: the acknowledged one at once, the silent and the
     // kicked ones after a short bound. Nothing had to be forced.

@@ -363,6 +363,7 @@ impl DisconnectReason {
     /// assert_eq!(DisconnectReason::from_close(1000, "kicked"), Some(DisconnectReason::Normal));
     /// ```
     pub fn from_close(code: u16, reason: &str) -> Option<DisconnectReason> {
+        let reason = CloseText::parse(reason).reason;
         if let Some(r) = Self::parse(reason) {
             if r.close_code() == code {
                 return Some(r);
@@ -373,6 +374,58 @@ impl DisconnectReason {
             (Some(r), None) => Some(*r),
             _ => None,
         }
+    }
+}
+
+/// A WebSocket close frame's reason text: the reason, then optional parameters after `;`
+/// (`shutdown;retry_ms=2350`). The only parameter defined is `retry_ms`, how long the client
+/// should wait before reconnecting; unknown parameters are ignored.
+///
+/// ```
+/// use hub_protocol::{CloseText, DisconnectReason};
+/// let text = CloseText::new(DisconnectReason::Shutdown, Some(2350)).to_string();
+/// assert_eq!(text, "shutdown;retry_ms=2350");
+/// let parsed = CloseText::parse(&text);
+/// assert_eq!((parsed.reason, parsed.retry_ms), ("shutdown", Some(2350)));
+/// assert_eq!(CloseText::parse("kicked").retry_ms, None);
+/// assert_eq!(CloseText::parse("shutdown;x=1;retry_ms=oops").retry_ms, None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseText<'a> {
+    /// The reason string (the part before the first `;`).
+    pub reason: &'a str,
+    /// The reconnection delay the server asks for, in milliseconds.
+    pub retry_ms: Option<u64>,
+}
+
+impl<'a> CloseText<'a> {
+    /// The text for a reason and an optional delay.
+    pub fn new(reason: DisconnectReason, retry_ms: Option<u64>) -> CloseText<'static> {
+        CloseText {
+            reason: reason.as_str(),
+            retry_ms,
+        }
+    }
+
+    /// Reads a close reason text; never fails (a text without `;` is all reason).
+    pub fn parse(text: &'a str) -> CloseText<'a> {
+        let mut parts = text.split(';');
+        let reason = parts.next().unwrap_or_default().trim();
+        let retry_ms = parts
+            .filter_map(|p| p.trim().strip_prefix("retry_ms="))
+            .next_back()
+            .and_then(|v| v.parse().ok());
+        CloseText { reason, retry_ms }
+    }
+}
+
+impl fmt::Display for CloseText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.reason)?;
+        if let Some(ms) = self.retry_ms {
+            write!(f, ";retry_ms={ms}")?;
+        }
+        Ok(())
     }
 }
 

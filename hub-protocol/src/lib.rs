@@ -76,7 +76,7 @@ mod wire;
 
 pub use client::{ClientFrame, ClientOp, FrameError};
 pub use codec::{Codec, Payload};
-pub use error::{Code, DecodeError, DisconnectReason, EncodeError, ErrorCode};
+pub use error::{CloseText, Code, DecodeError, DisconnectReason, EncodeError, ErrorCode};
 pub use server::{ServerFrame, Shared, PROTOCOL_VERSION};
 pub use types::{BadSessionId, GapReason, Member, Position, Scope, SessionId};
 

@@ -144,6 +144,10 @@ pub enum ServerFrame {
         code: u16,
         /// The reason string.
         reason: Cow<'static, str>,
+        /// How long the client should wait before reconnecting, in milliseconds (a server
+        /// that is shutting down spreads its clients' returns with it); absent: the client's
+        /// own backoff.
+        retry_ms: Option<u64>,
     },
     /// `session` (SSE only): the stream's session, its command token and where to post
     /// commands.
@@ -168,6 +172,16 @@ impl ServerFrame {
         ServerFrame::Close {
             code: reason.close_code(),
             reason: Cow::Borrowed(reason.as_str()),
+            retry_ms: None,
+        }
+    }
+
+    /// The `close` frame of a reason, with a reconnection delay hint (`retry_ms`).
+    pub fn close_with_retry(reason: DisconnectReason, retry_ms: Option<u64>) -> ServerFrame {
+        ServerFrame::Close {
+            code: reason.close_code(),
+            reason: Cow::Borrowed(reason.as_str()),
+            retry_ms,
         }
     }
 
@@ -290,10 +304,17 @@ impl ServerFrame {
                     f.push(("id", U64(*id)));
                 }
             }
-            ServerFrame::Close { code, reason } => {
+            ServerFrame::Close {
+                code,
+                reason,
+                retry_ms,
+            } => {
                 f.push(("type", Str("close")));
                 f.push(("code", U64(u64::from(*code))));
                 f.push(("reason", Str(reason)));
+                if let Some(ms) = retry_ms {
+                    f.push(("retry_ms", U64(*ms)));
+                }
             }
             ServerFrame::Session {
                 session,
@@ -489,6 +510,8 @@ struct CloseW {
     code: u16,
     #[serde(default)]
     reason: Option<String>,
+    #[serde(default)]
+    retry_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -597,6 +620,7 @@ where
             ServerFrame::Close {
                 code: w.code,
                 reason: Cow::Owned(w.reason.unwrap_or_default()),
+                retry_ms: w.retry_ms,
             }
         }
         "session" => {

@@ -108,7 +108,9 @@ fn server_frames(codec: Codec) -> Vec<ServerFrame> {
         ServerFrame::Close {
             code: 4999,
             reason: Cow::Owned("custom".into()),
+            retry_ms: None,
         },
+        ServerFrame::close_with_retry(DisconnectReason::Shutdown, Some(2350)),
         ServerFrame::Session {
             session,
             token: "ab".repeat(32),

@@ -357,6 +357,11 @@ impl Writer {
                 Outgoing::Ping => out.put(b": ping\n\n"),
                 Outgoing::Close(reason) => {
                     let frame = self.outbox.close_frame(reason);
+                    if let Some(hint) = self.outbox.retry_hint() {
+                        // A browser's EventSource reconnects after `retry`: make it the hub's
+                        // hint, so that it comes back when the hub asked.
+                        out.put(format!("retry: {}\n", hint.as_millis()).as_bytes());
+                    }
                     out.head(None, "close");
                     out.data(&frame, &self.tails);
                     self.done = true;

@@ -303,6 +303,9 @@ impl SseService {
     }
 
     /// How long a browser waits before reconnecting a dropped stream (the `retry:` field).
+    /// Each stream is sent a random delay between half and one and a half times this, so
+    /// that the browsers of a node that goes away do not all come back in the same instant
+    /// (a shutdown also sends each stream the hub's own hint: [`hub_core::HubBuilder::reconnect_spread`]).
     #[must_use]
     pub fn retry(mut self, delay: Duration) -> SseService {
         Arc::make_mut(&mut self.settings).retry = delay;
@@ -545,7 +548,7 @@ impl SseService {
                 &serde_json::to_vec(&event).unwrap_or_default(),
             );
         }
-        let retry = u64::try_from(self.settings.retry.as_millis()).unwrap_or(u64::MAX);
+        let retry = jittered(self.settings.retry);
         let cursor = Arc::new(Mutex::new(cursor));
         let session = Arc::new(session);
         let registered = self.registry.insert(
@@ -868,4 +871,15 @@ pub mod fuzzing {
             Err(_) => false,
         }
     }
+}
+
+/// `base` scaled by a random factor in `0.5..1.5`, in whole milliseconds, for `retry:`.
+fn jittered(base: Duration) -> u64 {
+    let ms = u64::try_from(base.as_millis()).unwrap_or(u64::MAX / 2);
+    let mut buf = [0u8; 8];
+    if getrandom::fill(&mut buf).is_err() {
+        return ms;
+    }
+    let r = u64::from_le_bytes(buf);
+    ms / 2 + r % ms.max(1)
 }

@@ -209,7 +209,9 @@ impl EventStream {
     /// Reads `welcome` then `session`: the command URL and token.
     async fn handshake(&mut self) -> Cmd {
         let first = self.next_block().await.unwrap();
-        assert_eq!(first.retry, Some(3000), "the stream starts with retry:");
+        // The default 3 s, jittered per stream by half of it either way.
+        let retry = first.retry.expect("the stream starts with retry:");
+        assert!((1500..4500).contains(&retry), "retry: {retry}");
         let welcome = self.next().await;
         assert_eq!(welcome.event, "welcome");
         let w = welcome.json();
@@ -1495,9 +1497,13 @@ async fn shutdown_ends_a_stream_after_its_queued_events_with_a_close_event() {
     }
     let close = s.next().await;
     assert_eq!(close.event, "close");
+    // With the hub's reconnection hint, also as the `retry:` that EventSource obeys.
+    let hint = close.json()["retry_ms"].as_u64().unwrap_or(0);
+    assert!((1..=5000).contains(&hint), "{:?}", close.json());
+    assert_eq!(close.retry, Some(hint));
     assert_eq!(
         close.json(),
-        json!({"type":"close","code":1001,"reason":"shutdown"})
+        json!({"type":"close","code":1001,"reason":"shutdown","retry_ms":hint})
     );
     assert!(s.next_block().await.is_none(), "the body ends after close");
 

@@ -353,13 +353,13 @@ where
                     let reason = session.close_reason().unwrap_or(DisconnectReason::Normal);
                     if reason == DisconnectReason::SlowConsumer {
                         // Cut off between two writes: the close frame may take the drain time.
-                        if Box::pin(send_close(&mut ws, reason, drain)).await {
+                        if Box::pin(send_close(&mut ws, reason, hint(&session), drain)).await {
                             Box::pin(await_close_reply(&mut ws)).await;
                         }
                         return;
                     }
                     // Stalled or gone: try to say why, briefly, then drop the socket.
-                    Box::pin(send_close(&mut ws, reason, Duration::from_millis(100))).await;
+                    Box::pin(send_close(&mut ws, reason, hint(&session), Duration::from_millis(100))).await;
                     return;
                 }
                 more = outbox.next_batch(&mut batch) => {
@@ -396,7 +396,7 @@ where
                                     let left =
                                         deadline.saturating_duration_since(tokio::time::Instant::now());
                                     let reason = DisconnectReason::SlowConsumer;
-                                    if Box::pin(send_close(&mut ws, reason, left)).await {
+                                    if Box::pin(send_close(&mut ws, reason, hint(&session), left)).await {
                                         Box::pin(await_close_reply(&mut ws)).await;
                                     }
                                 } else {
@@ -418,7 +418,7 @@ where
                         return;
                     }
                     if let Some(reason) = closing {
-                        Box::pin(close_handshake(&mut ws, reason)).await;
+                        Box::pin(close_handshake(&mut ws, reason, hint(&session))).await;
                         return;
                     }
                 }
@@ -455,7 +455,7 @@ where
                     }
                     Read::Bad(reason) => {
                         if reason != DisconnectReason::Normal {
-                            Box::pin(send_close(&mut ws, reason, CLOSE_GRACE)).await;
+                            Box::pin(send_close(&mut ws, reason, hint(&session), CLOSE_GRACE)).await;
                         }
                         session.close(reason);
                         return;
@@ -517,23 +517,27 @@ impl From<Option<Result<Message, tungstenite::Error>>> for Read {
 async fn send_close<S>(
     ws: &mut WebSocketStream<S>,
     reason: DisconnectReason,
+    hint: Option<u64>,
     wait: Duration,
 ) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     matches!(
-        tokio::time::timeout(wait, ws.send(close_msg(reason))).await,
+        tokio::time::timeout(wait, ws.send(close_msg(reason, hint))).await,
         Ok(Ok(()))
     )
 }
 
 /// Sends our close frame, then waits briefly for the client's before the socket is dropped.
-async fn close_handshake<S>(ws: &mut WebSocketStream<S>, reason: DisconnectReason)
-where
+async fn close_handshake<S>(
+    ws: &mut WebSocketStream<S>,
+    reason: DisconnectReason,
+    hint: Option<u64>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    send_close(ws, reason, CLOSE_GRACE).await;
+    send_close(ws, reason, hint, CLOSE_GRACE).await;
     await_close_reply(ws).await;
 }
 
@@ -669,10 +673,21 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-fn close_msg(reason: DisconnectReason) -> Message {
+/// The reconnection delay the hub hinted at for this session's end, in ms.
+fn hint(session: &hub_core::Session) -> Option<u64> {
+    session.retry_hint().map(|d| d.as_millis() as u64)
+}
+
+/// The close frame: the reason's code, and its text with the hub's reconnection hint
+/// (`shutdown;retry_ms=2350`, PROTOCOL.md "Closing").
+fn close_msg(reason: DisconnectReason, hint: Option<u64>) -> Message {
+    let text = match hint {
+        None => Utf8Bytes::from_static(reason.as_str()),
+        Some(ms) => Utf8Bytes::from(hub_core::CloseText::new(reason, Some(ms)).to_string()),
+    };
     Message::Close(Some(CloseFrame {
         code: CloseCode::from(reason.close_code()),
-        reason: Utf8Bytes::from_static(reason.as_str()),
+        reason: text,
     }))
 }
 

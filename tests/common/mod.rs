@@ -664,3 +664,16 @@ impl Client {
         }
     }
 }
+
+/// A WebSocket close that a shutdown sent: 1001 `shutdown`, with the hub's reconnection hint
+/// (`shutdown;retry_ms=N`, N within the default 5 s spread).
+#[allow(dead_code)]
+pub(crate) fn assert_shutdown_close(code: u16, text: &str) {
+    assert_eq!(code, 1001, "{text}");
+    let parsed = hub::CloseText::parse(text);
+    assert_eq!(parsed.reason, "shutdown", "{text}");
+    assert!(
+        parsed.retry_ms.is_some_and(|ms| (1..=5000).contains(&ms)),
+        "{text}"
+    );
+}
