@@ -88,14 +88,17 @@ pub use hub_core::*;
 
 /// The WebSocket transport.
 #[cfg(feature = "ws")]
+#[doc(inline)]
 pub use hub_ws as ws;
 
 /// The server-sent events transport.
 #[cfg(feature = "sse")]
+#[doc(inline)]
 pub use hub_sse as sse;
 
 /// The long-polling transport.
 #[cfg(feature = "poll")]
+#[doc(inline)]
 pub use hub_poll as poll;
 
 #[cfg(feature = "js")]
@@ -103,6 +106,7 @@ pub mod js;
 
 /// Prometheus metrics of the hub.
 #[cfg(feature = "metrics")]
+#[doc(inline)]
 pub use hub_metrics as metrics;
 
 mod shutdown;
