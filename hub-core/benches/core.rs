@@ -94,6 +94,43 @@ fn fanout(c: &mut Criterion) {
     group.finish();
 }
 
+/// The cost of latest-value conflation on the hot path when nobody lags: one keyed publish to
+/// N subscribers, on a plain topic and on a conflated one (every subscriber's writer keeps up,
+/// so nothing is ever conflated away).
+fn fanout_conflated(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("fanout_keyed");
+    for n in [100usize, 10_000] {
+        for conflated in [false, true] {
+            let hub = Hub::builder()
+                .history_len(0)
+                .conflate_topics(move |_| conflated)
+                .build();
+            let mut subs = sessions(&rt, &hub, n, Codec::Json, "t");
+            let data = payload();
+            group.throughput(Throughput::Elements(n as u64));
+            let name = if conflated { "conflated" } else { "plain" };
+            group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                b.iter(|| {
+                    hub.publish_message(
+                        "t",
+                        hub_core::broker::Message::keyed(data.clone(), "match:7"),
+                    )
+                    .now_or_never()
+                    .expect("the in-process engine does not wait")
+                    .unwrap();
+                    let mut got = 0;
+                    for s in subs.iter_mut() {
+                        got += drain(s);
+                    }
+                    assert_eq!(got, n);
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 /// Encoding once and sharing the bytes, against encoding per subscriber (what a naive hub
 /// does), for 1,000 receivers.
 fn encode_once(c: &mut Criterion) {
@@ -187,6 +224,7 @@ fn presence(c: &mut Criterion) {
 criterion_group!(
     benches,
     fanout,
+    fanout_conflated,
     encode_once,
     subscribe_unsubscribe,
     presence
