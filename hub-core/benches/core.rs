@@ -131,6 +131,64 @@ fn fanout_conflated(c: &mut Criterion) {
     group.finish();
 }
 
+/// Publishing while 10,000 patterns are held (625 sessions x 16 patterns `p<i>/*`): to a
+/// topic a pattern brought (followed: the index is not consulted), and to topics nobody
+/// follows (each is matched against the patterns), beside the same publishes without patterns.
+fn publish_with_patterns(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("publish_10000_patterns");
+    for patterns in [false, true] {
+        let hub = Hub::builder()
+            .history_len(0)
+            .max_subscriptions(10_000)
+            .build();
+        let mut subs = Vec::new();
+        if patterns {
+            rt.block_on(async {
+                for i in 0..625 {
+                    let mut c = hub
+                        .connect(ConnectRequest::new(
+                            TransportInfo::duplex("bench"),
+                            Codec::Json,
+                        ))
+                        .await
+                        .unwrap();
+                    for j in 0..16 {
+                        let frame =
+                            format!(r#"{{"type":"psubscribe","pattern":"p{}/*"}}"#, i * 16 + j);
+                        c.session.handle(Bytes::from(frame)).await;
+                    }
+                    drain(&mut c);
+                    subs.push(c);
+                }
+            });
+        }
+        let name = if patterns { "10000_patterns" } else { "none" };
+        let data = payload();
+        // p7/live is matched by one pattern (and so followed after its first message).
+        group.bench_function(BenchmarkId::new("followed", name), |b| {
+            b.iter(|| {
+                hub.publish_payload("p7/live", data.clone())
+                    .now_or_never()
+                    .expect("the in-process engine does not wait")
+                    .unwrap();
+                for s in subs.iter_mut().take(1) {
+                    black_box(drain(s));
+                }
+            })
+        });
+        group.bench_function(BenchmarkId::new("unfollowed", name), |b| {
+            b.iter(|| {
+                hub.publish_payload("q7/live", data.clone())
+                    .now_or_never()
+                    .expect("the in-process engine does not wait")
+                    .unwrap();
+            })
+        });
+    }
+    group.finish();
+}
+
 /// Encoding once and sharing the bytes, against encoding per subscriber (what a naive hub
 /// does), for 1,000 receivers.
 fn encode_once(c: &mut Criterion) {
@@ -225,6 +283,7 @@ criterion_group!(
     benches,
     fanout,
     fanout_conflated,
+    publish_with_patterns,
     encode_once,
     subscribe_unsubscribe,
     presence

@@ -257,6 +257,10 @@ pub enum Channel<'a> {
     Topic(&'a str),
     /// The control messages routed to a room ([`Route::Room`]).
     Room(&'a str),
+    /// The messages of every topic that matches a pattern (`scores/*`: one segment,
+    /// `scores/**`: one or more). An engine may hand the node more (a superset: the node
+    /// filters), never less.
+    Pattern(&'a str),
 }
 
 /// Where a control message goes ([`Broker::send`]).

@@ -134,6 +134,13 @@ impl HubBuilder {
         self
     }
 
+    /// Patterns a session may hold (`psubscribe`, e.g. `scores/*`). Default 16. The topics a
+    /// session's patterns bring count against [`HubBuilder::max_subscriptions`].
+    pub fn max_patterns(mut self, n: usize) -> Self {
+        self.config.max_patterns = n;
+        self
+    }
+
     /// Rooms one session may be in at once. Default 256.
     pub fn max_rooms_per_session(mut self, n: usize) -> Self {
         self.config.max_rooms_per_session = n;

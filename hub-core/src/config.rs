@@ -41,6 +41,8 @@ pub(crate) struct Config {
     pub(crate) slow_consumer: SlowConsumerPolicy,
     pub(crate) max_name_len: usize,
     pub(crate) max_subscriptions: usize,
+    /// Patterns (`psubscribe`) per session.
+    pub(crate) max_patterns: usize,
     pub(crate) max_rooms_per_session: usize,
     pub(crate) max_topics: usize,
     /// How long a topic without subscribers is kept after its last message (ms).
@@ -78,6 +80,7 @@ impl Default for Config {
             slow_consumer: SlowConsumerPolicy::Disconnect,
             max_name_len: 128,
             max_subscriptions: 256,
+            max_patterns: 16,
             max_rooms_per_session: 256,
             max_topics: 100_000,
             topic_ttl_ms: 5 * 60 * 1000,

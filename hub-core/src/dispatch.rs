@@ -187,6 +187,7 @@ impl Hub {
                     from,
                     presence: false,
                     conflate: self.inner.conflates(topic),
+                    via_pattern: false,
                 },
             )
             .await
@@ -231,6 +232,7 @@ impl Hub {
                             },
                             presence,
                             conflate: conflate.unwrap_or_else(|| inner.conflates(&topic)),
+                            via_pattern: false,
                         },
                     )
                     .await?;
@@ -239,6 +241,28 @@ impl Hub {
             ClientOp::Unsubscribe { topic } => {
                 check_name(&topic, max, ErrorCode::BadTopic)?;
                 inner.unsubscribe(s, &topic)?;
+                Ok(Some(Payload::null()))
+            }
+            ClientOp::PSubscribe { pattern, positions } => {
+                let pattern = crate::patterns::Pattern::parse(&pattern, max)?;
+                if !hooks
+                    .authorize(&s.identity, Action::SubscribePattern(&pattern.text))
+                    .await
+                {
+                    return Err((
+                        ErrorCode::Forbidden,
+                        format!("not allowed to subscribe to {}", pattern.text),
+                    ));
+                }
+                let text = pattern.text.clone();
+                inner.psubscribe(s, pattern, positions).await?;
+                Ok(Some(
+                    Payload::from_value(&serde_json::json!({ "pattern": &*text }))
+                        .unwrap_or_else(|_| Payload::null()),
+                ))
+            }
+            ClientOp::PUnsubscribe { pattern } => {
+                inner.punsubscribe(s, &pattern)?;
                 Ok(Some(Payload::null()))
             }
             ClientOp::Publish {

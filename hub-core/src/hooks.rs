@@ -148,6 +148,9 @@ impl ConnectRequest {
 pub enum Action<'a> {
     /// Subscribe to a topic.
     Subscribe(&'a str),
+    /// Subscribe to every topic that matches a pattern (`scores/*`, `scores/**`): the hook
+    /// sees the pattern, not the topics (refuse what is too broad).
+    SubscribePattern(&'a str),
     /// Publish to a topic.
     Publish(&'a str),
     /// Join a room by the client's own request (server-side joins are not asked).

@@ -80,6 +80,7 @@ mod hub;
 mod memory;
 mod names;
 mod node;
+mod patterns;
 pub mod presence;
 mod queue;
 mod rooms;

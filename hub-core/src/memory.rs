@@ -7,7 +7,7 @@
 //! the very frames the subscribers got, so a recovering client shares their encodings too.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
@@ -36,6 +36,8 @@ pub struct MemoryBroker {
     /// shard lock before the stream leaves the table, so a stream created afterwards sees it.
     forgotten: AtomicU64,
     start: tokio::time::Instant,
+    /// Patterns the node holds: while there is one, every publication goes to the node.
+    patterns_held: AtomicUsize,
 }
 
 struct Stream {
@@ -80,6 +82,7 @@ impl MemoryBroker {
             streams: DashMap::new(),
             epoch: Arc::from(random_hex().as_str()),
             forgotten: AtomicU64::new(0),
+            patterns_held: AtomicUsize::new(0),
             start: tokio::time::Instant::now(),
         }
     }
@@ -218,7 +221,8 @@ impl MemoryBroker {
             }
             // Delivered under the stream's lock: every local subscriber gets the topic's
             // messages in offset order, whoever publishes them. A delivery never waits.
-            if st.followed {
+            // With a pattern held, every topic's messages go to the node, which matches them.
+            if st.followed || self.patterns_held.load(Ordering::Acquire) > 0 {
                 if let Some((node, _)) = self.attached.get() {
                     node.deliver(p);
                 }
@@ -298,6 +302,10 @@ impl Broker for MemoryBroker {
         match channel {
             Channel::Topic(t) => self.follow(t, true),
             Channel::Room(_) => Ok(()),
+            Channel::Pattern(_) => {
+                self.patterns_held.fetch_add(1, Ordering::AcqRel);
+                Ok(())
+            }
         }
     }
 
@@ -310,6 +318,13 @@ impl Broker for MemoryBroker {
                 Ok(())
             }
             Channel::Room(_) => Ok(()),
+            Channel::Pattern(_) => {
+                // Never below zero: an unsubscribe without its subscribe does nothing.
+                let _ = self
+                    .patterns_held
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+                Ok(())
+            }
         }
     }
 

@@ -43,6 +43,8 @@ pub(crate) struct Inner {
     pub(crate) rooms: DashMap<Arc<str>, Arc<Room>>,
     /// This node's subscriptions to the engine's channels.
     pub(crate) channels: Channels,
+    /// The patterns local sessions hold.
+    pub(crate) patterns: crate::patterns::PatternIndex,
     pub(crate) stats: Stats,
     /// Session queues past their high-water mark: publishers pace themselves by it.
     pub(crate) congestion: Arc<Congestion>,
@@ -82,6 +84,7 @@ impl Inner {
             topics: DashMap::new(),
             rooms: DashMap::new(),
             channels: Channels::default(),
+            patterns: Default::default(),
             stats: Stats::default(),
             congestion: Arc::default(),
             start: tokio::time::Instant::now(),
@@ -212,6 +215,12 @@ impl Inner {
                     continue;
                 }
                 m.closed = true;
+                m.via_pattern.clear();
+                for p in std::mem::take(&mut m.patterns) {
+                    if self.patterns.remove(&p.text, s.id) {
+                        self.engine_release(crate::streams::ChannelKey::Pattern(p.text.clone()));
+                    }
+                }
                 (std::mem::take(&mut m.topics), std::mem::take(&mut m.rooms))
             };
             let dropped = s.close_queue(reason);

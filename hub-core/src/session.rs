@@ -50,6 +50,13 @@ pub(crate) struct Membership {
     pub(crate) closed: bool,
     pub(crate) topics: HashSet<Arc<str>>,
     pub(crate) rooms: HashSet<Arc<str>>,
+    /// The session's patterns (`psubscribe`).
+    pub(crate) patterns: Vec<crate::patterns::Pattern>,
+    /// The topics in `topics` that a pattern brought (not subscribed on their own).
+    pub(crate) via_pattern: HashSet<Arc<str>>,
+    /// The session was told that a pattern's topic was over its subscription limit (once,
+    /// until a subscription ends).
+    pub(crate) pattern_full_told: bool,
 }
 
 /// A session as the hub keeps it (in its tables, topics and rooms).

@@ -99,6 +99,8 @@ pub(crate) struct SubscribeReq {
     pub(crate) presence: bool,
     /// Keep only the newest message per key when behind (and when recovering).
     pub(crate) conflate: bool,
+    /// A pattern of the session brings the topic (a `psubscribe` resuming it).
+    pub(crate) via_pattern: bool,
 }
 
 /// Builds a subscription's catch-up: frames in offset order from `next`, a `gap` for each
@@ -230,6 +232,7 @@ pub(crate) struct Channels {
 pub(crate) enum ChannelKey {
     Topic(Arc<str>),
     Room(Arc<str>),
+    Pattern(Arc<str>),
 }
 
 impl ChannelKey {
@@ -237,6 +240,7 @@ impl ChannelKey {
         match self {
             ChannelKey::Topic(t) => Channel::Topic(t),
             ChannelKey::Room(r) => Channel::Room(r),
+            ChannelKey::Pattern(p) => Channel::Pattern(p),
         }
     }
 }
@@ -324,6 +328,7 @@ impl Inner {
             let needed = match &key {
                 ChannelKey::Topic(t) => inner.topics.contains_key(t),
                 ChannelKey::Room(r) => inner.rooms.contains_key(r),
+                ChannelKey::Pattern(p) => inner.patterns.holds(p),
             };
             if needed {
                 return;
@@ -389,8 +394,13 @@ impl Inner {
                 break t;
             };
             m.topics.insert(t.name.clone());
+            if req.via_pattern {
+                m.via_pattern.insert(t.name.clone());
+            }
             t
         };
+        // Sessions whose patterns match a topic this node starts to follow get it too.
+        self.materialize_patterns(&t);
 
         // 2 and 3. The engine: hear the channel, read the top (and the history after `since`).
         let mut from = match &req.from {
@@ -575,6 +585,8 @@ impl Inner {
         {
             let mut m = lock(&s.membership);
             if m.topics.remove(&*t.name) {
+                m.via_pattern.remove(&*t.name);
+                m.pattern_full_told = false;
                 self.remove_from_topic(s, &t.name, &mut overflow);
             }
         }
@@ -585,12 +597,19 @@ impl Inner {
         let mut overflow = Vec::new();
         {
             let mut m = lock(&s.membership);
+            if m.via_pattern.contains(name) {
+                return Err((
+                    ErrorCode::NotSubscribed,
+                    format!("{name} comes through a pattern: punsubscribe the pattern"),
+                ));
+            }
             if !m.topics.remove(name) {
                 return Err((
                     ErrorCode::NotSubscribed,
                     format!("not subscribed to {name}"),
                 ));
             }
+            m.pattern_full_told = false;
             self.remove_from_topic(s, name, &mut overflow);
         }
         self.close_all(overflow, DisconnectReason::SlowConsumer);
@@ -628,20 +647,25 @@ impl Inner {
                 .remove(self, ScopeName::Topic(name.to_owned()), s.member());
         }
         if empty {
-            let removed = self
-                .topics
-                .remove_if(name, |_, t| {
-                    let mut st = lock(&t.state);
-                    let idle = st.subs.is_empty();
-                    if idle {
-                        st.dead = true;
-                    }
-                    idle
-                })
-                .is_some();
-            if removed {
-                self.engine_release(ChannelKey::Topic(t.name.clone()));
-            }
+            self.release_if_idle(&t);
+        }
+    }
+
+    /// Forgets a topic nobody here follows any more, and lets its channel go.
+    fn release_if_idle(&self, t: &Arc<LocalTopic>) {
+        let removed = self
+            .topics
+            .remove_if(&t.name, |_, t| {
+                let mut st = lock(&t.state);
+                let idle = st.subs.is_empty();
+                if idle {
+                    st.dead = true;
+                }
+                idle
+            })
+            .is_some();
+        if removed {
+            self.engine_release(ChannelKey::Topic(t.name.clone()));
         }
     }
 
@@ -692,8 +716,15 @@ impl Inner {
 
     /// A message the engine hands this node (see the module docs for the checks).
     pub(crate) fn deliver(&self, p: Publication) {
-        let Some(t) = self.topics.get(&**p.topic()).map(|t| t.clone()) else {
-            return;
+        let t = match self.topics.get(&**p.topic()).map(|t| t.clone()) {
+            Some(t) => t,
+            // Nobody here follows the topic: a pattern may want it (the engine hands the node
+            // every topic while a pattern is held, or a superset of what the patterns match).
+            None if !self.patterns.is_empty() => match self.topic_for_patterns(p.topic()) {
+                Some(t) => t,
+                None => return,
+            },
+            None => return,
         };
         let mut overflow = Vec::new();
         {
@@ -1032,4 +1063,210 @@ fn subscribe_reply(id: u64, topic: &str, top: &Position) -> Arc<Shared> {
     }))
     .unwrap_or_default();
     Shared::new(Frame::Reply { id, data })
+}
+
+/// Wildcard subscriptions (see [`crate::patterns`]).
+impl Inner {
+    /// `psubscribe`: holds `pattern` for `s`; every topic it matches that this node follows
+    /// becomes a subscription of `s` at once, every other one when the node starts to follow
+    /// it. `positions` resume topics of the pattern after a position (each one as a
+    /// `subscribe` with `since`).
+    pub(crate) async fn psubscribe(
+        &self,
+        s: &Arc<SessionState>,
+        pattern: crate::patterns::Pattern,
+        positions: Vec<(String, Position)>,
+    ) -> Result<(), OpError> {
+        if positions.len() > self.config.max_subscriptions {
+            return Err((
+                ErrorCode::TooManySubscriptions,
+                format!("at most {} subscriptions", self.config.max_subscriptions),
+            ));
+        }
+        for (topic, _) in &positions {
+            crate::names::check_name(topic, self.config.max_name_len, ErrorCode::BadTopic)?;
+            if !pattern.matches(topic) {
+                return Err((
+                    ErrorCode::BadField,
+                    format!("positions: {topic} does not match {}", pattern.text),
+                ));
+            }
+        }
+        {
+            let mut m = lock(&s.membership);
+            if m.closed {
+                return Ok(());
+            }
+            if m.patterns.iter().any(|p| p.text == pattern.text) {
+                return Err((
+                    ErrorCode::AlreadySubscribed,
+                    format!("already subscribed to {}", pattern.text),
+                ));
+            }
+            if m.patterns.len() >= self.config.max_patterns {
+                return Err((
+                    ErrorCode::TooManyPatterns,
+                    format!("at most {} patterns", self.config.max_patterns),
+                ));
+            }
+            m.patterns.push(pattern.clone());
+        }
+        self.patterns.add(&pattern, s);
+        if let Err(e) = self
+            .engine_hold(ChannelKey::Pattern(pattern.text.clone()))
+            .await
+        {
+            self.drop_pattern(s, &pattern.text);
+            return Err((e.code(), e.to_string()));
+        }
+        // Closed meanwhile: what the close did not see, undo here.
+        if lock(&s.membership).closed {
+            self.drop_pattern(s, &pattern.text);
+            return Ok(());
+        }
+        // The resumed topics first (with recovery), then every other followed topic (live).
+        for (topic, since) in positions {
+            let req = SubscribeReq {
+                id: None,
+                from: HistoryFrom::After(since),
+                presence: false,
+                conflate: self.conflates(&topic),
+                via_pattern: true,
+            };
+            match self.subscribe(s, &topic, req).await {
+                Ok(()) => {}
+                // Brought by another pattern already, or subscribed on its own: it goes on.
+                Err((ErrorCode::AlreadySubscribed, _)) => {}
+                Err((code, message)) => self.send_error(s, None, code, message),
+            }
+        }
+        let followed: Vec<Arc<LocalTopic>> = self
+            .topics
+            .iter()
+            .filter(|t| pattern.matches(&t.value().name))
+            .map(|t| t.value().clone())
+            .collect();
+        for t in followed {
+            self.materialize(s, &t);
+        }
+        Ok(())
+    }
+
+    /// `punsubscribe`: drops the pattern and every topic it brought that no other pattern of
+    /// the session matches.
+    pub(crate) fn punsubscribe(&self, s: &Arc<SessionState>, text: &str) -> Result<(), OpError> {
+        let mut overflow = Vec::new();
+        {
+            let mut m = lock(&s.membership);
+            let Some(i) = m.patterns.iter().position(|p| &*p.text == text) else {
+                return Err((
+                    ErrorCode::NotSubscribed,
+                    format!("not subscribed to {text}"),
+                ));
+            };
+            m.patterns.remove(i);
+            let orphans: Vec<Arc<str>> = m
+                .via_pattern
+                .iter()
+                .filter(|t| !m.patterns.iter().any(|p| p.matches(t)))
+                .cloned()
+                .collect();
+            for topic in orphans {
+                m.via_pattern.remove(&topic);
+                m.topics.remove(&topic);
+                self.remove_from_topic(s, &topic, &mut overflow);
+            }
+            m.pattern_full_told = false;
+        }
+        if self.patterns.remove(text, s.id) {
+            self.engine_release(ChannelKey::Pattern(text.into()));
+        }
+        self.close_all(overflow, DisconnectReason::SlowConsumer);
+        Ok(())
+    }
+
+    /// Takes back a pattern (its engine subscription failed, or the session closed).
+    pub(crate) fn drop_pattern(&self, s: &Arc<SessionState>, text: &str) {
+        lock(&s.membership).patterns.retain(|p| &*p.text != text);
+        if self.patterns.remove(text, s.id) {
+            self.engine_release(ChannelKey::Pattern(text.into()));
+        }
+    }
+
+    /// The local topic for a message nobody here follows yet, if a pattern wants it: the
+    /// sessions whose patterns match become its subscribers.
+    fn topic_for_patterns(&self, topic: &Arc<str>) -> Option<Arc<LocalTopic>> {
+        let sessions = self.patterns.sessions_for(topic);
+        if sessions.is_empty() {
+            return None;
+        }
+        let t = self.local_topic(topic).ok()?;
+        let mut any = false;
+        for s in &sessions {
+            any |= self.materialize(s, &t);
+        }
+        if !any {
+            // Every one of them was full or closing: nobody holds the topic.
+            self.release_if_idle(&t);
+            return None;
+        }
+        Some(t)
+    }
+
+    /// Every session with a pattern matching `t` that does not follow it yet does now.
+    fn materialize_patterns(&self, t: &Arc<LocalTopic>) {
+        if self.patterns.is_empty() {
+            return;
+        }
+        for s in self.patterns.sessions_for(&t.name) {
+            self.materialize(&s, t);
+        }
+    }
+
+    /// Makes `t` a subscription of `s` brought by its patterns, live from the next message the
+    /// node delivers. Returns whether `s` now follows `t` (it may have already).
+    fn materialize(&self, s: &Arc<SessionState>, t: &Arc<LocalTopic>) -> bool {
+        let mut m = lock(&s.membership);
+        if m.closed {
+            return false;
+        }
+        if m.topics.contains(&t.name) {
+            return true;
+        }
+        if m.topics.len() >= self.config.max_subscriptions {
+            if !m.pattern_full_told {
+                m.pattern_full_told = true;
+                drop(m);
+                self.send_error(
+                    s,
+                    None,
+                    ErrorCode::TooManySubscriptions,
+                    format!(
+                        "{} matches your pattern, but you have {} subscriptions (the limit): its messages do not reach you",
+                        t.name, self.config.max_subscriptions
+                    ),
+                );
+            }
+            return false;
+        }
+        let mut st = lock(&t.state);
+        if st.dead {
+            return false;
+        }
+        let next = st.cursor.as_ref().map_or(0, |(_, last)| last + 1);
+        st.subs.insert(
+            s.id,
+            Sub {
+                session: s.clone(),
+                presence: false,
+                conflate: self.conflates(&t.name),
+                next,
+                pending: None,
+            },
+        );
+        drop(st);
+        m.topics.insert(t.name.clone());
+        m.via_pattern.insert(t.name.clone());
+        true
+    }
 }

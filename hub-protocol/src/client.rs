@@ -85,6 +85,20 @@ pub enum ClientOp {
         /// The topic.
         topic: String,
     },
+    /// `psubscribe`: follow every topic that matches a pattern (`scores/*`: one segment;
+    /// `scores/**`: one or more, at the end).
+    PSubscribe {
+        /// The pattern.
+        pattern: String,
+        /// Resume these topics (each must match the pattern) after their positions, as a
+        /// `subscribe` with `since` would.
+        positions: Vec<(String, Position)>,
+    },
+    /// `punsubscribe`: stop following a pattern (and the topics only it brought).
+    PUnsubscribe {
+        /// The pattern.
+        pattern: String,
+    },
     /// `publish`: publish `data` to a topic.
     Publish {
         /// The topic.
@@ -132,6 +146,8 @@ impl ClientOp {
         match self {
             ClientOp::Subscribe { .. } => "subscribe",
             ClientOp::Unsubscribe { .. } => "unsubscribe",
+            ClientOp::PSubscribe { .. } => "psubscribe",
+            ClientOp::PUnsubscribe { .. } => "punsubscribe",
             ClientOp::Publish { .. } => "publish",
             ClientOp::Event { .. } => "event",
             ClientOp::Join { .. } => "join",
@@ -225,6 +241,29 @@ impl ClientFrame {
                 }
             }
             ClientOp::Unsubscribe { topic } => f.push(("topic", Str(topic))),
+            ClientOp::PSubscribe { pattern, positions } => {
+                f.push(("pattern", Str(pattern)));
+                if !positions.is_empty() {
+                    f.push((
+                        "positions",
+                        Entries(
+                            positions
+                                .iter()
+                                .map(|(t, p)| {
+                                    (
+                                        t.as_str(),
+                                        Map(vec![
+                                            ("epoch", Str(&p.epoch)),
+                                            ("offset", U64(p.offset)),
+                                        ]),
+                                    )
+                                })
+                                .collect(),
+                        ),
+                    ));
+                }
+            }
+            ClientOp::PUnsubscribe { pattern } => f.push(("pattern", Str(pattern))),
             ClientOp::Publish {
                 topic,
                 data,
@@ -332,6 +371,10 @@ struct Incoming<D> {
     key: Option<Text>,
     #[serde(default)]
     delete: Option<bool>,
+    #[serde(default)]
+    pattern: Option<Text>,
+    #[serde(default)]
+    positions: Option<std::collections::BTreeMap<String, Position>>,
 }
 
 /// A string field: a string and nothing else (MessagePack `bin` holding UTF-8 is refused,
@@ -384,6 +427,13 @@ impl<D: Capture> Incoming<D> {
             }
             "unsubscribe" => ClientOp::Unsubscribe {
                 topic: text(self.topic, "topic")?,
+            },
+            "psubscribe" => ClientOp::PSubscribe {
+                pattern: text(self.pattern, "pattern")?,
+                positions: self.positions.unwrap_or_default().into_iter().collect(),
+            },
+            "punsubscribe" => ClientOp::PUnsubscribe {
+                pattern: text(self.pattern, "pattern")?,
             },
             "publish" => ClientOp::Publish {
                 topic: text(self.topic, "topic")?,

@@ -63,6 +63,11 @@ pub enum ErrorCode {
     BadKey,
     /// An `ack` answers no event waiting for one (already answered, timed out, or never asked).
     UnknownAck,
+    /// A pattern that is malformed: empty segments, `**` anywhere but at the end, a segment
+    /// mixing `*` with other characters, over the name limit or over 8 segments.
+    BadPattern,
+    /// A `psubscribe` over the session's limit of patterns (16 by default).
+    TooManyPatterns,
     /// A server fault.
     Internal,
 
@@ -93,7 +98,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 34] = [
+    pub const ALL: [ErrorCode; 36] = [
         ErrorCode::BadFrame,
         ErrorCode::BadField,
         ErrorCode::UnknownType,
@@ -116,6 +121,8 @@ impl ErrorCode {
         ErrorCode::EngineError,
         ErrorCode::BadKey,
         ErrorCode::UnknownAck,
+        ErrorCode::BadPattern,
+        ErrorCode::TooManyPatterns,
         ErrorCode::Internal,
         ErrorCode::BadRequest,
         ErrorCode::BadEncoding,
@@ -155,6 +162,8 @@ impl ErrorCode {
             ErrorCode::EngineError => "engine_error",
             ErrorCode::BadKey => "bad_key",
             ErrorCode::UnknownAck => "unknown_ack",
+            ErrorCode::BadPattern => "bad_pattern",
+            ErrorCode::TooManyPatterns => "too_many_patterns",
             ErrorCode::Internal => "internal",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::BadEncoding => "bad_encoding",

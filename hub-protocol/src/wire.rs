@@ -21,6 +21,8 @@ pub(crate) enum Val<'a> {
     Raw(&'a Payload),
     Json(&'a serde_json::Value),
     Map(Vec<(&'static str, Val<'a>)>),
+    /// A map whose keys are data (topic names): escaped as any string.
+    Entries(Vec<(&'a str, Val<'a>)>),
 }
 
 /// Encodes a frame's fields as one map in `codec`.
@@ -61,6 +63,21 @@ fn json_map(out: &mut Vec<u8>, fields: &[(&'static str, Val<'_>)]) -> Result<(),
             Val::Raw(p) => out.extend_from_slice(&p.bytes_in(Codec::Json)?),
             Val::Json(v) => serde_json::to_writer(&mut *out, v).map_err(EncodeError::new)?,
             Val::Map(inner) => json_map(out, inner)?,
+            Val::Entries(entries) => {
+                out.push(b'{');
+                for (i, (k, v)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    serde_json::to_writer(&mut *out, k).map_err(EncodeError::new)?;
+                    out.push(b':');
+                    match v {
+                        Val::Map(inner) => json_map(out, inner)?,
+                        _ => return Err(EncodeError::new("entries hold maps")),
+                    }
+                }
+                out.push(b'}');
+            }
         }
     }
     out.push(b'}');
@@ -89,6 +106,17 @@ fn msgpack_map(
                 .extend_from_slice(&p.bytes_in(Codec::MsgPack)?),
             Val::Json(v) => rmp_serde::encode::write_named(out, v).map_err(EncodeError::new)?,
             Val::Map(inner) => msgpack_map(out, inner)?,
+            Val::Entries(entries) => {
+                let len = u32::try_from(entries.len()).map_err(EncodeError::new)?;
+                rmp::encode::write_map_len(out, len).map_err(EncodeError::new)?;
+                for (k, v) in entries {
+                    rmp::encode::write_str(out, k).map_err(EncodeError::new)?;
+                    match v {
+                        Val::Map(inner) => msgpack_map(out, inner)?,
+                        _ => return Err(EncodeError::new("entries hold maps")),
+                    }
+                }
+            }
         }
     }
     Ok(())

@@ -73,6 +73,9 @@ pub(crate) enum Sub {
     Room,
     /// The node's own channel or the all-nodes channel.
     Own,
+    /// A pattern's glob (`PSUBSCRIBE`), and the hub patterns that share it (`scores/*` and
+    /// `scores/**` have the same glob: it goes when the last of them goes).
+    Pattern(std::collections::BTreeSet<String>),
 }
 
 /// A control message on its way to the writer.
@@ -560,22 +563,29 @@ impl Broker for RedisEngine {
         let sub = match channel {
             Channel::Topic(t) => Sub::Topic(t.to_owned()),
             Channel::Room(_) => Sub::Room,
+            Channel::Pattern(p) => Sub::Pattern([p.to_owned()].into()),
         };
         // At once when down (not after waiting for the lock).
         shared.sub_conn()?;
         shared
             .bounded(async {
                 let mut subs = shared.subs.lock().await;
-                if subs.contains_key(&name) {
+                if let Some(held) = subs.get_mut(&name) {
+                    if let (Sub::Pattern(held), Sub::Pattern(new)) = (held, &sub) {
+                        held.extend(new.iter().cloned());
+                    }
                     return Ok(());
                 }
                 // The connection of now: a reconnect may have happened while waiting.
                 let mut conn = shared.sub_conn()?;
                 // Added only once Redis confirmed: the set never claims a channel that is not
                 // subscribed (a reconnect waits for this lock, then resubscribes the set).
-                conn.subscribe(&name)
-                    .await
-                    .map_err(|e| shared.map_error(e))?;
+                let done = if matches!(sub, Sub::Pattern(_)) {
+                    conn.psubscribe(&name).await
+                } else {
+                    conn.subscribe(&name).await
+                };
+                done.map_err(|e| shared.map_error(e))?;
                 subs.insert(name.clone(), sub);
                 Ok(())
             })
@@ -588,15 +598,28 @@ impl Broker for RedisEngine {
         shared
             .bounded(async {
                 let mut subs = shared.subs.lock().await;
-                if subs.remove(&name).is_none() {
-                    return Ok(());
+                if let (Some(Sub::Pattern(held)), Channel::Pattern(p)) =
+                    (subs.get_mut(&name), channel)
+                {
+                    held.remove(p);
+                    if !held.is_empty() {
+                        // Another pattern of this node has the same glob.
+                        return Ok(());
+                    }
                 }
+                let Some(sub) = subs.remove(&name) else {
+                    return Ok(());
+                };
                 // Disconnected: nothing to undo, a reconnect does not resubscribe it.
                 match shared.sub_conn() {
-                    Ok(mut conn) => conn
-                        .unsubscribe(&name)
-                        .await
-                        .map_err(|e| shared.map_error(e)),
+                    Ok(mut conn) => {
+                        let done = if matches!(sub, Sub::Pattern(_)) {
+                            conn.punsubscribe(&name).await
+                        } else {
+                            conn.unsubscribe(&name).await
+                        };
+                        done.map_err(|e| shared.map_error(e))
+                    }
                     Err(_) => Ok(()),
                 }
             })

@@ -40,7 +40,7 @@ pub(crate) struct Inbox {
 impl AsyncPushSender for Inbox {
     fn send(&self, info: PushInfo) -> Result<(), SendError> {
         match info.kind {
-            PushKind::Message | PushKind::SMessage => {
+            PushKind::Message | PushKind::SMessage | PushKind::PMessage => {
                 self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
                 if self.tx.try_send(info).is_err() {
                     // Full (or the engine is closing): never wait in Redis's reader.
@@ -75,6 +75,10 @@ impl Shared {
 
     fn handle(&self, node: &dyn Node, info: PushInfo) {
         let mut data = info.data.into_iter();
+        if info.kind == PushKind::PMessage {
+            // [pattern, channel, body]: the channel names the topic.
+            data.next();
+        }
         let (Some(channel), Some(body)) = (
             data.next().and_then(into_bytes),
             data.next().and_then(into_bytes),

@@ -76,7 +76,31 @@ impl Keys {
         match channel {
             Channel::Topic(t) => self.topic_channel(t),
             Channel::Room(r) => self.room_channel(r),
+            Channel::Pattern(p) => self.pattern_channel(p),
         }
+    }
+
+    /// The `PSUBSCRIBE` glob for a hub pattern: its topics' channel names with each wildcard
+    /// as Redis's `*`. Redis's `*` also crosses `/`, so the glob matches a superset (`scores/*`
+    /// also hears `scores/a/b`): the node keeps only what the pattern matches. The prefix is
+    /// escaped, so that a prefix with glob characters matches only itself.
+    pub(crate) fn pattern_channel(&self, pattern: &str) -> String {
+        let mut glob = String::with_capacity(self.open.len() + pattern.len() + 8);
+        for c in self.open.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                glob.push('\\');
+            }
+            glob.push(c);
+        }
+        glob.push_str("t:");
+        // Topic names hold no glob characters: only the wildcards need rewriting.
+        let segments: Vec<&str> = pattern
+            .split('/')
+            .map(|s| if s == "**" { "*" } else { s })
+            .collect();
+        glob.push_str(&segments.join("/"));
+        glob.push_str("}:ch");
+        glob
     }
 
     pub(crate) fn route(&self, route: Route<'_>) -> String {

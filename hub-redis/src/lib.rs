@@ -129,6 +129,15 @@
 //! timeout after Redis removed members loses their `leave` events (the removal is not
 //! repeated).
 //!
+//! # Patterns
+//!
+//! A hub pattern (`scores/*`, `scores/**`) is one `PSUBSCRIBE` per glob on the pub/sub
+//! connection (resubscribed after a reconnect like every channel): the topics' channel names
+//! with each wildcard as Redis's `*`. Redis's `*` crosses `/`, so the glob hears a superset and
+//! the node keeps only what the pattern matches; patterns with the same glob share it. This was
+//! chosen over matching on every node behind one firehose channel, which would carry every
+//! publication to every node.
+//!
 //! # Key layout
 //!
 //! `P` is the prefix (default `hub`). Every key of one topic or room carries the same Redis

@@ -370,11 +370,29 @@ impl Shared {
         // Under the subscription lock: a subscribe() now waits, then goes to the new
         // connection; what it added before is in the set resubscribed here.
         let subs = self.subs.lock().await;
-        let names: Vec<&String> = subs.keys().collect();
+        let names: Vec<&String> = subs
+            .iter()
+            .filter(|(_, s)| !matches!(s, crate::engine::Sub::Pattern(_)))
+            .map(|(n, _)| n)
+            .collect();
+        let globs: Vec<&String> = subs
+            .iter()
+            .filter(|(_, s)| matches!(s, crate::engine::Sub::Pattern(_)))
+            .map(|(n, _)| n)
+            .collect();
         let mut sub = conns.sub.clone();
-        for chunk in names.chunks(SUBSCRIBE_CHUNK) {
-            let exchange =
-                tokio::time::timeout(self.settings.command_timeout, sub.subscribe(chunk));
+        let chunks = names
+            .chunks(SUBSCRIBE_CHUNK)
+            .map(|c| (false, c))
+            .chain(globs.chunks(SUBSCRIBE_CHUNK).map(|c| (true, c)));
+        for (glob, chunk) in chunks {
+            let exchange = tokio::time::timeout(self.settings.command_timeout, async {
+                if glob {
+                    sub.psubscribe(chunk).await
+                } else {
+                    sub.subscribe(chunk).await
+                }
+            });
             match exchange.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(BrokerError::Unavailable(e.to_string())),
