@@ -1,10 +1,12 @@
 //! The server the browser tests drive (`tests/browser/`): not a demo, a test fixture.
 //!
 //! It serves one of the examples (`sports`, `chat` or `dashboard`: its pages, hub.js and the
-//! three transports, with the example's own code) behind a TCP proxy that the tests control:
+//! three transports, with the example's own code), or `protocol` (a bare hub whose clients may
+//! publish, with an empty page that loads hub.js: the tests of hub.js's protocol features),
+//! behind a TCP proxy that the tests control:
 //!
 //! ```text
-//! cargo run --example e2e_server -- sports [--addr 127.0.0.1:0] [--refuse-ws] [--refuse-sse]
+//! cargo run --example e2e_server -- sports|chat|dashboard|protocol [--addr 127.0.0.1:0] [--refuse-ws] [--refuse-sse]
 //!                                          [--tick-ms 1000] [--heartbeat-ms 25000] [--seed N]
 //!                                          [--engine memory|redis] [--redis URL] [--prefix P]
 //! cargo run --example e2e_server -- redis-clean [--redis URL] --prefix P
@@ -22,6 +24,8 @@
 //! | `POST /pause`, `POST /resume` | stop / start the example's feed (sports); `/pause` answers once no tick runs, with the position of `scores/all` then: `{"epoch", "offset"}` |
 //! | `POST /kick` | disconnects every subscriber of `scores/all` (reason `kicked`): `{"kicked": n}` |
 //! | `GET /stats` | `{"ws_refused", "sse_refused", "connections", "sessions"}` |
+//! | `POST /publish?topic=T&n=N[&key=K][&delete=1]` | publishes `{"n": N}` to `T` (with key `K`; `delete=1`: the deletion of `K`): `{"epoch", "offset"}` |
+//! | `POST /ask?session=S&event=E&timeout_ms=N` | the host's `emit_with_ack` to session `S` (`{"n": 1}` as data); answers once the page did: `{"answer": ..}`, or `{"error": "timeout"}` (`AckError`'s name) |
 //!
 //! `--refuse-ws` answers every WebSocket upgrade with `503` (as a proxy that does not pass
 //! upgrades would), `--refuse-sse` every `Accept: text/event-stream` request. `SIGTERM` shuts
@@ -76,7 +80,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-const USAGE: &str = "usage: e2e_server <sports|chat|dashboard> [--addr ip:port] [--refuse-ws] \
+const USAGE: &str =
+    "usage: e2e_server <sports|chat|dashboard|protocol> [--addr ip:port] [--refuse-ws] \
 [--refuse-sse] [--tick-ms N] [--heartbeat-ms N] [--seed N] [--engine memory|redis] [--redis URL] \
 [--prefix P]
        e2e_server redis-clean [--redis URL] --prefix P";
@@ -113,7 +118,7 @@ fn parse_args() -> Result<Args, String> {
     let example = args.next().ok_or("which example?")?;
     if !matches!(
         example.as_str(),
-        "sports" | "chat" | "dashboard" | "redis-clean"
+        "sports" | "chat" | "dashboard" | "protocol" | "redis-clean"
     ) {
         return Err(format!("unknown example {example:?}"));
     }
@@ -444,11 +449,16 @@ struct Query(String);
 impl Query {
     /// The value of `name=<number>`, if there is one.
     fn number(&self, name: &str) -> Option<u64> {
+        self.text(name).and_then(|v| v.parse().ok())
+    }
+
+    /// The value of `name=<text>` as it is (the tests send names that need no escaping).
+    fn text(&self, name: &str) -> Option<&str> {
         self.0
             .split('&')
             .filter_map(|kv| kv.split_once('='))
             .find(|(k, _)| *k == name)
-            .and_then(|(_, v)| v.parse().ok())
+            .map(|(_, v)| v)
     }
 }
 
@@ -529,6 +539,43 @@ fn admin_router(admin: Admin) -> Router {
             }),
         )
         .route(
+            "/publish",
+            post(|State(a): State<Admin>, q: Query| async move {
+                let (Some(topic), Some(n)) = (q.text("topic"), q.number("n")) else {
+                    return Json(json!({"error": "topic and n are needed"}));
+                };
+                let data = json!({ "n": n });
+                let done = match (q.text("key"), q.number("delete") == Some(1)) {
+                    (Some(key), true) => a.hub.publish_delete(topic, key).await,
+                    (Some(key), false) => a.hub.publish_keyed(topic, key, &data).await,
+                    (None, _) => a.hub.publish(topic, &data).await,
+                };
+                Json(match done {
+                    Ok(p) => json!({"epoch": p.epoch.to_string(), "offset": p.offset}),
+                    Err(e) => json!({"error": e.to_string()}),
+                })
+            }),
+        )
+        .route(
+            "/ask",
+            post(|State(a): State<Admin>, q: Query| async move {
+                let session = q.text("session").and_then(SessionId::parse);
+                let (Some(session), Some(event)) = (session, q.text("event")) else {
+                    return Json(json!({"error": "session and event are needed"}));
+                };
+                let timeout = Duration::from_millis(q.number("timeout_ms").unwrap_or(5000));
+                Json(
+                    match a.hub.emit_with_ack(session, event, &json!({"n": 1}), timeout).await {
+                        Ok(answer) => match answer.decode::<serde_json::Value>() {
+                            Ok(v) => json!({ "answer": v }),
+                            Err(e) => json!({"error": e.to_string()}),
+                        },
+                        Err(e) => json!({"error": e.code_str()}),
+                    },
+                )
+            }),
+        )
+        .route(
             "/stats",
             get(|State(a): State<Admin>| async move {
                 Json(json!({
@@ -540,6 +587,50 @@ fn admin_router(admin: Admin) -> Router {
             }),
         )
         .with_state(admin)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The `protocol` fixture
+// ---------------------------------------------------------------------------------------------
+
+/// Lets every client do everything (publish, join): the protocol tests need it.
+struct Open;
+
+#[hub::async_trait]
+impl hub::Hooks for Open {
+    async fn authorize(&self, _who: &hub::Identity, _action: hub::Action<'_>) -> bool {
+        true
+    }
+}
+
+/// A bare hub for the protocol tests: open hooks, 100 messages of history, and the handlers
+/// `echo` (answers its data) and `hang` (never answers).
+fn protocol_hub(builder: hub::HubBuilder) -> Hub {
+    use hub::{EventContext, Payload};
+    builder
+        .hooks(Open)
+        .history_len(100)
+        .on_event("echo", |_ctx: EventContext, data: Payload| async move {
+            Ok(Some(data))
+        })
+        .on_event("hang", |_ctx: EventContext, _data: Payload| async move {
+            std::future::pending::<()>().await;
+            Ok(None)
+        })
+        .build()
+}
+
+/// An empty page that loads hub.js (the tests make their clients in it), hub.js, and the
+/// three transports at their usual paths.
+fn protocol_router(hub: &Hub) -> Router {
+    const PAGE: &str = "<!doctype html><meta charset=utf-8><title>protocol</title>\
+                        <script src=\"/hub.js\"></script><body>protocol fixture</body>";
+    Router::new()
+        .route("/", get(|| async { axum::response::Html(PAGE) }))
+        .route_service("/hub.js", hub::js::HubJs::script())
+        .route_service("/ws", hub::ws::WsService::new(hub.clone()))
+        .route_service("/events", hub::sse::SseService::new(hub.clone()))
+        .route_service("/poll", hub::poll::PollService::new(hub.clone()))
 }
 
 /// Waits for SIGTERM (or Ctrl-C).
@@ -627,6 +718,11 @@ async fn main() -> ExitCode {
         "chat" => {
             let hub = chat::build_hub(builder);
             let app = chat::router(&hub);
+            (hub, app, None)
+        }
+        "protocol" => {
+            let hub = protocol_hub(builder);
+            let app = protocol_router(&hub);
             (hub, app, None)
         }
         _ => {
