@@ -34,7 +34,7 @@
 //! every two seconds.
 //!
 //! ```text
-//! cargo run --example auth                           # http://127.0.0.1:3000/
+//! cargo run --example auth                           # http://127.0.0.1:3004/
 //! cargo run --example auth -- --addr 127.0.0.1:0     # any free port
 //! HUB_AUTH_KEY=some-long-secret cargo run --example auth
 //! ```
@@ -59,7 +59,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 /// The address served when `--addr` is not given.
-const DEFAULT_ADDR: &str = "127.0.0.1:3000";
+const DEFAULT_ADDR: &str = "127.0.0.1:3004";
 
 /// How long the demo tokens printed at start are valid.
 const DEMO_TTL: Duration = Duration::from_secs(3600);
