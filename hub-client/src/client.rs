@@ -109,6 +109,15 @@ impl ClientBuilder {
         self
     }
 
+    /// The TLS settings for `wss://` URLs: which roots to trust (e.g. a private CA, or a
+    /// server's self-signed certificate), client certificates, ALPN. Without this call a
+    /// `wss://` URL trusts webpki's roots (Mozilla's). Needs the `tls` feature.
+    #[cfg(feature = "tls")]
+    pub fn tls_config(mut self, config: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        self.cfg.tls = Some(config);
+        self
+    }
+
     /// The largest frame the client accepts from the server; a larger one ends the
     /// connection (which is then replaced). Default 1 MiB.
     pub fn max_frame_size(mut self, bytes: usize) -> Self {

@@ -40,6 +40,13 @@
 //! ([`ConnectionEvent::ProtocolError`]) and skipped; one of an unknown type is ignored. Nothing
 //! the server sends makes the client panic.
 //!
+//! # Features
+//!
+//! | feature | what |
+//! | --- | --- |
+//! | `tls` | `wss://` URLs over rustls (the ring provider), trusting webpki's roots unless [`ClientBuilder::tls_config`] says otherwise. Without it a `wss://` URL fails with [`Error::Config`] |
+//! | `tls-test` | builds the TLS test (a `wss://` hub with a certificate made in the test) |
+//!
 //! # Example
 //!
 //! A hub on a loopback port (hub-core behind hub-ws), and a client that subscribes and

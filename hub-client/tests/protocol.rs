@@ -462,3 +462,12 @@ async fn a_close_reason_with_retry_ms_sets_the_reconnect_delay_capped_at_the_cei
         client.close().await;
     }
 }
+
+#[cfg(not(feature = "tls"))]
+#[tokio::test]
+async fn a_wss_url_without_the_tls_feature_is_a_configuration_error() {
+    let e = hub_client::Client::connect("wss://localhost:1/")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Config(_)), "{e:?}");
+}
