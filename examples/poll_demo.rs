@@ -93,10 +93,10 @@ async fn matches(State(board): State<Board>) -> impl IntoResponse {
 }
 
 /// A small xorshift generator: the demo needs variety, not cryptography.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -111,13 +111,13 @@ impl Rng {
 }
 
 /// One match: its teams, score, clock and how often each side scores (per simulated minute).
-struct Match {
-    id: &'static str,
-    home: &'static str,
-    away: &'static str,
-    home_score: u32,
-    away_score: u32,
-    minute: u32,
+pub(crate) struct Match {
+    pub(crate) id: &'static str,
+    pub(crate) home: &'static str,
+    pub(crate) away: &'static str,
+    pub(crate) home_score: u32,
+    pub(crate) away_score: u32,
+    pub(crate) minute: u32,
     home_rate: f64,
     away_rate: f64,
     /// Minutes left at full time before a new pairing kicks off.
@@ -163,7 +163,7 @@ impl Match {
     }
 
     /// One simulated minute; `Some` with the update to publish, `None` when nothing changed.
-    fn step(&mut self, rng: &mut Rng) -> Option<Value> {
+    pub(crate) fn step(&mut self, rng: &mut Rng) -> Option<Value> {
         let mut event = None;
         if self.minute >= 90 {
             if self.rest == 0 {
@@ -201,8 +201,34 @@ impl Match {
 }
 
 /// The teams of `matches` (ten teams, at most three matches: two are always free).
-fn playing(matches: &[Match]) -> Vec<&'static str> {
+pub(crate) fn playing(matches: &[Match]) -> Vec<&'static str> {
     matches.iter().flat_map(|m| [m.home, m.away]).collect()
+}
+
+/// The first three matches: kicked off at 0', 31' and 62' (the later ones with the score they
+/// have by then), six different teams.
+pub(crate) fn kick_off(rng: &mut Rng) -> Vec<Match> {
+    let mut matches: Vec<Match> = Vec::with_capacity(3);
+    for (id, minute) in [("m1", 0), ("m2", 31), ("m3", 62)] {
+        let busy = playing(&matches);
+        let mut m = Match::new(id, rng, minute, &busy);
+        for _ in 0..minute {
+            m.home_score += u32::from(rng.chance(m.home_rate));
+            m.away_score += u32::from(rng.chance(m.away_rate));
+        }
+        matches.push(m);
+    }
+    matches
+}
+
+/// One simulated minute of match `i` (a finished one is first replaced by a new pairing of
+/// teams not playing); the update to publish, if any.
+pub(crate) fn advance(matches: &mut [Match], i: usize, rng: &mut Rng) -> Option<Value> {
+    if matches[i].minute >= 90 && matches[i].rest == 0 {
+        let busy = playing(matches);
+        matches[i] = Match::new(matches[i].id, rng, 0, &busy);
+    }
+    matches[i].step(rng)
 }
 
 /// Three matches, one simulated minute a second, kicked off at different times; a finished
@@ -213,30 +239,15 @@ async fn feed(hub: Hub, board: Board) {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0x9e37_79b9_7f4a_7c15);
     let mut rng = Rng(seed | 1);
-    let mut matches: Vec<Match> = Vec::with_capacity(3);
-    for (id, minute) in [("m1", 0), ("m2", 31), ("m3", 62)] {
-        let busy = playing(&matches);
-        matches.push(Match::new(id, &mut rng, minute, &busy));
-    }
-    // The later kick-offs already have a score to show.
-    for m in matches.iter_mut().skip(1) {
-        for _ in 0..m.minute {
-            m.home_score += u32::from(rng.chance(m.home_rate));
-            m.away_score += u32::from(rng.chance(m.away_rate));
-        }
-    }
+    let mut matches = kick_off(&mut rng);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         for i in 0..matches.len() {
-            if matches[i].minute >= 90 && matches[i].rest == 0 {
-                let busy = playing(&matches);
-                matches[i] = Match::new(matches[i].id, &mut rng, 0, &busy);
-            }
-            let m = &mut matches[i];
-            let Some(state) = m.step(&mut rng) else {
+            let Some(state) = advance(&mut matches, i, &mut rng) else {
                 continue;
             };
+            let m = &matches[i];
             if let Ok(pos) = hub.publish("scores/all", &state).await {
                 let mut b = board.0.lock().unwrap_or_else(PoisonError::into_inner);
                 match b.0.iter_mut().find(|s| s["id"] == state["id"]) {
