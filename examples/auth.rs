@@ -302,7 +302,15 @@ pub(crate) fn router(hub: &Hub) -> Router {
     Router::new()
         .route(
             "/",
-            get(|| async { "see the server's console for tokens and commands\n" }),
+            get(|| async {
+                "hub auth demo\n\n\
+                 /ws    WebSocket\n\
+                 /sse   server-sent events (commands by POST)\n\
+                 /poll  long-polling\n\n\
+                 Every request needs a token: ?token=<JWT> or Authorization: Bearer <JWT>.\n\
+                 The server's console prints a viewer's and a publisher's token, and commands \
+                 to try with websocat, wscat and curl.\n"
+            }),
         )
         .route_service("/ws", WsService::new(hub.clone()))
         .route_service("/sse", SseService::new(hub.clone()))
