@@ -49,7 +49,6 @@
 //! servers are gone. It fails (exit 1) when Redis cannot be reached, which is also how the
 //! tests learn whether Redis is there.
 
-
 #[allow(dead_code, unreachable_pub)]
 #[path = "chat.rs"]
 mod chat;
