@@ -15,12 +15,16 @@
  *   long-polling; remembers for the page (sessionStorage) what worked; `transport` forces one;
  * - reconnects with full-jitter exponential backoff between `minDelay` and `maxDelay`; honours
  *   the server's close reasons (`kicked` and authentication refusals stop it; `shutdown`
- *   reconnects after a random delay; `slow_consumer` reconnects at once and resumes); notices
+ *   reconnects after a random delay; `slow_consumer` reconnects at once and resumes) and its
+ *   reconnect hint (`shutdown;retry_ms=2350`, or a `close` frame's `retry_ms`: that long, at
+ *   most `maxDelay`); notices
  *   a dead connection by missed heartbeats; follows the browser's `online`/`offline` events and
  *   the page's visibility;
  * - resumes every subscription from its last position after any reconnect: the application
  *   sees each message once, in order; when the server says that messages are lost, the
  *   subscription says so (`recovered: false` with the gap);
+ * - `last` and `conflate` subscriptions, messages' `key`/`delete`, and answers to the
+ *   server's events that ask for one (`onEvent(name, (data, reply) => ...)`);
  * - never throws on a malformed or unknown frame: it reports an `error` event and goes on.
  */
 var Hub = (function () {
@@ -1137,7 +1141,8 @@ var Hub = (function () {
    *   query of every request: credentials such as `{token: "..."}`;
    * - `codec`: `Hub.codecs.json` (default) or `Hub.codecs.msgpack` (WebSocket only; SSE and
    *   long-polling always speak JSON), or your own `{name, subprotocol, binary, encode, decode}`;
-   * - `minDelay`, `maxDelay`: the reconnection backoff's floor and ceiling (500, 20000 ms);
+   * - `minDelay`, `maxDelay`: the reconnection backoff's floor and ceiling (500, 20000 ms;
+ *   `maxDelay` also caps the server's `retry_ms` hint);
    * - `shutdownJitter`: after a server `shutdown`, reconnect within this much more (5000 ms);
    * - `maxQueue`: requests kept while offline (256); one more is refused with `queue_full`;
    * - `timeout`: default timeout of `publish`, `emit`, `presence` (10000 ms, counting queued
