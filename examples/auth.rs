@@ -34,7 +34,7 @@
 //! every two seconds.
 //!
 //! ```text
-//! cargo run --example auth                           # http://127.0.0.1:3000/
+//! cargo run --example auth                           # http://127.0.0.1:3004/
 //! cargo run --example auth -- --addr 127.0.0.1:0     # any free port
 //! HUB_AUTH_KEY=some-long-secret cargo run --example auth
 //! ```
@@ -59,7 +59,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 /// The address served when `--addr` is not given.
-const DEFAULT_ADDR: &str = "127.0.0.1:3000";
+const DEFAULT_ADDR: &str = "127.0.0.1:3004";
 
 /// How long the demo tokens printed at start are valid.
 const DEMO_TTL: Duration = Duration::from_secs(3600);
@@ -302,7 +302,15 @@ pub(crate) fn router(hub: &Hub) -> Router {
     Router::new()
         .route(
             "/",
-            get(|| async { "see the server's console for tokens and commands\n" }),
+            get(|| async {
+                "hub auth demo\n\n\
+                 /ws    WebSocket\n\
+                 /sse   server-sent events (commands by POST)\n\
+                 /poll  long-polling\n\n\
+                 Every request needs a token: ?token=<JWT> or Authorization: Bearer <JWT>.\n\
+                 The server's console prints a viewer's and a publisher's token, and commands \
+                 to try with websocat, wscat and curl.\n"
+            }),
         )
         .route_service("/ws", WsService::new(hub.clone()))
         .route_service("/sse", SseService::new(hub.clone()))

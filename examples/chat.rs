@@ -63,6 +63,9 @@ const PAGE: &str = include_str!("assets/chat.html");
 /// The address served when `--addr` is not given.
 const DEFAULT_ADDR: &str = "127.0.0.1:3001";
 
+/// How long a shutdown waits for clients to get their last frames.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The rooms there are. A fixed list keeps the server's memory bounded.
 const ROOMS: [&str; 4] = ["general", "random", "rust", "help"];
 
@@ -541,7 +544,13 @@ async fn main() -> ExitCode {
     let local = listener.local_addr().unwrap_or(addr);
     println!("chat: http://{local}/");
     let hub = build_hub(Hub::builder());
-    if let Err(e) = axum::serve(listener, router(&hub)).await {
+    // Ctrl-C: every session is told (close 1001 `shutdown`, a last SSE or poll `close`) before
+    // the server stops.
+    let stop = hub::shutdown_signal(&hub, tokio::signal::ctrl_c(), GRACE);
+    if let Err(e) = axum::serve(listener, router(&hub))
+        .with_graceful_shutdown(stop)
+        .await
+    {
         eprintln!("chat: server error: {e}");
         return ExitCode::FAILURE;
     }

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! redis-server --port 6379 --save "" --appendonly no &       # any Redis 6.2 or later
-//! cargo run --release --example cluster                      # nodes on 3001, 3002, 3003
+//! cargo run --release --example cluster                      # nodes on 3011, 3012, 3013
 //! cargo run --release --example cluster -- --redis redis://10.0.0.5:6379 --nodes 2 --port 8080
 //! ```
 //!
@@ -22,10 +22,17 @@
 //! the feed's state in this process. Separate processes would serve it from the topics'
 //! history (`hub.recent`) or from the service's own database; the live updates and the
 //! positions they carry are the hub's either way.
+//!
+//! The page is the `sports_scores` page, on hub.js: a page that loses its node (a proxy in
+//! front sends it to another, or the node restarts) resumes on its own from the last position
+//! it showed, wherever it reconnects; nothing in the page resumes by hand. Ctrl-C shuts every
+//! node down gracefully ([`hub::shutdown_signal`]): each node's pages are told (close 1001
+//! `shutdown`) before its server stops.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hub::Hub;
 use hub_redis::RedisEngine;
@@ -48,10 +55,27 @@ pub(crate) struct Node {
     pub(crate) addr: SocketAddr,
 }
 
+/// How long a node's shutdown waits for its pages to get their last frames.
+const GRACE: Duration = Duration::from_secs(5);
+
 /// The nodes, and the feed node 1 publishes (not ticked yet: see [`sports::run_feed`]).
 pub(crate) struct Cluster {
     pub(crate) nodes: Vec<Node>,
     pub(crate) feed: sports::Feed,
+    /// Stops every node (gracefully: [`hub::shutdown_signal`]); so does dropping it.
+    stop: tokio::sync::watch::Sender<bool>,
+    /// The nodes' servers, done once they have shut down.
+    servers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Cluster {
+    /// Shuts every node down gracefully and waits for their servers to finish.
+    pub(crate) async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        for s in self.servers.drain(..) {
+            let _ = s.await;
+        }
+    }
 }
 
 /// A hub whose engine is a fresh connection to the Redis at `redis`, keys under `prefix`.
@@ -88,20 +112,36 @@ pub(crate) async fn start(
     };
     let feed = sports::Feed::new(first.clone(), seed).await;
     let mut nodes = Vec::with_capacity(addrs.len());
+    let mut servers = Vec::with_capacity(addrs.len());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     for (hub, addr) in hubs.into_iter().zip(addrs) {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let app = sports::router(&hub, feed.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+        let mut stopped = stopped.clone();
+        // Set, or the sender gone (the cluster dropped): either way, time to stop.
+        let signal = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let graceful = hub::shutdown_signal(&hub, signal, GRACE);
+        servers.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(graceful)
+                .await
+            {
                 eprintln!("cluster: node on {addr}: server error: {e}");
             }
-        });
+        }));
         nodes.push(Node { hub, addr });
     }
-    Ok(Cluster { nodes, feed })
+    Ok(Cluster {
+        nodes,
+        feed,
+        stop,
+        servers,
+    })
 }
 
 /// What the command line asks for.
@@ -117,7 +157,7 @@ pub(crate) struct Args {
 const USAGE: &str = "usage: cluster [--redis <url>] [--nodes <1-8>] [--port <base>] [--prefix <p>]
   --redis   the Redis every node uses (default redis://127.0.0.1:6379)
   --nodes   how many nodes (default 3); node 1 publishes the feed
-  --port    node i listens on 127.0.0.1:<port + i> (default 3000; 0: free ports)
+  --port    node i listens on 127.0.0.1:<port + i> (default 3010; 0: free ports)
   --prefix  the hub's key prefix in Redis (default sports-cluster)";
 
 /// Parses the arguments after the program name; `Ok(None)` for `--help`.
@@ -126,7 +166,7 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Optio
         redis: DEFAULT_REDIS.to_owned(),
         prefix: DEFAULT_PREFIX.to_owned(),
         nodes: 3,
-        port: 3000,
+        port: 3010,
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -248,8 +288,6 @@ async fn main() -> ExitCode {
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    for n in &cluster.nodes {
-        n.hub.shutdown(std::time::Duration::from_secs(2)).await;
-    }
+    cluster.shutdown().await;
     ExitCode::SUCCESS
 }

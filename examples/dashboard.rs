@@ -19,15 +19,20 @@
 //! | `GET /hub.js` | hub.js, the browser client |
 //! | `GET /events` | the hub's SSE endpoint (PROTOCOL.md, "Server-sent events"); `POST /events?session=...` for commands |
 //!
-//! The page subscribes to every `metrics/*` topic on one stream; the "alerts" switch
-//! subscribes and unsubscribes `alerts` (commands by `POST`, hub.js's business). When the
-//! connection drops, hub.js reconnects with backoff and resumes every topic from its last
-//! position: the charts continue without a hole (or say what was lost).
+//! The page subscribes to every `metrics/*` topic on one stream, each with `last` (the newest
+//! 120 points the history holds, 30 seconds: a page that just opened shows full charts at
+//! once); the "alerts" switch subscribes and unsubscribes `alerts` (commands by `POST`, hub.js's
+//! business). When the connection drops, hub.js reconnects with backoff and resumes every topic
+//! from its last position: the charts continue without a hole (or say what was lost).
 //!
 //! ```text
-//! cargo run --release --example dashboard               # http://127.0.0.1:3001/
+//! cargo run --release --example dashboard               # http://127.0.0.1:3002/
 //! cargo run --release --example dashboard -- --addr 0.0.0.0:8080
+//! curl -N 'http://127.0.0.1:3002/events?topic=metrics/api&last=20'   # the same with curl
 //! ```
+//!
+//! Ctrl-C shuts the hub down gracefully ([`hub::shutdown_signal`]): every stream gets its last
+//! events and a `close` (`shutdown`) before the server stops.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -45,7 +50,10 @@ use serde_json::json;
 const PAGE: &str = include_str!("assets/dashboard.html");
 
 /// The address served when `--addr` is not given.
-const DEFAULT_ADDR: &str = "127.0.0.1:3001";
+const DEFAULT_ADDR: &str = "127.0.0.1:3002";
+
+/// How long a shutdown waits for the streams to get their last events.
+const GRACE: Duration = Duration::from_secs(5);
 
 /// How often every service's metrics are published.
 const TICK: Duration = Duration::from_millis(250);
@@ -208,7 +216,7 @@ fn parse_addr() -> Result<SocketAddr, String> {
             "--addr" => {
                 addr = args
                     .next()
-                    .ok_or("--addr needs a value, e.g. 127.0.0.1:3001")?
+                    .ok_or("--addr needs a value, e.g. 127.0.0.1:3002")?
             }
             s if s.starts_with("--addr=") => addr = s["--addr=".len()..].to_owned(),
             "-h" | "--help" => {
@@ -250,7 +258,11 @@ async fn main() -> ExitCode {
     };
     let local = listener.local_addr().unwrap_or(addr);
     println!("dashboard: http://{local}/");
-    if let Err(e) = axum::serve(listener, app).await {
+    let stop = hub::shutdown_signal(&hub, tokio::signal::ctrl_c(), GRACE);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
         eprintln!("server error: {e}");
         return ExitCode::FAILURE;
     }

@@ -1,10 +1,14 @@
 //! The server the browser tests drive (`tests/browser/`): not a demo, a test fixture.
 //!
 //! It serves one of the examples (`sports`, `chat` or `dashboard`: its pages, hub.js and the
-//! three transports, with the example's own code) behind a TCP proxy that the tests control:
+//! three transports, with the example's own code), or `protocol` (a bare hub whose clients may
+//! publish, with an empty page that loads hub.js: the tests of hub.js's protocol features),
+//! or `cluster` (the cluster example: two sports nodes over the Redis at `--redis`, under
+//! `--prefix`; the proxy forwards to node 2 until `POST /move?node=1`), behind a TCP proxy that
+//! the tests control:
 //!
 //! ```text
-//! cargo run --example e2e_server -- sports [--addr 127.0.0.1:0] [--refuse-ws] [--refuse-sse]
+//! cargo run --example e2e_server -- sports|chat|dashboard|protocol|cluster [--addr 127.0.0.1:0] [--refuse-ws] [--refuse-sse]
 //!                                          [--tick-ms 1000] [--heartbeat-ms 25000] [--seed N]
 //!                                          [--engine memory|redis] [--redis URL] [--prefix P]
 //! cargo run --example e2e_server -- redis-clean [--redis URL] --prefix P
@@ -21,7 +25,10 @@
 //! | `POST /stall` | stops forwarding on every open connection, keeping them open: a peer that died without a word, found only by missed heartbeats. New connections work. `{"stalled": n}` |
 //! | `POST /pause`, `POST /resume` | stop / start the example's feed (sports); `/pause` answers once no tick runs, with the position of `scores/all` then: `{"epoch", "offset"}` |
 //! | `POST /kick` | disconnects every subscriber of `scores/all` (reason `kicked`): `{"kicked": n}` |
-//! | `GET /stats` | `{"ws_refused", "sse_refused", "connections", "sessions"}` |
+//! | `GET /stats` | `{"ws_refused", "sse_refused", "connections", "sessions"}` (`cluster`: also `"node_sessions"`, per node) |
+//! | `POST /move?node=N` | `cluster`: from now on the proxy forwards to node `N` (1 or 2), and it drops every open connection (the page reconnects through it, to that node): `{"node", "dropped"}` |
+//! | `POST /publish?topic=T&n=N[&key=K][&delete=1]` | publishes `{"n": N}` to `T` (with key `K`; `delete=1`: the deletion of `K`): `{"epoch", "offset"}` |
+//! | `POST /ask?session=S&event=E&timeout_ms=N` | the host's `emit_with_ack` to session `S` (`{"n": 1}` as data); answers once the page did: `{"answer": ..}`, or `{"error": "timeout"}` (`AckError`'s name) |
 //!
 //! `--refuse-ws` answers every WebSocket upgrade with `503` (as a proxy that does not pass
 //! upgrades would), `--refuse-sse` every `Accept: text/event-stream` request. `SIGTERM` shuts
@@ -42,10 +49,6 @@
 //! servers are gone. It fails (exit 1) when Redis cannot be reached, which is also how the
 //! tests learn whether Redis is there.
 
-#[allow(dead_code, unreachable_pub)] // the examples' `main`s and the like
-#[path = "sports_scores.rs"]
-mod sports;
-
 #[allow(dead_code, unreachable_pub)]
 #[path = "chat.rs"]
 mod chat;
@@ -53,6 +56,13 @@ mod chat;
 #[allow(dead_code, unreachable_pub)]
 #[path = "dashboard.rs"]
 mod dashboard;
+
+// The examples' `main`s and the like are not used here. The sports example comes with the
+// cluster example (which is made of it), loaded once.
+#[allow(dead_code, unreachable_pub)]
+#[path = "cluster.rs"]
+mod cluster;
+use cluster::sports;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -76,7 +86,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-const USAGE: &str = "usage: e2e_server <sports|chat|dashboard> [--addr ip:port] [--refuse-ws] \
+const USAGE: &str =
+    "usage: e2e_server <sports|chat|dashboard|protocol|cluster> [--addr ip:port] [--refuse-ws] \
 [--refuse-sse] [--tick-ms N] [--heartbeat-ms N] [--seed N] [--engine memory|redis] [--redis URL] \
 [--prefix P]
        e2e_server redis-clean [--redis URL] --prefix P";
@@ -113,7 +124,7 @@ fn parse_args() -> Result<Args, String> {
     let example = args.next().ok_or("which example?")?;
     if !matches!(
         example.as_str(),
-        "sports" | "chat" | "dashboard" | "redis-clean"
+        "sports" | "chat" | "dashboard" | "protocol" | "cluster" | "redis-clean"
     ) {
         return Err(format!("unknown example {example:?}"));
     }
@@ -174,7 +185,8 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    let needs_prefix = out.engine == Engine::Redis || out.example == "redis-clean";
+    let needs_prefix =
+        out.engine == Engine::Redis || matches!(out.example.as_str(), "redis-clean" | "cluster");
     if needs_prefix && out.prefix.is_none() {
         return Err("Redis needs --prefix (a key prefix of the test run's own)".to_owned());
     }
@@ -252,6 +264,8 @@ struct Link {
 struct Proxy {
     links: Mutex<HashMap<u64, Link>>,
     next: AtomicU64,
+    /// Where new connections go (`cluster`: the node the tests chose).
+    target: Mutex<Option<SocketAddr>>,
     /// New connections are closed at once until then (an outage).
     down_until: Mutex<Option<std::time::Instant>>,
 }
@@ -261,8 +275,14 @@ impl Proxy {
         self.links.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Accepts forever, forwarding each connection to `inner`.
+    /// Where new connections go from now on.
+    fn retarget(&self, to: SocketAddr) {
+        *self.target.lock().unwrap_or_else(PoisonError::into_inner) = Some(to);
+    }
+
+    /// Accepts forever, forwarding each connection to the target (`inner` until retargeted).
     async fn run(self: Arc<Self>, public: TcpListener, inner: SocketAddr) {
+        self.retarget(inner);
         loop {
             let Ok((client, _)) = public.accept().await else {
                 continue;
@@ -276,6 +296,11 @@ impl Proxy {
                 continue;
             }
             let id = self.next.fetch_add(1, Ordering::Relaxed);
+            let inner = self
+                .target
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .unwrap_or(inner);
             let (stall, stalled) = watch::channel(false);
             let me = self.clone();
             // Registered before it runs, so that it can always remove itself.
@@ -432,6 +457,8 @@ type Paused = Arc<tokio::sync::Mutex<bool>>;
 #[derive(Clone)]
 struct Admin {
     hub: Hub,
+    /// `cluster`: every node's hub and address, node 1 first.
+    nodes: Vec<(Hub, SocketAddr)>,
     proxy: Arc<Proxy>,
     refuse: Arc<Refuse>,
     feed: Option<sports::Feed>,
@@ -444,11 +471,16 @@ struct Query(String);
 impl Query {
     /// The value of `name=<number>`, if there is one.
     fn number(&self, name: &str) -> Option<u64> {
+        self.text(name).and_then(|v| v.parse().ok())
+    }
+
+    /// The value of `name=<text>` as it is (the tests send names that need no escaping).
+    fn text(&self, name: &str) -> Option<&str> {
         self.0
             .split('&')
             .filter_map(|kv| kv.split_once('='))
             .find(|(k, _)| *k == name)
-            .and_then(|(_, v)| v.parse().ok())
+            .map(|(_, v)| v)
     }
 }
 
@@ -529,6 +561,54 @@ fn admin_router(admin: Admin) -> Router {
             }),
         )
         .route(
+            "/move",
+            post(|State(a): State<Admin>, q: Query| async move {
+                let n = q.number("node").unwrap_or(0) as usize;
+                let Some((_, addr)) = n.checked_sub(1).and_then(|i| a.nodes.get(i)) else {
+                    return Json(json!({"error": "no such node"}));
+                };
+                a.proxy.retarget(*addr);
+                Json(json!({"node": n, "dropped": a.proxy.drop_all(Duration::ZERO)}))
+            }),
+        )
+        .route(
+            "/publish",
+            post(|State(a): State<Admin>, q: Query| async move {
+                let (Some(topic), Some(n)) = (q.text("topic"), q.number("n")) else {
+                    return Json(json!({"error": "topic and n are needed"}));
+                };
+                let data = json!({ "n": n });
+                let done = match (q.text("key"), q.number("delete") == Some(1)) {
+                    (Some(key), true) => a.hub.publish_delete(topic, key).await,
+                    (Some(key), false) => a.hub.publish_keyed(topic, key, &data).await,
+                    (None, _) => a.hub.publish(topic, &data).await,
+                };
+                Json(match done {
+                    Ok(p) => json!({"epoch": p.epoch.to_string(), "offset": p.offset}),
+                    Err(e) => json!({"error": e.to_string()}),
+                })
+            }),
+        )
+        .route(
+            "/ask",
+            post(|State(a): State<Admin>, q: Query| async move {
+                let session = q.text("session").and_then(SessionId::parse);
+                let (Some(session), Some(event)) = (session, q.text("event")) else {
+                    return Json(json!({"error": "session and event are needed"}));
+                };
+                let timeout = Duration::from_millis(q.number("timeout_ms").unwrap_or(5000));
+                Json(
+                    match a.hub.emit_with_ack(session, event, &json!({"n": 1}), timeout).await {
+                        Ok(answer) => match answer.decode::<serde_json::Value>() {
+                            Ok(v) => json!({ "answer": v }),
+                            Err(e) => json!({"error": e.to_string()}),
+                        },
+                        Err(e) => json!({"error": e.code_str()}),
+                    },
+                )
+            }),
+        )
+        .route(
             "/stats",
             get(|State(a): State<Admin>| async move {
                 Json(json!({
@@ -536,10 +616,55 @@ fn admin_router(admin: Admin) -> Router {
                     "sse_refused": a.refuse.sse_refused.load(Ordering::Relaxed),
                     "connections": a.proxy.count(),
                     "sessions": a.hub.session_count(),
+                    "node_sessions": a.nodes.iter().map(|(h, _)| h.session_count()).collect::<Vec<_>>(),
                 }))
             }),
         )
         .with_state(admin)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The `protocol` fixture
+// ---------------------------------------------------------------------------------------------
+
+/// Lets every client do everything (publish, join): the protocol tests need it.
+struct Open;
+
+#[hub::async_trait]
+impl hub::Hooks for Open {
+    async fn authorize(&self, _who: &hub::Identity, _action: hub::Action<'_>) -> bool {
+        true
+    }
+}
+
+/// A bare hub for the protocol tests: open hooks, 100 messages of history, and the handlers
+/// `echo` (answers its data) and `hang` (never answers).
+fn protocol_hub(builder: hub::HubBuilder) -> Hub {
+    use hub::{EventContext, Payload};
+    builder
+        .hooks(Open)
+        .history_len(100)
+        .on_event("echo", |_ctx: EventContext, data: Payload| async move {
+            Ok(Some(data))
+        })
+        .on_event("hang", |_ctx: EventContext, _data: Payload| async move {
+            std::future::pending::<()>().await;
+            Ok(None)
+        })
+        .build()
+}
+
+/// An empty page that loads hub.js (the tests make their clients in it), hub.js, and the
+/// three transports at their usual paths.
+fn protocol_router(hub: &Hub) -> Router {
+    const PAGE: &str = "<!doctype html><meta charset=utf-8><title>protocol</title>\
+                        <script src=\"/hub.js\"></script><body>protocol fixture</body>";
+    Router::new()
+        .route("/", get(|| async { axum::response::Html(PAGE) }))
+        .route_service("/hub.js", hub::js::HubJs::script())
+        .route_service("/ws", hub::ws::WsService::new(hub.clone()))
+        .route_service("/events", hub::sse::SseService::new(hub.clone()))
+        .route_service("/poll", hub::poll::PollService::new(hub.clone()))
 }
 
 /// Waits for SIGTERM (or Ctrl-C).
@@ -608,6 +733,9 @@ async fn main() -> ExitCode {
             .presence_store(Arc::new(e.clone()));
     }
     let paused: Paused = Arc::default();
+    if args.example == "cluster" {
+        return serve_cluster(&args, &prefix).await;
+    }
     let (hub, app, feed) = match args.example.as_str() {
         "sports" => {
             let hub = builder.history_len(sports::HISTORY).build();
@@ -627,6 +755,11 @@ async fn main() -> ExitCode {
         "chat" => {
             let hub = chat::build_hub(builder);
             let app = chat::router(&hub);
+            (hub, app, None)
+        }
+        "protocol" => {
+            let hub = protocol_hub(builder);
+            let app = protocol_router(&hub);
             (hub, app, None)
         }
         _ => {
@@ -671,11 +804,9 @@ async fn main() -> ExitCode {
 
     let proxy = Arc::new(Proxy::default());
     tokio::spawn(proxy.clone().run(public, inner_addr));
-    tokio::spawn(async move {
-        let _ = axum::serve(inner, app).await;
-    });
     let admin = Admin {
         hub: hub.clone(),
+        nodes: Vec::new(),
         proxy,
         refuse: refusals,
         feed,
@@ -684,18 +815,68 @@ async fn main() -> ExitCode {
     tokio::spawn(async move {
         let _ = axum::serve(admin_l, admin_router(admin)).await;
     });
+    announce(public_addr, admin_addr);
 
+    // SIGTERM: the hub ends every session with reason `shutdown`, then the server stops.
+    let stop = hub::shutdown_signal(&hub, terminated(), Duration::from_secs(3));
+    if let Err(e) = axum::serve(inner, app).with_graceful_shutdown(stop).await {
+        eprintln!("e2e_server: server error: {e}");
+        return ExitCode::FAILURE;
+    }
+    eprintln!("e2e_server: shut down");
+    ExitCode::SUCCESS
+}
+
+/// Prints the line the tests read: where the page and the admin routes are.
+fn announce(public: SocketAddr, admin: SocketAddr) {
     let line = json!({
-        "url": format!("http://{public_addr}/"),
-        "admin": format!("http://{admin_addr}/"),
+        "url": format!("http://{public}/"),
+        "admin": format!("http://{admin}/"),
         "pid": std::process::id(),
     });
     let mut out = std::io::stdout();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
 
+/// The `cluster` fixture: the cluster example's two nodes over Redis, node 1 publishing the
+/// feed, the proxy in front of node 2 until `/move`.
+async fn serve_cluster(args: &Args, prefix: &str) -> ExitCode {
+    let free = SocketAddr::from(([127, 0, 0, 1], 0));
+    let c = match cluster::start(&args.redis, prefix, &[free, free], args.seed).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("e2e_server: cluster over {}: {e}", args.redis);
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::spawn(cluster::sports::run_feed(c.feed.clone(), args.tick));
+    let bind = |addr: SocketAddr| async move { TcpListener::bind(addr).await };
+    let (Ok(public), Ok(admin_l)) = (bind(args.addr).await, bind(free).await) else {
+        eprintln!("e2e_server: cannot listen");
+        return ExitCode::FAILURE;
+    };
+    let (Ok(public_addr), Ok(admin_addr)) = (public.local_addr(), admin_l.local_addr()) else {
+        eprintln!("e2e_server: no local address");
+        return ExitCode::FAILURE;
+    };
+    let nodes: Vec<(Hub, SocketAddr)> = c.nodes.iter().map(|n| (n.hub.clone(), n.addr)).collect();
+    let proxy = Arc::new(Proxy::default());
+    tokio::spawn(proxy.clone().run(public, nodes[1].1));
+    let admin = Admin {
+        hub: nodes[0].0.clone(),
+        nodes,
+        proxy,
+        refuse: Arc::default(),
+        feed: None,
+        paused: Arc::default(),
+    };
+    tokio::spawn(async move {
+        let _ = axum::serve(admin_l, admin_router(admin)).await;
+    });
+    announce(public_addr, admin_addr);
     terminated().await;
-    let report = hub.shutdown(Duration::from_secs(3)).await;
-    eprintln!("e2e_server: shut down ({} sessions)", report.sessions);
+    c.shutdown().await;
+    eprintln!("e2e_server: shut down");
     ExitCode::SUCCESS
 }

@@ -7,13 +7,13 @@
 //! with a `prometheus-client` registry of its own registers
 //! `hub::metrics::HubCollector::new(hub)` in it instead.
 //!
-//! Scrape it with Prometheus (`scrape_configs: - targets: ["127.0.0.1:3000"]`) or look:
+//! Scrape it with Prometheus (`scrape_configs: - targets: ["127.0.0.1:3005"]`) or look:
 //!
 //! ```text
-//! cargo run --example metrics                         # http://127.0.0.1:3000/metrics
+//! cargo run --example metrics                         # http://127.0.0.1:3005/metrics
 //! cargo run --example metrics -- --addr 127.0.0.1:0   # any free port
-//! curl http://127.0.0.1:3000/metrics
-//! websocat ws://127.0.0.1:3000/ws                     # then {"type":"subscribe","topic":"demo/ticks"}
+//! curl http://127.0.0.1:3005/metrics
+//! websocat ws://127.0.0.1:3005/ws                     # then {"type":"subscribe","topic":"demo/ticks"}
 //! ```
 //!
 //! The hub also mounts `/sse` and `/poll`; a feed publishes to `demo/ticks` every second. This
@@ -32,7 +32,7 @@ use hub::ws::WsService;
 use hub::{async_trait, Action, Hooks, Hub, Identity};
 
 /// The address served when `--addr` is not given.
-const DEFAULT_ADDR: &str = "127.0.0.1:3000";
+const DEFAULT_ADDR: &str = "127.0.0.1:3005";
 
 /// How long a shutdown waits for clients to get their last frames.
 const GRACE: Duration = Duration::from_secs(5);

@@ -73,6 +73,9 @@ pub(crate) const ALL_TOPIC: &str = "scores/all";
 /// The address served when `--addr` is not given.
 const DEFAULT_ADDR: &str = "127.0.0.1:3000";
 
+/// How long a shutdown waits for pages to get their last frames.
+const GRACE: Duration = Duration::from_secs(5);
+
 /// Matches on the board at once.
 pub(crate) const MATCHES: usize = 6;
 
@@ -613,7 +616,13 @@ async fn main() -> ExitCode {
     let local = listener.local_addr().unwrap_or(addr);
     println!("sports scores: http://{local}/  (legacy long-polling page: http://{local}/legacy)");
 
-    if let Err(e) = axum::serve(listener, router(&hub, feed)).await {
+    // Ctrl-C: every page is told (close 1001 `shutdown`, a last SSE or poll `close`) before the
+    // server stops; hub.js comes back spread out once a server answers again.
+    let stop = hub::shutdown_signal(&hub, tokio::signal::ctrl_c(), GRACE);
+    if let Err(e) = axum::serve(listener, router(&hub, feed))
+        .with_graceful_shutdown(stop)
+        .await
+    {
         eprintln!("sports_scores: server error: {e}");
         return ExitCode::FAILURE;
     }

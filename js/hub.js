@@ -15,12 +15,16 @@
  *   long-polling; remembers for the page (sessionStorage) what worked; `transport` forces one;
  * - reconnects with full-jitter exponential backoff between `minDelay` and `maxDelay`; honours
  *   the server's close reasons (`kicked` and authentication refusals stop it; `shutdown`
- *   reconnects after a random delay; `slow_consumer` reconnects at once and resumes); notices
+ *   reconnects after a random delay; `slow_consumer` reconnects at once and resumes) and its
+ *   reconnect hint (`shutdown;retry_ms=2350`, or a `close` frame's `retry_ms`: that long, at
+ *   most `maxDelay`); notices
  *   a dead connection by missed heartbeats; follows the browser's `online`/`offline` events and
  *   the page's visibility;
  * - resumes every subscription from its last position after any reconnect: the application
  *   sees each message once, in order; when the server says that messages are lost, the
  *   subscription says so (`recovered: false` with the gap);
+ * - `last` and `conflate` subscriptions, messages' `key`/`delete`, and answers to the
+ *   server's events that ask for one (`onEvent(name, (data, reply) => ...)`);
  * - never throws on a malformed or unknown frame: it reports an `error` event and goes on.
  */
 var Hub = (function () {
@@ -97,9 +101,11 @@ var Hub = (function () {
         return "";
       case "gap":
         if (!isStr(f.topic) || !isStr(f.epoch) || !isCount(f.from) || !isCount(f.to)) return "gap: needs topic, epoch, from and to";
+        if (f.reason != null && !isStr(f.reason)) return "gap: reason must be a string";
         return "";
       case "event":
         if (!isStr(f.event)) return "event: needs an event name";
+        if (f.ack != null && !isCount(f.ack)) return "event: ack must be an integer";
         return "";
       case "join":
       case "leave":
@@ -124,6 +130,37 @@ var Hub = (function () {
       else u.searchParams.set(k, String(v));
     }
     return u;
+  }
+
+  /**
+   * Splits a close reason text into the reason and its parameters (PROTOCOL.md, "The browser
+   * client", reconnect hints): `shutdown;retry_ms=2350` is the reason `shutdown` with
+   * `retryMs: 2350`. The reason is the part before the first `;`; the parameters are
+   * `name=value` pairs separated by `;`; a `retry_ms` that is not a whole number is ignored.
+   */
+  function parseReason(text) {
+    var out = { reason: "", retryMs: null, params: {} };
+    if (!isStr(text)) return out;
+    var parts = text.split(";");
+    out.reason = parts[0].trim();
+    for (var i = 1; i < parts.length; i++) {
+      var eq = parts[i].indexOf("=");
+      if (eq < 0) continue;
+      var k = parts[i].slice(0, eq).trim(), v = parts[i].slice(eq + 1).trim();
+      if (!k) continue;
+      out.params[k] = v;
+      if (k === "retry_ms" && /^[0-9]{1,15}$/.test(v)) out.retryMs = Number(v);
+    }
+    return out;
+  }
+
+  /** The reason and retry hint of a `close` frame (SSE, long-polling): its `reason` (which may
+   * carry parameters as a WebSocket reason does) and its `retry_ms` field, which wins. */
+  function closeFrameEvent(f) {
+    var r = parseReason(isStr(f.reason) ? f.reason : "");
+    var ev = { opened: true, code: f.code, reason: r.reason || "closed", retryMs: r.retryMs };
+    if (isCount(f.retry_ms)) ev.retryMs = f.retry_ms;
+    return ev;
   }
 
   // ------------------------------------------------------------------------------------------
@@ -430,8 +467,9 @@ var Hub = (function () {
   //   refused(frame, e) a command the server would not take (HTTP 4xx on SSE/poll)
   //   interrupted()     long-polling only: a poll failed, retrying on the same session
   //   resumed()         long-polling only: polls work again (nothing was lost)
-  //   close(ev)         the end: {opened, code, reason, message, auth}; `auth` is set when the
-  //                     server refused the credentials (hub.js then stops)
+  //   close(ev)         the end: {opened, code, reason, message, auth, retryMs}; `auth` is set
+  //                     when the server refused the credentials (hub.js then stops); `retryMs`
+  //                     when the server said when to come back (a reconnect hint)
   // It offers send(frame) and close() (close never calls cb.close). Callbacks never fire
   // synchronously from the factory.
   // ------------------------------------------------------------------------------------------
@@ -498,8 +536,9 @@ var Hub = (function () {
     };
     ws.onerror = noop; // a close event follows, with what there is to know
     ws.onclose = function (ev) {
-      var reason = ev.reason || CLOSE_CODES[ev.code] || "closed";
-      finish({ opened: opened, code: ev.code, reason: reason });
+      var r = parseReason(ev.reason);
+      var reason = r.reason || CLOSE_CODES[ev.code] || "closed";
+      finish({ opened: opened, code: ev.code, reason: reason, retryMs: r.retryMs });
     };
     return {
       send: function (frame) {
@@ -657,7 +696,7 @@ var Hub = (function () {
         return;
       }
       if (f.type === "resume" || f.type === "session" || f.type === "welcome") return; // hub.js sends no Last-Event-ID
-      if (f.type === "close") { finish({ opened: true, code: f.code, reason: isStr(f.reason) ? f.reason : "closed" }); return; }
+      if (f.type === "close") { finish(closeFrameEvent(f)); return; }
       cb.frame(f);
     }
 
@@ -765,7 +804,7 @@ var Hub = (function () {
         if (isObj(f) && f.type === "close") {
           // Acknowledge it, so that the server lets the session go at once.
           http.fetch(addParams(ctx.urlObj(), { session: sid, cursor: b.cursor }).toString(), { headers: { Accept: "application/json" } }, 5000).catch(noop);
-          finish({ opened: true, code: f.code, reason: isStr(f.reason) ? f.reason : "closed" });
+          finish(closeFrameEvent(f));
           return;
         }
         cb.frame(f);
@@ -851,12 +890,12 @@ var Hub = (function () {
 
   /** Calls the listeners; one that throws is reported (`error`, code `callback_threw`) and the
    * others still run. Returns how many listeners there were. */
-  Emitter.prototype._emit = function (name, a, b) {
+  Emitter.prototype._emit = function (name, a, b, c) {
     var list = this._l[name];
     if (!list || !list.length) return 0;
     list = list.slice();
     for (var i = 0; i < list.length; i++) {
-      try { list[i](a, b); } catch (e) { this._threw(name, e); }
+      try { list[i](a, b, c); } catch (e) { this._threw(name, e); }
     }
     return list.length;
   };
@@ -875,8 +914,15 @@ var Hub = (function () {
    *   once what was missed has been delivered: `resumed` when it continued from a position,
    *   `recovered: false` when the server said that messages are lost (then `gap` says which;
    *   reload the state the page shows), `missed` the messages delivered to catch up;
-   * - `gap` `{topic, epoch, from, to, reason, recovered: false}` whenever messages are lost
-   *   (`history`, `epoch`, `lagged`, or `hole` if the server skipped offsets without a gap);
+   * - `gap` `{topic, epoch, from, to, reason, recovered: false}` whenever messages are lost:
+   *   `history`, `lagged`, `epoch` (the stream was recreated: what follows is the new one's),
+   *   `ahead` (the position held was ahead of the stream: forget what was delivered after
+   *   offset `from - 1`; new messages take those offsets), `hole` (the server skipped offsets
+   *   without a gap), or a reason this version does not know (taken as loss, as PROTOCOL.md
+   *   says);
+   * - `conflated` `{topic, epoch, from, to}` on a conflated subscription: messages of offsets
+   *   `from`..`to` were superseded by newer ones of the same key, which follow. Not a loss: the
+   *   page still ends up with the newest value of every key;
    * - `join` / `leave` (member) when subscribed with `{presence: true}`;
    * - `error` (HubError) when the server refused the subscription (it is then over).
    */
@@ -885,6 +931,16 @@ var Hub = (function () {
     this.topic = topic;
     /** The last position delivered: `{epoch, offset}` (null before the first reply). */
     this.position = opts.since && isStr(opts.since.epoch) && isCount(opts.since.offset) ? { epoch: opts.since.epoch, offset: opts.since.offset } : null;
+    /** `last`: how many of the newest messages to start with while no position is held. */
+    this._lastN = !this.position && isCount(opts.last) && opts.last > 0 ? opts.last : 0;
+    /** `conflate`: true or false asks for it (or against the topic's default); else unsaid. */
+    this._conflate = typeof opts.conflate === "boolean" ? opts.conflate : null;
+    /** After a `last` reply: the topic's position then, to check the first message against. */
+    this._expect = null;
+    /** Offsets of an epoch that may be missing without it being a hole: `{epoch, to}` after a
+     * `conflated` gap (superseded messages), `{epoch, to: Infinity, once: true}` after the
+     * stream was recreated (its messages start at whatever its history still holds). */
+    this._window = null;
     /** `pending`, `subscribing`, `recovering`, `subscribed`, `failed` or `closed`. */
     this.state = "pending";
     /** Messages dropped because they were already delivered (after a resume). */
@@ -923,8 +979,17 @@ var Hub = (function () {
     if (isObj(data) && isStr(data.epoch) && isCount(data.offset)) rec.reply = { epoch: data.epoch, offset: data.offset };
     this._rec = rec;
     this.state = "recovering";
+    this._window = null;
     if (!rec.reply) { // a reply without a position: follow live, nothing to check against
       this._hub._report(HubError("bad_frame", "a subscribe reply without a position"));
+      return this._finish();
+    }
+    if (!since && this._sentLast) {
+      // The newest messages held (at most `last`, up to the reply's offset) follow, then live
+      // ones: the first one sets the position. How many the history holds is not said, so the
+      // subscription is ready now and they arrive as it goes on.
+      this.position = null;
+      this._expect = rec.reply;
       return this._finish();
     }
     if (!since) {
@@ -941,32 +1006,87 @@ var Hub = (function () {
   };
 
   Subscription.prototype._message = function (f) {
-    var pos = this.position, rec = this._rec;
+    var pos = this.position, rec = this._rec, win = this._window, exp = this._expect;
+    var base = pos, lenient = false; // what the hole check compares against, and whether it runs
+    if (win) {
+      if (win.epoch !== f.epoch) this._window = null;
+      else if (win.once) { lenient = true; this._window = null; } // a recreated stream's first
+      else if (f.offset <= win.to) lenient = true; // superseded offsets may be missing
+      else {
+        this._window = null;
+        if (pos && pos.epoch === f.epoch && win.to > pos.offset) base = { epoch: pos.epoch, offset: win.to };
+      }
+    }
     if (pos && f.epoch === pos.epoch) {
       if (f.offset <= pos.offset) { this.duplicates++; return; }
-      if (f.offset > pos.offset + 1) this._gap({ topic: this.topic, epoch: f.epoch, from: pos.offset + 1, to: f.offset - 1, reason: "hole" });
+      if (!lenient && f.offset > base.offset + 1) this._gap({ topic: this.topic, epoch: f.epoch, from: base.offset + 1, to: f.offset - 1, reason: "hole" });
     } else if (pos) {
       this._gap({ topic: this.topic, epoch: f.epoch, from: 0, to: 0, reason: "epoch", previous: pos });
+    } else if (exp) {
+      // The first message after a `last` subscribe: one of the newest held (at or before the
+      // reply's offset) or the next live one; anything further skipped some.
+      if (f.epoch === exp.epoch && f.offset > exp.offset + 1) this._gap({ topic: this.topic, epoch: f.epoch, from: exp.offset + 1, to: f.offset - 1, reason: "hole" });
     }
+    this._expect = null;
     this.position = { epoch: f.epoch, offset: f.offset };
     if (rec) rec.missed++;
+    var meta = { topic: f.topic, epoch: f.epoch, offset: f.offset, recovered: !!rec };
+    if (isStr(f.key)) meta.key = f.key;
+    if (f.delete === true) meta.delete = true;
     try {
-      this._fn(f.data, { topic: f.topic, epoch: f.epoch, offset: f.offset, recovered: !!rec });
+      this._fn(f.data, meta);
     } catch (e) { this._hub._callbackThrew("subscribe(" + this.topic + ") callback", e); }
     if (rec && this._rec === rec && (rec.target === null || f.offset >= rec.target)) this._finish();
   };
 
+  /**
+   * A `gap` frame, by reason (PROTOCOL.md, "Server to client"):
+   * - `epoch` answering a `since` of another epoch (the reply named the new one): nothing is
+   *   recovered, live messages follow the reply's offset, so that is the position; while
+   *   following (the stream was recreated): the new epoch's messages follow from the start of
+   *   what its history holds, so the position is the new epoch's offset 0 and its first
+   *   message is taken wherever it starts;
+   * - `ahead`: the position held was ahead of the stream; it goes back to `from - 1` (the
+   *   offsets after it will be given to new messages);
+   * - `conflated`: not a loss; the superseded offsets may be missing from what follows;
+   * - `history`, `lagged` and any other (unknown) reason: lost; the position moves past `to`.
+   */
   Subscription.prototype._gapFrame = function (f) {
     var rec = this._rec, pos = this.position;
-    if (f.reason === "epoch") {
-      this.position = rec && rec.reply ? rec.reply : null;
+    var reason = isStr(f.reason) ? f.reason : "unknown";
+    this._expect = null;
+    if (reason === "epoch") {
+      var answer = rec && rec.reply && rec.reply.epoch === f.epoch && (!pos || pos.epoch !== f.epoch);
+      if (answer) {
+        this.position = rec.reply;
+        this._window = null;
+      } else {
+        this.position = { epoch: f.epoch, offset: 0 };
+        this._window = { epoch: f.epoch, to: Infinity, once: true };
+      }
       this._gap({ topic: this.topic, epoch: f.epoch, from: 0, to: 0, reason: "epoch", previous: pos });
       if (rec && this._rec === rec) this._finish();
       return;
     }
+    if (reason === "conflated") {
+      if (pos && pos.epoch === f.epoch && f.to <= pos.offset) return; // already past it
+      this._window = { epoch: f.epoch, to: f.to };
+      var c = { topic: this.topic, epoch: f.epoch, from: f.from, to: f.to, reason: "conflated" };
+      this._emit("conflated", c);
+      this._hub._emit("conflated", c);
+      return;
+    }
+    if (reason === "ahead") {
+      var back = f.from > 0 ? f.from - 1 : 0;
+      this.position = { epoch: f.epoch, offset: back };
+      this._window = null;
+      this._gap({ topic: this.topic, epoch: f.epoch, from: f.from, to: f.to, reason: "ahead", previous: pos });
+      if (rec && this._rec === rec && (rec.target === null || back >= rec.target)) this._finish();
+      return;
+    }
     if (pos && pos.epoch === f.epoch && f.to <= pos.offset) return; // already past it
     this.position = { epoch: f.epoch, offset: f.to };
-    this._gap({ topic: this.topic, epoch: f.epoch, from: f.from, to: f.to, reason: isStr(f.reason) ? f.reason : "unknown" });
+    this._gap({ topic: this.topic, epoch: f.epoch, from: f.from, to: f.to, reason: reason });
     if (rec && this._rec === rec && rec.target !== null && f.to >= rec.target) this._finish();
   };
 
@@ -1021,7 +1141,8 @@ var Hub = (function () {
    *   query of every request: credentials such as `{token: "..."}`;
    * - `codec`: `Hub.codecs.json` (default) or `Hub.codecs.msgpack` (WebSocket only; SSE and
    *   long-polling always speak JSON), or your own `{name, subprotocol, binary, encode, decode}`;
-   * - `minDelay`, `maxDelay`: the reconnection backoff's floor and ceiling (500, 20000 ms);
+   * - `minDelay`, `maxDelay`: the reconnection backoff's floor and ceiling (500, 20000 ms;
+ *   `maxDelay` also caps the server's `retry_ms` hint);
    * - `shutdownJitter`: after a server `shutdown`, reconnect within this much more (5000 ms);
    * - `maxQueue`: requests kept while offline (256); one more is refused with `queue_full`;
    * - `timeout`: default timeout of `publish`, `emit`, `presence` (10000 ms, counting queued
@@ -1145,10 +1266,19 @@ var Hub = (function () {
   };
 
   /**
-   * Subscribes to `topic`; `onMessage(data, {topic, epoch, offset, recovered})` gets each
-   * message once, in order, across reconnections. Options: `since` (`{epoch, offset}`: start
-   * after this position, e.g. the one a snapshot of the page's state reflects), `presence`
-   * (`join`/`leave` events of the topic). Returns a Subscription (`unsubscribe()`, events).
+   * Subscribes to `topic`; `onMessage(data, {topic, epoch, offset, recovered, key, delete})`
+   * gets each message once, in order, across reconnections (`key` and `delete` when the
+   * publisher gave them). Options:
+   * - `since` (`{epoch, offset}`): start after this position, e.g. the one a snapshot of the
+   *   page's state reflects;
+   * - `last` (a count): while the subscription holds no position, start with the newest `last`
+   *   messages the history holds (the current state: `last: 1` is the latest message), then
+   *   live ones. Once a message has been delivered, reconnections resume from it instead;
+   * - `conflate` (true, or false against a topic that conflates by default): when this page
+   *   falls behind, the server keeps only the newest message per key, and a resume recovers
+   *   only the newest per key; what was superseded is told by a `conflated` event, not as loss;
+   * - `presence`: `join`/`leave` events of the topic.
+   * Returns a Subscription (`unsubscribe()`, events).
    */
   Hub.prototype.subscribe = function (topic, onMessage, opts) {
     if (!isStr(topic) || !topic) throw new TypeError("subscribe: a topic name is needed");
@@ -1160,9 +1290,15 @@ var Hub = (function () {
     return sub;
   };
 
-  /** Publishes `data` to `topic` (if the server allows it); resolves with its `{epoch, offset}`. */
+  /** Publishes `data` to `topic` (if the server allows it); resolves with its `{epoch, offset}`.
+   * Options: `key` (what the message is the latest value of, e.g. `"match:7"`: conflated
+   * subscriptions keep the newest per key), `delete: true` (with a `key`: the key's deletion),
+   * `timeout`. */
   Hub.prototype.publish = function (topic, data, opts) {
-    return this._request({ type: "publish", topic: topic, data: data === undefined ? null : data }, opts);
+    var f = { type: "publish", topic: topic, data: data === undefined ? null : data };
+    if (opts && opts.key != null) f.key = opts.key;
+    if (opts && opts.delete === true) f.delete = true;
+    return this._request(f, opts);
   };
 
   /** Sends the custom event `event` to the server's handler; resolves with the handler's answer
@@ -1190,8 +1326,21 @@ var Hub = (function () {
   /** Leaves a room. */
   Hub.prototype.leave = function (room, opts) { return this._request({ type: "leave", room: room }, opts); };
 
-  /** Calls `fn(data)` on each server event named `name` (sent to you or a room you are in);
-   * returns a function that stops it. All events also reach `on("event", fn(name, data))`. */
+  /**
+   * Calls `fn(data, reply)` on each server event named `name` (sent to you or a room you are
+   * in); returns a function that stops it. All events also reach `on("event", fn(name, data,
+   * reply))`.
+   *
+   * When the server asks for an answer (its `emit_with_ack`: an event with an `ack` number),
+   * `reply` is a function: `reply(answer)` sends it (once; a second call rejects with
+   * `already_answered`) and returns a promise of the server's receipt (rejected with
+   * `unknown_ack` when the server no longer waits: too late, or already answered; with
+   * `disconnected` when the connection that asked is gone). A listener of `onEvent` may instead
+   * return the answer, or a promise of it: the first to return something other than
+   * `undefined` answers (a catch-all `on("event")` listener answers only by calling `reply`). Without an `ack`, `reply` is null. An event that asks, with no listener at all,
+   * is reported (`error` event, code `no_handler`) and left unanswered: the server's wait
+   * times out.
+   */
   Hub.prototype.onEvent = function (name, fn) { return this.on("event:" + name, fn); };
 
   // ---------- requests ----------
@@ -1244,7 +1393,10 @@ var Hub = (function () {
   Hub.prototype._wireSubscribe = function (sub) {
     var frame = { type: "subscribe", topic: sub.topic };
     if (sub.position) frame.since = { epoch: sub.position.epoch, offset: sub.position.offset };
+    else if (sub._lastN) frame.last = sub._lastN;
+    sub._sentLast = !!frame.last;
     if (sub._presence) frame.presence = true;
+    if (sub._conflate !== null) frame.conflate = sub._conflate;
     var p = { id: this._nextId++, frame: frame, sub: sub, timer: null };
     frame.id = p.id;
     this._pending.set(p.id, p);
@@ -1419,7 +1571,9 @@ var Hub = (function () {
     this._roundAt = 0;
     var o = this._o, r = this._clock.random;
     var delay;
-    if (reason === "shutdown") delay = o.minDelay + r() * o.shutdownJitter;
+    // The server's reconnect hint (`retry_ms`) wins over the client's own jitter.
+    if (isCount(ev.retryMs)) delay = Math.min(ev.retryMs, o.maxDelay);
+    else if (reason === "shutdown") delay = o.minDelay + r() * o.shutdownJitter;
     else if (reason === "slow_consumer") delay = backoff(0, o.minDelay, o.maxDelay, r);
     else delay = backoff(this._attempt, o.minDelay, o.maxDelay, r);
     this._retryLater(delay, reason);
@@ -1600,8 +1754,9 @@ var Hub = (function () {
       case "error":
         return this._onError(f);
       case "event":
-        this._emit("event", f.event, f.data);
-        this._emit("event:" + f.event, f.data);
+        if (f.ack != null) return this._askedEvent(f);
+        this._emit("event", f.event, f.data, null);
+        this._emit("event:" + f.event, f.data, null);
         return;
       case "join":
       case "leave":
@@ -1625,6 +1780,50 @@ var Hub = (function () {
         return;
       default:
         this._report(HubError("unknown_frame", "a frame of unknown type " + JSON.stringify(f.type) + " (ignored)", { frame: f }));
+    }
+  };
+
+  /** A server event that asks for an answer (PROTOCOL.md, "Events that ask for an answer"). */
+  Hub.prototype._askedEvent = function (f) {
+    var self = this, token = this._token, answered = false;
+    var data = f.data === undefined ? null : f.data;
+    function reply(answer) {
+      if (answered) return Promise.reject(HubError("already_answered", "event " + f.event + " (ack " + f.ack + ") is already answered"));
+      answered = true;
+      if (self._token !== token || !self._open) {
+        return Promise.reject(HubError("disconnected", "the connection that asked (ack " + f.ack + ") is gone: the server no longer waits"));
+      }
+      var frame = { type: "ack", ack: f.ack, data: answer === undefined ? null : answer };
+      var p = self._request(frame, {});
+      p.catch(function (e) { self._report(e); }); // reported, and still the caller's to await
+      return p;
+    }
+    var lists = [this._l["event:" + f.event] || [], this._l.event || []];
+    var count = lists[0].length + lists[1].length;
+    if (!count) {
+      this._report(HubError("no_handler", "the server asks for an answer to event " + f.event + " (ack " + f.ack + "), and nothing listens to it", { event: f.event, ack: f.ack }));
+      return;
+    }
+    function answerWith(r) {
+      if (r === undefined || answered) return;
+      if (r && typeof r.then === "function") {
+        answered = true; // the promise is the answer: later returns and calls do not count
+        r.then(function (v) { answered = false; reply(v); }, function (e) {
+          self._callbackThrew("the answer to event " + f.event, e);
+        });
+      } else {
+        reply(r);
+      }
+    }
+    var all = [];
+    for (var i = 0; i < lists[0].length; i++) all.push([lists[0][i], false]);
+    for (var j = 0; j < lists[1].length; j++) all.push([lists[1][j], true]);
+    for (var k = 0; k < all.length; k++) {
+      var r;
+      try { r = all[k][1] ? all[k][0](f.event, data, reply) : all[k][0](data, reply); } catch (e) { this._threw("event", e); continue; }
+      // Only a listener of this event's name answers by returning: a catch-all `event`
+      // listener's return value is not meant as an answer (it may call `reply`).
+      if (!all[k][1]) answerWith(r);
     }
   };
 
@@ -1717,7 +1916,7 @@ var Hub = (function () {
   Hub.backoff = backoff;
   Hub.Subscription = Subscription;
   /** Internals for tests: not part of the API. */
-  Hub._internal = { SseParser: SseParser, checkFrame: checkFrame, transports: FACTORIES };
+  Hub._internal = { SseParser: SseParser, checkFrame: checkFrame, parseReason: parseReason, closeFrameEvent: closeFrameEvent, transports: FACTORIES };
   return Hub;
 })();
 

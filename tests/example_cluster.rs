@@ -133,7 +133,7 @@ fn arguments_are_parsed() {
     let d = args(&[]).unwrap().unwrap();
     assert_eq!(
         (d.redis.as_str(), d.prefix.as_str(), d.nodes, d.port),
-        (example::DEFAULT_REDIS, example::DEFAULT_PREFIX, 3, 3000)
+        (example::DEFAULT_REDIS, example::DEFAULT_PREFIX, 3, 3010)
     );
     let a = args(&[
         "--redis",

@@ -109,6 +109,15 @@ impl ClientBuilder {
         self
     }
 
+    /// The TLS settings for `wss://` URLs: which roots to trust (e.g. a private CA, or a
+    /// server's self-signed certificate), client certificates, ALPN. Without this call a
+    /// `wss://` URL trusts webpki's roots (Mozilla's). Needs the `tls` feature.
+    #[cfg(feature = "tls")]
+    pub fn tls_config(mut self, config: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        self.cfg.tls = Some(config);
+        self
+    }
+
     /// The largest frame the client accepts from the server; a larger one ends the
     /// connection (which is then replaced). Default 1 MiB.
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
@@ -135,6 +144,7 @@ impl ClientBuilder {
         let driver = Driver::new(
             cfg.clone(),
             rx,
+            tx.downgrade(),
             state_tx,
             events.clone(),
             server_events.clone(),
@@ -253,12 +263,42 @@ impl Client {
 
     /// Publishes an already encoded value.
     pub async fn publish_payload(&self, topic: &str, data: Payload) -> Result<Position, Error> {
+        self.publish_op(topic, data, None, false).await
+    }
+
+    /// Publishes a value with a key (`match:7`, 1 to 128 bytes, no control characters): what
+    /// the message is the latest value of. A conflated subscription that falls behind keeps
+    /// only the newest message per key (PROTOCOL.md, "Conflation"). A bad key is the server's
+    /// `bad_key`.
+    pub async fn publish_keyed<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        key: &str,
+        value: &T,
+    ) -> Result<Position, Error> {
+        let data = Payload::encode(self.codec(), value)?;
+        self.publish_op(topic, data, Some(key), false).await
+    }
+
+    /// Publishes the deletion of a key (data `null`; never conflated away).
+    pub async fn publish_delete(&self, topic: &str, key: &str) -> Result<Position, Error> {
+        self.publish_op(topic, Payload::null(), Some(key), true)
+            .await
+    }
+
+    async fn publish_op(
+        &self,
+        topic: &str,
+        data: Payload,
+        key: Option<&str>,
+        delete: bool,
+    ) -> Result<Position, Error> {
         let reply = self
             .request(ClientOp::Publish {
                 topic: topic.to_owned(),
                 data,
-                key: None,
-                delete: false,
+                key: key.map(str::to_owned),
+                delete,
             })
             .await?;
         reply

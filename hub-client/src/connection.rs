@@ -37,6 +37,9 @@ pub(crate) struct Config {
     pub(crate) subscription_buffer: usize,
     pub(crate) server_events_buffer: usize,
     pub(crate) max_frame_size: usize,
+    /// The TLS settings of `wss://` URLs (`None`: rustls with webpki's roots).
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Config {
@@ -56,6 +59,8 @@ impl Config {
             subscription_buffer: 1024,
             server_events_buffer: 256,
             max_frame_size: 1 << 20,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -74,6 +79,13 @@ pub(crate) async fn open(cfg: &Config) -> Result<(Ws, Welcome), Error> {
         .as_str()
         .into_client_request()
         .map_err(|e| Error::Config(format!("{}: {e}", cfg.url)))?;
+    #[cfg(not(feature = "tls"))]
+    if req.uri().scheme_str() == Some("wss") {
+        return Err(Error::Config(format!(
+            "{}: wss:// needs hub-client's `tls` feature",
+            cfg.url
+        )));
+    }
     let headers = req.headers_mut();
     for (name, value) in &cfg.headers {
         headers.append(name.clone(), value.clone());
@@ -88,10 +100,19 @@ pub(crate) async fn open(cfg: &Config) -> Result<(Ws, Welcome), Error> {
         // A client reads one connection: no need for the server-sized default (128 KiB).
         .read_buffer_size(16 * 1024);
     let connect = async {
-        let (mut ws, _response) =
-            tokio_tungstenite::connect_async_with_config(req, Some(ws_config), true)
-                .await
-                .map_err(connect_error)?;
+        #[cfg(feature = "tls")]
+        let connected = tokio_tungstenite::connect_async_tls_with_config(
+            req,
+            Some(ws_config),
+            true,
+            cfg.tls.clone().map(tokio_tungstenite::Connector::Rustls),
+        )
+        .await;
+        // Without TLS, a `wss://` URL fails here (`Error::Config`: the feature is off).
+        #[cfg(not(feature = "tls"))]
+        let connected =
+            tokio_tungstenite::connect_async_with_config(req, Some(ws_config), true).await;
+        let (mut ws, _response) = connected.map_err(connect_error)?;
         let welcome = read_welcome(&mut ws, cfg.codec).await?;
         Ok((ws, welcome))
     };

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use hub_protocol::{
-    ClientFrame, ClientOp, Code, DisconnectReason, ErrorCode, Payload, Position, Scope, ServerFrame,
+    ClientFrame, ClientOp, Code, DisconnectReason, ErrorCode, Payload, Position, Scope,
+    ServerFrame, SessionId,
 };
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -21,7 +22,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use crate::backoff::{self, Backoff};
 use crate::connection::{self, Config, Welcome, Ws};
 use crate::error::Error;
-use crate::events::{ConnectionEvent, ConnectionState, DisconnectCause, ServerEvent};
+use crate::events::{Ack, ConnectionEvent, ConnectionState, DisconnectCause, ServerEvent};
 use crate::subscription::{
     Delivered, Gap, Message, ResumeCause, SubEntry, SubEvent, SubShared, SubscribeOptions,
 };
@@ -46,6 +47,13 @@ pub(crate) enum Command {
         topic: Arc<str>,
         sub: u64,
         reply: Option<oneshot::Sender<Result<(), Error>>>,
+    },
+    /// The answer to a server event that asked for one, on the session that asked.
+    Ack {
+        ack: u64,
+        session: SessionId,
+        data: Payload,
+        reply: oneshot::Sender<Result<Payload, Error>>,
     },
     /// A lagging subscription has room again: resubscribe it from its last position.
     Repair {
@@ -103,6 +111,11 @@ struct SubscribeReply {
 pub(crate) struct Driver {
     cfg: Arc<Config>,
     cmds: mpsc::Receiver<Command>,
+    /// For the [`Ack`]s of events that ask for an answer (weak: they must not keep the
+    /// command queue open once every `Client` is gone).
+    weak_cmds: mpsc::WeakSender<Command>,
+    /// The session of the open connection.
+    session: Option<SessionId>,
     subs: HashMap<Arc<str>, SubEntry>,
     /// Rooms this client joined itself (server-managed rooms are the server's to restore).
     rooms: BTreeSet<String>,
@@ -121,6 +134,7 @@ impl Driver {
     pub(crate) fn new(
         cfg: Arc<Config>,
         cmds: mpsc::Receiver<Command>,
+        weak_cmds: mpsc::WeakSender<Command>,
         state: watch::Sender<ConnectionState>,
         events: broadcast::Sender<ConnectionEvent>,
         server_events: broadcast::Sender<ServerEvent>,
@@ -129,6 +143,8 @@ impl Driver {
             backoff: Backoff::new(cfg.floor, cfg.ceiling),
             cfg,
             cmds,
+            weak_cmds,
+            session: None,
             subs: HashMap::new(),
             rooms: BTreeSet::new(),
             pending: HashMap::new(),
@@ -165,6 +181,8 @@ impl Driver {
         // Failed attempts in a row, and the last one's error.
         let mut failures = 0u32;
         let mut last_error: Option<Error> = None;
+        // The server's reconnect hint (`retry_ms`), for the next delay only.
+        let mut hint: Option<Duration> = None;
         let error = loop {
             if let Some((ws, welcome)) = conn.take() {
                 failures = 0;
@@ -180,6 +198,13 @@ impl Driver {
                     }
                     End::Lost(cause, start) => {
                         tracing::debug!(?cause, "connection lost");
+                        if let DisconnectCause::Server {
+                            retry_after: Some(after),
+                            ..
+                        } = &cause
+                        {
+                            hint = Some(*after);
+                        }
                         self.emit(ConnectionEvent::Disconnected { cause });
                         step = start;
                     }
@@ -190,7 +215,10 @@ impl Driver {
                     break Some(e.clone());
                 }
             }
-            let delay = self.backoff.delay(step);
+            let delay = match hint.take() {
+                Some(after) => after.min(self.cfg.ceiling),
+                None => self.backoff.delay(step),
+            };
             let n = failures.saturating_add(1);
             self.set_state(ConnectionState::Reconnecting { attempt: n, delay });
             self.emit(ConnectionEvent::Reconnecting { attempt: n, delay });
@@ -272,6 +300,10 @@ impl Driver {
             }
             // Every subscription resumes from its last position when connected.
             Command::Repair { .. } => {}
+            // The session that asked is gone: the server no longer waits for this answer.
+            Command::Ack { reply, .. } => {
+                let _ = reply.send(Err(Error::ConnectionLost));
+            }
             Command::Close { done } => self.closers.push(done),
         }
     }
@@ -307,6 +339,7 @@ impl Driver {
 
     /// Everything in flight on a lost connection fails; subscriptions wait to resume.
     fn connection_lost(&mut self) {
+        self.session = None;
         self.fail_pending(Error::ConnectionLost);
     }
 
@@ -353,6 +386,7 @@ impl Driver {
     /// Serves one connection until it ends.
     async fn online(&mut self, ws: Ws, welcome: Welcome, reconnect: bool) -> End {
         let session = welcome.session;
+        self.session = Some(session);
         tracing::debug!(%session, reconnect, "connected");
         self.set_state(ConnectionState::Connected { session });
         self.emit(ConnectionEvent::Connected { session, reconnect });
@@ -442,8 +476,8 @@ impl Driver {
         let Some(entry) = self.subs.get_mut(topic) else {
             return Ok(());
         };
-        let since = entry.resubscribe(cause);
-        let (sub, presence) = (entry.id, entry.presence);
+        let (since, last) = entry.resubscribe(cause);
+        let (sub, presence, conflate) = (entry.id, entry.presence, entry.conflate);
         let id = self.next_id();
         self.pending.insert(
             id,
@@ -455,9 +489,9 @@ impl Driver {
         let op = ClientOp::Subscribe {
             topic: topic.to_string(),
             since,
-            last: None,
+            last,
             presence,
-            conflate: None,
+            conflate,
         };
         conn.send(&ClientFrame::new(op).with_id(id)).await
     }
@@ -500,6 +534,19 @@ impl Driver {
     async fn online_command(&mut self, conn: &mut Conn, cmd: Command) -> Result<(), End> {
         match cmd {
             Command::Request { op, reply } => self.send_request(conn, op, reply).await,
+            Command::Ack {
+                ack,
+                session,
+                data,
+                reply,
+            } => {
+                if self.session != Some(session) {
+                    let _ = reply.send(Err(Error::ConnectionLost));
+                    return Ok(());
+                }
+                self.send_request(conn, ClientOp::Ack { ack, data }, reply)
+                    .await
+            }
             Command::Subscribe {
                 topic,
                 sub,
@@ -596,12 +643,15 @@ impl Driver {
                 epoch,
                 offset,
                 data,
-                ..
+                key,
+                delete,
             } => {
                 let message = Message {
                     topic: topic.clone(),
                     position: Position { epoch, offset },
                     data,
+                    key,
+                    delete,
                 };
                 let outcome = self.subs.get_mut(&topic)?.on_message(message);
                 self.after_delivery(conn, &topic, outcome).await
@@ -642,11 +692,47 @@ impl Driver {
                     None
                 }
             },
-            ServerFrame::Event { event, data, .. } => {
+            ServerFrame::Event {
+                event,
+                data,
+                ack: None,
+            } => {
                 let _ = self.server_events.send(ServerEvent::Event {
                     event: event.to_string(),
                     data,
                 });
+                None
+            }
+            ServerFrame::Event {
+                event,
+                data,
+                ack: Some(number),
+            } => {
+                let session = self.session?;
+                let ack = Ack::new(
+                    number,
+                    session,
+                    self.cfg.codec,
+                    self.weak_cmds.clone(),
+                    self.cfg.ack_timeout,
+                );
+                let ev = ServerEvent::Ask {
+                    event: event.to_string(),
+                    data,
+                    ack,
+                };
+                if self.server_events.send(ev).is_err() {
+                    // Nobody listens: the server's wait times out; say why.
+                    tracing::debug!(
+                        ack = number,
+                        "an event asks for an answer, and nothing listens"
+                    );
+                    self.emit(ConnectionEvent::ProtocolError {
+                        message: format!(
+                            "event {event} asks for an answer (ack {number}), and no ServerEvents receiver listens"
+                        ),
+                    });
+                }
                 None
             }
             ServerFrame::Dropped { count } => {
@@ -781,11 +867,14 @@ impl Driver {
 
 /// What a close (frame or `close` frame) means for the client: kicked is for good; after a
 /// shutdown or a flood, come back later and spread out; anything else, reconnect and resume.
-fn close_end(code: u16, reason: String) -> End {
+fn close_end(code: u16, text: String) -> End {
+    let (reason, retry_after) = split_reason(&text);
+    let reason = reason.to_owned();
     let known = DisconnectReason::from_close(code, &reason);
     let cause = DisconnectCause::Server {
         code,
         reason: reason.clone(),
+        retry_after,
     };
     match known {
         Some(DisconnectReason::Kicked) => End::Stop(cause, Error::Kicked { code, reason }),
@@ -793,6 +882,25 @@ fn close_end(code: u16, reason: String) -> End {
         Some(DisconnectReason::RateLimited) => End::Lost(cause, backoff::AFTER_RATE_LIMIT),
         _ => End::Lost(cause, 0),
     }
+}
+
+/// A close reason text and its parameters (PROTOCOL.md, "The browser client", reconnect hints):
+/// the reason is the part before the first `;`, then `name=value` pairs separated by `;`;
+/// `retry_ms=<whole number>` is the server's reconnect hint. Other parameters, and a
+/// `retry_ms` that is not a whole number, are ignored.
+pub(crate) fn split_reason(text: &str) -> (&str, Option<Duration>) {
+    let mut parts = text.split(';');
+    let reason = parts.next().unwrap_or_default().trim();
+    let mut retry = None;
+    for p in parts {
+        if let Some((k, v)) = p.split_once('=') {
+            let v = v.trim();
+            if k.trim() == "retry_ms" && !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+                retry = v.parse::<u64>().ok().map(Duration::from_millis);
+            }
+        }
+    }
+    (reason, retry)
 }
 
 /// A command that arrives after the end.
@@ -811,6 +919,9 @@ fn refuse(cmd: Command) {
         }
         Command::Close { done } => {
             let _ = done.send(());
+        }
+        Command::Ack { reply, .. } => {
+            let _ = reply.send(Err(Error::Closed));
         }
         _ => {}
     }
@@ -852,5 +963,55 @@ impl Conn {
             reason: "normal".into(),
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(Some(frame))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_split_from_their_parameters() {
+        let ms = |n| Some(Duration::from_millis(n));
+        assert_eq!(
+            split_reason("shutdown;retry_ms=2350"),
+            ("shutdown", ms(2350))
+        );
+        assert_eq!(split_reason("shutdown"), ("shutdown", None));
+        assert_eq!(split_reason(""), ("", None));
+        assert_eq!(
+            split_reason("shutdown;x=1; retry_ms=5"),
+            ("shutdown", ms(5))
+        );
+        for bad in [
+            "shutdown;retry_ms=",
+            "shutdown;retry_ms=-1",
+            "shutdown;retry_ms=1.5",
+            "shutdown;retry_ms=abc",
+            "shutdown;retry_ms",
+            "shutdown;retry_ms=99999999999999999999999",
+        ] {
+            assert_eq!(split_reason(bad), ("shutdown", None), "{bad}");
+        }
+        // The known reason is read from the part before the parameters.
+        match close_end(1001, "shutdown;retry_ms=2350".into()) {
+            End::Lost(
+                DisconnectCause::Server {
+                    code: 1001,
+                    reason,
+                    retry_after,
+                },
+                step,
+            ) => {
+                assert_eq!(reason, "shutdown");
+                assert_eq!(retry_after, ms(2350));
+                assert_eq!(step, backoff::AFTER_SHUTDOWN);
+            }
+            _ => panic!("a shutdown is a loss to come back from"),
+        }
+        assert!(matches!(
+            close_end(1008, "kicked;retry_ms=10".into()),
+            End::Stop(_, Error::Kicked { .. })
+        ));
     }
 }

@@ -70,6 +70,10 @@ pub enum Error {
     /// The URL or a header given to the builder is not valid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// This event was already answered (by this or another clone of its [`crate::Ack`]):
+    /// nothing was sent.
+    #[error("this event is already answered")]
+    AlreadyAnswered,
 }
 
 impl Error {

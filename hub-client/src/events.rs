@@ -1,11 +1,15 @@
 //! What the client tells the application besides subscriptions: its connection's life, and
 //! the server's events sent to this session or its rooms.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use hub_protocol::{Code, Member, Payload, SessionId};
-use tokio::sync::broadcast;
+use hub_protocol::{Code, Codec, Member, Payload, SessionId};
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::driver::Command;
 use crate::error::Error;
 
 /// Where the client's connection is.
@@ -45,8 +49,13 @@ pub enum DisconnectCause {
     Server {
         /// The close code (PROTOCOL.md, "Closing").
         code: u16,
-        /// The close reason.
+        /// The close reason: the reason text before its first `;` (`shutdown` of
+        /// `shutdown;retry_ms=2350`).
         reason: String,
+        /// The server's reconnect hint (`retry_ms=<n>` after the reason): the client waits
+        /// that long (at most the backoff's ceiling) before reconnecting, instead of its own
+        /// jitter.
+        retry_after: Option<Duration>,
     },
     /// Nothing arrived from the server within the liveness timeout (the `welcome`'s
     /// `timeout_ms` unless set otherwise): the connection is taken for dead.
@@ -142,6 +151,100 @@ pub enum ServerEvent {
         /// How many.
         count: u64,
     },
+    /// An event that asks for an answer (the server's `emit_with_ack`): answer it with
+    /// [`Ack::reply`]. The server waits a bounded time; unanswered, its wait times out.
+    Ask {
+        /// The event's name.
+        event: String,
+        /// Its data.
+        data: Payload,
+        /// How to answer.
+        ack: Ack,
+    },
+}
+
+/// The answer slot of a [`ServerEvent::Ask`]: one answer, on the connection that asked.
+///
+/// Every receiver of the event gets a clone; the first [`Ack::reply`] of any clone answers,
+/// later ones fail with [`Error::AlreadyAnswered`] and send nothing.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    number: u64,
+    session: SessionId,
+    codec: Codec,
+    answered: Arc<AtomicBool>,
+    /// Weak: a pending answer does not keep the client alive.
+    cmds: mpsc::WeakSender<Command>,
+    timeout: Duration,
+}
+
+impl PartialEq for Ack {
+    fn eq(&self, other: &Ack) -> bool {
+        self.number == other.number && self.session == other.session
+    }
+}
+
+impl Ack {
+    pub(crate) fn new(
+        number: u64,
+        session: SessionId,
+        codec: Codec,
+        cmds: mpsc::WeakSender<Command>,
+        timeout: Duration,
+    ) -> Ack {
+        Ack {
+            number,
+            session,
+            codec,
+            answered: Arc::default(),
+            cmds,
+            timeout,
+        }
+    }
+
+    /// The event's `ack` number (unique per server and session).
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// Whether an answer was sent (or is being sent) through any clone.
+    pub fn is_answered(&self) -> bool {
+        self.answered.load(Ordering::Acquire)
+    }
+
+    /// Answers with `value` and waits for the server's receipt. Fails with the server's
+    /// `unknown_ack` ([`Error::Server`]) when it no longer waits (too late, or answered
+    /// already), [`Error::ConnectionLost`] when the connection that asked is gone (nothing is
+    /// sent: the answer belongs to that session), [`Error::AlreadyAnswered`], [`Error::Timeout`]
+    /// after the ack timeout, [`Error::Closed`].
+    pub async fn reply<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
+        let data = Payload::encode(self.codec, value)?;
+        self.reply_payload(data).await
+    }
+
+    /// Answers with an already encoded value (see [`Ack::reply`]).
+    pub async fn reply_payload(&self, data: Payload) -> Result<(), Error> {
+        if self.answered.swap(true, Ordering::AcqRel) {
+            return Err(Error::AlreadyAnswered);
+        }
+        let cmds = self.cmds.upgrade().ok_or(Error::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        let cmd = Command::Ack {
+            ack: self.number,
+            session: self.session,
+            data,
+            reply,
+        };
+        let wait = async {
+            cmds.send(cmd).await.map_err(|_| Error::Closed)?;
+            drop(cmds);
+            answer.await.unwrap_or(Err(Error::Closed))
+        };
+        tokio::time::timeout(self.timeout, wait)
+            .await
+            .unwrap_or(Err(Error::Timeout))
+            .map(drop)
+    }
 }
 
 /// A receiver of [`ConnectionEvent`]s. Each receiver gets every event sent after it was made,

@@ -8,8 +8,13 @@
 //! - [`Subscription`]: a [`Stream`](futures_util::Stream) of [`SubEvent`]s. It survives
 //!   reconnects: no duplicate and no silent hole, and a [`Resumed`] says whether a resume
 //!   recovered everything (`recovered: true`) or what was lost.
+//! - [`SubscribeOptions`]: `since` (resume after a position), `last` (start with the newest
+//!   messages held), `conflate` (latest value per key when behind: [`SubEvent::Conflated`]
+//!   says what was superseded, [`Message::key`] and [`Message::delete`] what a message is),
+//!   `presence`. [`Client::publish_keyed`] and [`Client::publish_delete`] publish keyed values.
 //! - [`ConnectionEvents`], [`ServerEvents`]: the connection's life, and the server's events
-//!   to this session or its rooms.
+//!   to this session or its rooms; an event that asks for an answer (the server's
+//!   `emit_with_ack`) is a [`ServerEvent::Ask`], answered with [`Ack::reply`].
 //! - [`Error`]: every failure, typed, with the server's codes.
 //!
 //! # Reconnecting
@@ -18,7 +23,9 @@
 //! doubles with each failure (full jitter; [`ClientBuilder::reconnect`]). The server's close
 //! reasons are honoured: **kicked** (1008 `kicked`) and refused credentials (401/403) close
 //! the client for good; after a **shutdown** (1001) clients come back spread over a wider
-//! window; anything else (slow consumer, heartbeat, network) reconnects at once. A connection
+//! window; anything else (slow consumer, heartbeat, network) reconnects at once. When the
+//! close reason carries the server's hint (`shutdown;retry_ms=2350`: the reason, then
+//! parameters after a `;`), the client waits exactly that long (at most the ceiling) instead. A connection
 //! silent past the server's heartbeat timeout is taken for dead. After a reconnect every
 //! subscription resumes from its last position, and the rooms the client joined are joined
 //! again.
@@ -32,6 +39,13 @@
 //! end the connection. A frame the client cannot read is reported
 //! ([`ConnectionEvent::ProtocolError`]) and skipped; one of an unknown type is ignored. Nothing
 //! the server sends makes the client panic.
+//!
+//! # Features
+//!
+//! | feature | what |
+//! | --- | --- |
+//! | `tls` | `wss://` URLs over rustls (the ring provider), trusting webpki's roots unless [`ClientBuilder::tls_config`] says otherwise. Without it a `wss://` URL fails with [`Error::Config`] |
+//! | `tls-test` | builds the TLS test (a `wss://` hub with a certificate made in the test) |
 //!
 //! # Example
 //!
@@ -100,7 +114,8 @@ mod subscription;
 pub use client::{Client, ClientBuilder};
 pub use error::Error;
 pub use events::{
-    ConnectionEvent, ConnectionEvents, ConnectionState, DisconnectCause, ServerEvent, ServerEvents,
+    Ack, ConnectionEvent, ConnectionEvents, ConnectionState, DisconnectCause, ServerEvent,
+    ServerEvents,
 };
 pub use hub_protocol::{Code, Codec, ErrorCode, GapReason, Member, Payload, Position, SessionId};
 pub use subscription::{
@@ -114,5 +129,6 @@ fn assert_send_sync() {
     fn send<T: Send>() {}
     is::<Client>();
     is::<Error>();
+    is::<Ack>();
     send::<Subscription>();
 }

@@ -23,6 +23,11 @@ pub struct Message {
     pub position: Position,
     /// The application data.
     pub data: Payload,
+    /// The key its publisher gave (`match:7`): what the message is the latest value of. On a
+    /// conflated subscription only the newest message per key is kept when it falls behind.
+    pub key: Option<Arc<str>>,
+    /// The publisher marked it as the deletion of its `key` (never conflated away).
+    pub delete: bool,
 }
 
 impl Message {
@@ -41,9 +46,21 @@ pub struct Gap {
     pub from: u64,
     /// The last lost offset (0 with [`GapReason::Epoch`]).
     pub to: u64,
-    /// The server's reason (`history`, `epoch`, `lagged`); `None` for a hole the server did not
-    /// announce, found by the client (offsets that skip ahead, e.g. after an `undeliverable`
-    /// error).
+    /// The server's reason; `None` for a hole the server did not announce, found by the client
+    /// (offsets that skip ahead, e.g. after an `undeliverable` error). What the client did with
+    /// its position, by reason (PROTOCOL.md, "Server to client"):
+    ///
+    /// - [`GapReason::History`], [`GapReason::Lagged`], and any reason this version does not
+    ///   know ([`GapReason::Other`], taken as loss): it moves past `to`;
+    /// - [`GapReason::Epoch`]: answering a `since` of another epoch, live messages follow the
+    ///   topic's position of the reply; while following (the stream was recreated), the new
+    ///   epoch's messages follow from the start of what its history holds: the position is
+    ///   the new epoch's offset 0, and its first message is taken wherever it starts;
+    /// - [`GapReason::Ahead`]: the position held was ahead of the stream; it goes back to
+    ///   `from - 1` (new messages take the offsets after it): forget what you held after it.
+    ///
+    /// [`GapReason::Conflated`] is not a loss and never comes as a `Gap` of
+    /// [`SubEvent::Gap`] or [`Resumed::gap`]: see [`SubEvent::Conflated`].
     pub reason: Option<GapReason>,
 }
 
@@ -82,6 +99,11 @@ pub enum SubEvent {
     Gap(Gap),
     /// The subscription was subscribed again from its last position (see [`Resumed`]).
     Resumed(Resumed),
+    /// On a conflated subscription ([`SubscribeOptions::conflate`]): messages of offsets
+    /// `from..=to` were superseded by newer ones of the same key, which follow (the `Gap`'s
+    /// `reason` is [`GapReason::Conflated`]). Not a loss: the newest value of every key still
+    /// arrives. The offsets of that range may be missing from what follows without a [`Gap`].
+    Conflated(Gap),
     /// Someone joined the topic (with [`SubscribeOptions::presence`]).
     Join(Member),
     /// Someone left the topic (with [`SubscribeOptions::presence`]).
@@ -102,6 +124,8 @@ pub enum SubEvent {
 pub struct SubscribeOptions {
     pub(crate) since: Option<Position>,
     pub(crate) presence: bool,
+    pub(crate) last: Option<u64>,
+    pub(crate) conflate: Option<bool>,
 }
 
 impl SubscribeOptions {
@@ -120,6 +144,25 @@ impl SubscribeOptions {
     /// Also yield the topic's [`SubEvent::Join`] and [`SubEvent::Leave`].
     pub fn presence(mut self, on: bool) -> SubscribeOptions {
         self.presence = on;
+        self
+    }
+
+    /// Start with the newest `n` messages the topic's history holds (oldest first), then live
+    /// ones: the current state for a first-time reader (`last(1)`: the latest message). Only
+    /// while the subscription holds no position: with [`SubscribeOptions::since`], or once a
+    /// message was delivered, it resumes from that position instead (after a reconnect too).
+    /// `0` asks for nothing.
+    pub fn last(mut self, n: u64) -> SubscribeOptions {
+        self.last = (n > 0).then_some(n);
+        self
+    }
+
+    /// Ask for latest-value conflation (`true`), or against a topic's default (`false`): when
+    /// this subscription falls behind, the server keeps only the newest message per key, and a
+    /// `since` or `last` recovers only the newest per key (PROTOCOL.md, "Conflation"). What was
+    /// superseded is told by [`SubEvent::Conflated`]. Without this call, the topic's default.
+    pub fn conflate(mut self, on: bool) -> SubscribeOptions {
+        self.conflate = Some(on);
         self
     }
 }
@@ -285,6 +328,17 @@ pub(crate) enum Delivered {
 pub(crate) struct SubEntry {
     pub(crate) id: u64,
     pub(crate) presence: bool,
+    /// `last`: how many of the newest messages to ask for while no position is held.
+    pub(crate) last_n: Option<u64>,
+    /// `conflate`, sent with every subscribe when set.
+    pub(crate) conflate: Option<bool>,
+    /// The last subscribe asked for `last` (so its reply's position is not where the
+    /// messages start).
+    sent_last: bool,
+    /// After a `last` reply: the topic's position then, to check the first message against.
+    expect: Option<Position>,
+    /// Offsets that may be missing without it being a hole (see [`Window`]).
+    window: Option<Window>,
     tx: mpsc::Sender<SubEvent>,
     shared: Arc<SubShared>,
     /// The position of the last message (or gap) handed to the application, or the `since` it
@@ -299,6 +353,15 @@ pub(crate) struct SubEntry {
     pub(crate) waiter: Option<oneshot::Sender<Result<Position, Error>>>,
 }
 
+/// Offsets of an epoch that may be missing from what follows without it being a hole.
+#[derive(Debug, Clone)]
+struct Window {
+    epoch: Arc<str>,
+    /// Through this offset (a `conflated` gap's `to`); `None`: the next message, wherever it
+    /// starts (the first of a recreated stream).
+    to: Option<u64>,
+}
+
 impl SubEntry {
     pub(crate) fn new(
         id: u64,
@@ -310,6 +373,11 @@ impl SubEntry {
         SubEntry {
             id,
             presence: opts.presence,
+            last_n: opts.last,
+            conflate: opts.conflate,
+            sent_last: false,
+            expect: None,
+            window: None,
             tx,
             shared,
             last: opts.since.clone(),
@@ -326,10 +394,18 @@ impl SubEntry {
         self.tx.is_closed() || self.waiter.as_ref().is_some_and(|w| w.is_closed())
     }
 
-    /// Prepares a (re)subscribe: returns the `since` to send.
-    pub(crate) fn resubscribe(&mut self, cause: ResumeCause) -> Option<Position> {
+    /// Prepares a (re)subscribe: returns the `since` to send, or else the `last` to ask for.
+    pub(crate) fn resubscribe(&mut self, cause: ResumeCause) -> (Option<Position>, Option<u64>) {
         self.phase = Phase::Subscribing;
         self.lagging = false;
+        self.expect = None;
+        self.window = None;
+        let last = if self.last.is_none() {
+            self.last_n
+        } else {
+            None
+        };
+        self.sent_last = last.is_some();
         if self.last.is_some() && self.waiter.is_none() {
             // A reconnect wins over a lag repair: both resume from `last`.
             self.resume = match (self.resume, cause) {
@@ -337,13 +413,21 @@ impl SubEntry {
                 _ => Some(cause),
             };
         }
-        self.last.clone()
+        (self.last.clone(), last)
     }
 
     /// The server's reply to the subscribe: the topic's position now.
     pub(crate) fn on_reply(&mut self, top: Position) -> Delivered {
         if let Some(w) = self.waiter.take() {
             let _ = w.send(Ok(top.clone()));
+        }
+        if self.sent_last && self.last.is_none() {
+            // The newest messages held (up to `top`) follow, then live ones: the first one
+            // sets the position.
+            self.resume = None;
+            self.expect = Some(top);
+            self.phase = Phase::Live;
+            return Delivered::Yes;
         }
         let (Some(last), Some(cause)) = (self.last.clone(), self.resume.take()) else {
             self.last = Some(top);
@@ -379,14 +463,37 @@ impl SubEntry {
             Phase::Recovering { cause, .. } => Some(*cause),
             Phase::Live => None,
         };
+        // Offsets a window allows to be missing are no hole; past a conflated window, the
+        // next expected offset is after it.
+        let mut lenient = false;
+        let mut base = self.last.as_ref().map(|p| p.offset);
+        if let Some(w) = &self.window {
+            if *w.epoch != *position.epoch {
+                self.window = None;
+            } else {
+                match w.to {
+                    None => {
+                        lenient = true;
+                        self.window = None;
+                    }
+                    Some(to) if position.offset <= to => lenient = true,
+                    Some(to) => {
+                        base = base.map(|b| b.max(to));
+                        self.window = None;
+                    }
+                }
+            }
+        }
+        let expect = self.expect.take();
         let hole = match &self.last {
             Some(last) if *last.epoch == *position.epoch => {
                 if position.offset <= last.offset {
                     return Delivered::Yes; // a duplicate
                 }
-                (position.offset > last.offset + 1).then(|| Gap {
+                let base = base.unwrap_or(last.offset);
+                (!lenient && position.offset > base + 1).then(|| Gap {
                     epoch: position.epoch.clone(),
-                    from: last.offset + 1,
+                    from: base + 1,
                     to: position.offset - 1,
                     reason: None,
                 })
@@ -399,7 +506,16 @@ impl SubEntry {
                 to: 0,
                 reason: None,
             }),
-            None => None,
+            // The first message after a `last` subscribe: one of the newest held (at or
+            // before the reply's position) or the next live one; anything further skipped.
+            None => expect.and_then(|top| {
+                (*top.epoch == *position.epoch && position.offset > top.offset + 1).then(|| Gap {
+                    epoch: position.epoch.clone(),
+                    from: top.offset + 1,
+                    to: position.offset - 1,
+                    reason: None,
+                })
+            }),
         };
         if let Some(cause) = resumed {
             self.phase = Phase::Live;
@@ -420,21 +536,72 @@ impl SubEntry {
         self.deliver(SubEvent::Message(message), Some(position))
     }
 
-    /// A `gap` frame of the topic.
+    /// A `gap` frame of the topic, by reason (see [`Gap::reason`]).
     pub(crate) fn on_gap(&mut self, gap: Gap) -> Delivered {
         if self.lagging {
             return Delivered::Lagging;
         }
-        // Where the stream continues: after `to`, or, for a lost epoch, at the top the
-        // reply named (nothing of the old epoch is coming).
-        let after = |top: Option<&Position>| match (&gap.reason, top) {
-            (Some(GapReason::Epoch), Some(top)) => top.clone(),
-            _ => Position::new(gap.epoch.clone(), gap.to),
+        if matches!(self.phase, Phase::Subscribing) {
+            // Sent before the server took our subscribe: the recovery tells it again.
+            return Delivered::Yes;
+        }
+        self.expect = None;
+        let same_epoch_past = |last: &Option<Position>, to: u64| {
+            last.as_ref()
+                .is_some_and(|l| *l.epoch == *gap.epoch && to <= l.offset)
+        };
+        // Where the stream continues.
+        let next = match &gap.reason {
+            Some(GapReason::Conflated) => {
+                if same_epoch_past(&self.last, gap.to) {
+                    return Delivered::Yes; // already past it
+                }
+                self.window = Some(Window {
+                    epoch: gap.epoch.clone(),
+                    to: Some(gap.to),
+                });
+                // A notice: the phase goes on (a resume reports on its first message).
+                return self.deliver(SubEvent::Conflated(gap), None);
+            }
+            Some(GapReason::Epoch) => {
+                let answer = match &self.phase {
+                    Phase::Recovering { top, .. } => {
+                        *top.epoch == *gap.epoch
+                            && self.last.as_ref().is_none_or(|l| *l.epoch != *gap.epoch)
+                    }
+                    _ => false,
+                };
+                match &self.phase {
+                    // A `since` of another epoch: live messages follow the reply's position.
+                    Phase::Recovering { top, .. } if answer => {
+                        self.window = None;
+                        top.clone()
+                    }
+                    // Recreated while followed: the new stream from what its history holds.
+                    _ => {
+                        self.window = Some(Window {
+                            epoch: gap.epoch.clone(),
+                            to: None,
+                        });
+                        Position::new(gap.epoch.clone(), 0)
+                    }
+                }
+            }
+            Some(GapReason::Ahead) => {
+                self.window = None;
+                Position::new(gap.epoch.clone(), gap.from.saturating_sub(1))
+            }
+            // History, lagged, and what this version does not know: lost.
+            _ => {
+                if matches!(self.phase, Phase::Live) && same_epoch_past(&self.last, gap.to) {
+                    return Delivered::Yes; // already past it
+                }
+                Position::new(gap.epoch.clone(), gap.to)
+            }
         };
         match &self.phase {
             Phase::Subscribing => Delivered::Yes,
-            Phase::Recovering { top, cause } => {
-                let next = after(Some(top));
+            Phase::Recovering { cause, .. } => {
                 let ev = SubEvent::Resumed(Resumed {
                     cause: *cause,
                     recovered: false,
@@ -443,10 +610,7 @@ impl SubEntry {
                 self.phase = Phase::Live;
                 self.deliver(ev, Some(next))
             }
-            Phase::Live => {
-                let next = after(None);
-                self.deliver(SubEvent::Gap(gap), Some(next))
-            }
+            Phase::Live => self.deliver(SubEvent::Gap(gap), Some(next)),
         }
     }
 
@@ -500,7 +664,7 @@ mod tests {
         let (w, _) = oneshot::channel();
         let opts = SubscribeOptions {
             since,
-            presence: false,
+            ..SubscribeOptions::default()
         };
         let mut e = SubEntry::new(1, &opts, tx, Arc::default(), w);
         e.waiter = None;
@@ -512,6 +676,8 @@ mod tests {
             topic: "t".into(),
             position: Position::new(epoch, offset),
             data: Payload::null(),
+            key: None,
+            delete: false,
         }
     }
 
@@ -591,7 +757,7 @@ mod tests {
         assert_eq!(offsets(&mut rx), ["1", "2"]);
         assert_eq!(
             e.resubscribe(ResumeCause::Lagged),
-            Some(Position::new("e", 2))
+            (Some(Position::new("e", 2)), None)
         );
         // Live messages sent before the server took the new subscribe: dropped.
         e.on_message(msg("e", 5));

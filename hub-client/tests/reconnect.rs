@@ -162,7 +162,8 @@ async fn after_a_shutdown_clients_move_to_the_next_server() {
         cause,
         DisconnectCause::Server {
             code: 1001,
-            reason: "shutdown".into()
+            reason: "shutdown".into(),
+            retry_after: None,
         }
     );
     // The new server has another epoch: nothing could be recovered, and the client says so.

@@ -136,4 +136,27 @@ test("dashboard: live charts over SSE", async (t) => {
   assert.equal(await p.page.textContent("#status"), "live");
   assert.deepEqual(p.errors.map(String), []);
   await shot(p.page, "dashboard");
+
+  // A page opened now starts with the recent points (subscribe's `last`), not an empty chart:
+  // its first points are older than the page.
+  await until(p.page, "30 points per service on the first page", () => Object.values(dashboard.cards).every((c) => c.points.length >= 30));
+  const fresh = await openPage(browser, server.url);
+  t.after(() => fresh.context.close());
+  const opened = await fresh.page.evaluate(() => Date.now());
+  await until(fresh.page, "the history of every service", () => window.dashboard && Object.values(dashboard.cards).every((c) => c.points.length >= 30));
+  const oldest = await fresh.page.evaluate(() => Math.max(...Object.values(dashboard.cards).map((c) => c.points[0].ts)));
+  assert.ok(oldest < opened - 5000, `the first points are from before the page (${opened - oldest} ms)`);
+  // The sparklines span their canvas: something is drawn near its left edge.
+  await until(fresh.page, "drawn charts", () => [...document.querySelectorAll("canvas")].every((c) => {
+    const g = c.getContext("2d"), h = c.height;
+    const column = g.getImageData(Math.round(3 * (window.devicePixelRatio || 1)), 0, 1, h).data;
+    for (let i = 3; i < column.length; i += 4) if (column[i] > 0) return true;
+    return false;
+  }));
+  // The header says when, not where: no raw position.
+  const header = await fresh.page.textContent("header");
+  assert.match(await fresh.page.textContent("#updated"), /\d{1,2}:\d{2}:\d{2}/);
+  assert.ok(!/metrics\/|@ \d/.test(header), header);
+  await shot(fresh.page, "dashboard-fresh-page");
+  assert.deepEqual(fresh.errors.map(String), []);
 });

@@ -74,6 +74,36 @@ pub(crate) mod host {
         hub.session_count()
     }
 
+    /// Publishes a keyed value (`match:7`); its position.
+    pub(crate) async fn publish_keyed(hub: &Hub, topic: &str, key: &str, data: &Value) -> Position {
+        let p = hub
+            .publish_keyed(topic, key, data)
+            .await
+            .expect("publish_keyed");
+        Position::new(&*p.epoch, p.offset)
+    }
+
+    /// Publishes the deletion of a key; its position.
+    pub(crate) async fn publish_delete(hub: &Hub, topic: &str, key: &str) -> Position {
+        let p = hub
+            .publish_delete(topic, key)
+            .await
+            .expect("publish_delete");
+        Position::new(&*p.epoch, p.offset)
+    }
+
+    /// Sends an event that asks for an answer, and waits for it (JSON).
+    pub(crate) async fn emit_with_ack(
+        hub: &Hub,
+        session: SessionId,
+        event: &str,
+        data: &Value,
+        timeout: Duration,
+    ) -> Result<Value, hub_core::AckError> {
+        let answer = hub.emit_with_ack(session, event, data, timeout).await?;
+        Ok(answer.decode().expect("a JSON answer"))
+    }
+
     /// A session id as hub-core spells it, from the client's.
     pub(crate) fn session(id: hub_client::SessionId) -> SessionId {
         SessionId::parse(&id.to_string()).expect("a session id")
