@@ -757,7 +757,15 @@ impl Driver {
                 self.emit(ConnectionEvent::ServerError { code, message });
                 None
             }
-            ServerFrame::Close { code, reason, .. } => Some(close_end(code, reason.into_owned())),
+            ServerFrame::Close {
+                code,
+                reason,
+                retry_ms,
+            } => Some(close_end_hinted(
+                code,
+                reason.into_owned(),
+                retry_ms.map(Duration::from_millis),
+            )),
             ServerFrame::Welcome { .. } => {
                 self.emit(ConnectionEvent::ProtocolError {
                     message: "a second welcome".into(),
@@ -868,7 +876,13 @@ impl Driver {
 /// What a close (frame or `close` frame) means for the client: kicked is for good; after a
 /// shutdown or a flood, come back later and spread out; anything else, reconnect and resume.
 fn close_end(code: u16, text: String) -> End {
-    let (reason, retry_after) = split_reason(&text);
+    close_end_hinted(code, text, None)
+}
+
+/// [`close_end`] with the `retry_ms` field of a `close` frame (a hint in the text wins).
+fn close_end_hinted(code: u16, text: String, field: Option<Duration>) -> End {
+    let (reason, hinted) = split_reason(&text);
+    let retry_after = hinted.or(field);
     let reason = reason.to_owned();
     let known = DisconnectReason::from_close(code, &reason);
     let cause = DisconnectCause::Server {
@@ -1013,5 +1027,12 @@ mod tests {
             close_end(1008, "kicked;retry_ms=10".into()),
             End::Stop(_, Error::Kicked { .. })
         ));
+        // A `close` frame (SSE, poll) carries the hint as a field.
+        match close_end_hinted(1001, "shutdown".into(), ms(700)) {
+            End::Lost(DisconnectCause::Server { retry_after, .. }, _) => {
+                assert_eq!(retry_after, ms(700));
+            }
+            _ => panic!("a shutdown is a loss to come back from"),
+        }
     }
 }
