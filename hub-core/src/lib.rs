@@ -109,7 +109,9 @@ pub use hub::{Broadcast, Hub, ShutdownReport};
 /// [`HubBuilder::trusted_proxies`] (the `ipnet` crate's type).
 pub use ipnet::IpNet;
 pub use memory::MemoryBroker;
-pub use presence::{Member, PresenceStore, Scope};
+pub use presence::{
+    Member, MemberPage, PresenceCount, PresenceError, PresenceEvents, PresenceStore, Scope,
+};
 pub use session::SessionId;
 pub use stats::{LatencyHistogram, NodeStats, StatsSnapshot};
 pub use transport::{CommandError, Connection, OutFrame, Outbox, Outgoing, Session, TransportInfo};

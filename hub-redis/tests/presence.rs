@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{node, random_u64, NodeOptions, SharedRedis, WAIT};
-use hub_core::presence::{Member, PresenceStore, Scope, ScopeName};
+use hub_core::presence::{Expired, Member, PresenceStore, Removal, Scope, ScopeName};
 use hub_core::SessionId;
 use serde_json::json;
 
@@ -62,8 +62,14 @@ async fn members_are_shared_across_engines() {
     assert!(seen.contains(&ann2));
 
     // Removed once: the second removal (from either node) finds nothing.
-    assert!(b.engine.remove(topic, ann.session).await.unwrap());
-    assert!(!a.engine.remove(topic, ann.session).await.unwrap());
+    assert_eq!(
+        b.engine.remove(topic, ann.session).await.unwrap(),
+        Removal::User
+    );
+    assert_eq!(
+        a.engine.remove(topic, ann.session).await.unwrap(),
+        Removal::Absent
+    );
     assert_eq!(users(a.engine.members(topic).await.unwrap()), ["bob"]);
     assert!(a
         .engine
@@ -129,14 +135,17 @@ async fn a_dead_nodes_members_expire_once_each_while_engines_race() {
             got
         }
     };
-    let total = |got: &[(ScopeName, Member)]| got.len();
+    let total = |got: &[Expired]| got.len();
     let (from_a, from_b) = tokio::join!(
         race(a.engine.clone(), Some((live_scope.clone(), live.clone()))),
         race(b.engine.clone(), None)
     );
     eprintln!("expired by A: {}, by B: {}", from_a.len(), from_b.len());
     let mut seen = HashSet::new();
-    for (scope, m) in from_a.iter().chain(&from_b) {
+    for Expired {
+        scope, member: m, ..
+    } in from_a.iter().chain(&from_b)
+    {
         assert!(
             seen.insert((scope.clone(), m.session)),
             "{} returned twice",
