@@ -7,7 +7,8 @@
 //!
 //! - [`Hub`] / [`HubBuilder`]: the handle the host keeps, and its settings. Server-side publish
 //!   ([`Hub::publish`], which waits for the engine), rooms ([`Hub::join`], [`Hub::to`]), direct
-//!   sends ([`Hub::emit_to`]), presence ([`Hub::topic_members`]) and counters ([`Hub::stats`]).
+//!   sends ([`Hub::emit_to`]), presence ([`Hub::topic_members`], and at scale
+//!   [`Hub::topic_count`] and [`Hub::topic_members_page`]) and counters ([`Hub::stats`]).
 //! - [`transport`]: the transport seam: [`Hub::connect`] gives a [`Session`] (frames in) and an
 //!   [`Outbox`] (frames out, already encoded, in batches, each saying what it is).
 //! - [`broker`]: the engine seam. The engine owns each topic's stream (positions, history); a
