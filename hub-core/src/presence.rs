@@ -10,7 +10,7 @@
 //! ## At scale: counts, pages, users
 //!
 //! Every scope keeps, beside its members, the number of sessions of each user in it, on one
-//! node in [`LocalPresence`] and with several nodes in the store, updated in the same step as
+//! node in its tables and with several nodes in the store, updated in the same step as
 //! the members. So:
 //!
 //! - a count ([`PresenceCount`]: sessions and distinct users) costs O(1) however many members
