@@ -308,3 +308,67 @@ async fn a_dead_nodes_users_leave_once_with_their_last_session() {
     );
     drop(on_d);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_users_join_is_told_while_refreshes_run_through_a_burst() {
+    let Some(redis) = SharedRedis::get() else {
+        return;
+    };
+    // Refreshes every 5 ms: many run while the burst's adds wait for the presence worker.
+    let options = Options {
+        engine: |e| {
+            e.presence_ttl(Duration::from_secs(5))
+                .presence_refresh(Duration::from_millis(5))
+        },
+        ..Options::default()
+    };
+    let a = node(&redis.url, &redis.prefix, options).await;
+    let b = node(&redis.url, &redis.prefix, options).await;
+    let topic = "burst";
+    let mut local = a.client(Kind::Ws, "watch-a", &[], WAIT).await;
+    subscribe(&mut local, topic, json!("users")).await;
+    let mut far = b.client(Kind::Ws, "watch-b", &[], WAIT).await;
+    subscribe(&mut far, topic, json!("users")).await;
+    assert_eq!(presence_event(&mut local).await.1, "watch-b");
+
+    // 300 users come to A at once (in-process sessions, through the transport seam).
+    const N: usize = 300;
+    let frame = bytes::Bytes::from(format!(r#"{{"type":"subscribe","topic":"{topic}"}}"#));
+    let mut conns = Vec::new();
+    let mut want = HashSet::new();
+    for i in 0..N {
+        let user = format!("u{i}");
+        let req = hub::ConnectRequest {
+            uri: format!("/?user={user}").parse().unwrap(),
+            ..hub::ConnectRequest::new(hub::TransportInfo::duplex("memory"), hub::Codec::Json)
+        };
+        let conn = a.hub.connect(req).await.unwrap();
+        conn.session.handle(frame.clone()).await;
+        conns.push(conn);
+        want.insert(user);
+    }
+    // Each watcher, on either node, is told of each user once.
+    for w in [&mut local, &mut far] {
+        let mut got = HashSet::new();
+        while got.len() < N {
+            let (kind, user, _) = presence_event(w).await;
+            assert_eq!(kind, "join");
+            if user == "watch-a" {
+                // In flight from A when B's watcher came: it may be told, or not.
+                continue;
+            }
+            assert!(got.insert(user.clone()), "{user} joined twice");
+        }
+        assert_eq!(got, want);
+    }
+    marker_next(&a.hub, &mut local, topic, 1).await;
+    marker_next(&a.hub, &mut far, topic, 1).await;
+    assert_eq!(
+        b.hub.topic_count(topic).await.unwrap(),
+        PresenceCount {
+            count: N as u64 + 2,
+            users: N as u64 + 2
+        }
+    );
+    drop(conns);
+}

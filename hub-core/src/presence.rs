@@ -26,7 +26,7 @@
 //!   A node that dies leaves its users' sessions to expire; the user leaves, once, with the
 //!   last of them. A session without a user id (anonymous) is a user of its own.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -431,7 +431,9 @@ async fn run(me: Weak<Inner>, mut rx: tokio::sync::mpsc::Receiver<Op>) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Updates first: a refresh runs when none is waiting (see `refresh`).
         let op = tokio::select! {
+            biased;
             op = rx.recv() => match op { Some(op) => Some(op), None => return },
             _ = tick.tick() => None,
         };
@@ -440,28 +442,53 @@ async fn run(me: Weak<Inner>, mut rx: tokio::sync::mpsc::Receiver<Op>) {
             return;
         };
         match op {
-            Some(Op::Add(scope, member)) => match store.add(scope.as_scope(), &member).await {
+            Some(Op::Reconnected) => {
+                retry_removals(&inner, &*store).await;
+                refresh(&inner, &*store, &mut rx).await;
+            }
+            Some(op) => {
+                apply(&inner, &*store, op).await;
+            }
+            None => {
+                refresh(&inner, &*store, &mut rx).await;
+                expire(&inner, &*store).await;
+            }
+        }
+    }
+}
+
+/// Runs one update; returns the membership it removed, if it was a removal.
+async fn apply(inner: &Inner, store: &dyn PresenceStore, op: Op) -> Option<(ScopeName, SessionId)> {
+    match op {
+        Op::Add(scope, member) => {
+            match store.add(scope.as_scope(), &member).await {
                 Ok(first) => {
                     if first {
-                        user_event_local(&inner, true, &scope, member.clone());
+                        user_event_local(inner, true, &scope, member.clone());
                     }
                     let _ = inner.send_control(route(&scope), event(true, &scope, member, first));
                 }
                 Err(e) => tracing::debug!(%e, "presence add failed (the next refresh repairs it)"),
-            },
-            Some(Op::Remove(scope, member)) => remove(&inner, &*store, scope, member).await,
-            Some(Op::Reconnected) => {
-                let retry: Vec<_> = lock(&inner.presence_worker.retry).drain(..).collect();
-                for (scope, member) in retry {
-                    remove(&inner, &*store, scope, member).await;
-                }
-                refresh(&inner, &*store).await;
             }
-            None => {
-                refresh(&inner, &*store).await;
-                expire(&inner, &*store).await;
-            }
+            None
         }
+        Op::Remove(scope, member) => {
+            let session = member.session;
+            remove(inner, store, scope.clone(), member).await;
+            Some((scope, session))
+        }
+        Op::Reconnected => {
+            retry_removals(inner, store).await;
+            None
+        }
+    }
+}
+
+/// The removals that failed while the engine was away, again.
+async fn retry_removals(inner: &Inner, store: &dyn PresenceStore) {
+    let retry: Vec<_> = lock(&inner.presence_worker.retry).drain(..).collect();
+    for (scope, member) in retry {
+        remove(inner, store, scope, member).await;
     }
 }
 
@@ -486,7 +513,19 @@ async fn remove(inner: &Inner, store: &dyn PresenceStore, scope: ScopeName, memb
 }
 
 /// Every live local membership, refreshed in the store.
-async fn refresh(inner: &Inner, store: &dyn PresenceStore) {
+///
+/// A refresh adds what the store lacks, which must not be a member whose own add is still
+/// waiting: that add would then find it there, and its user's `join` (the store's answer to
+/// the add) would be lost. A membership's add is queued under its topic's or room's lock as
+/// it becomes live, and the refresh reads the memberships under the same locks, so every
+/// membership it reads has its add queued already: those waiting are run before the refresh
+/// is written. A removal run meanwhile takes its member out of the refresh (else the refresh
+/// would bring it back).
+async fn refresh(
+    inner: &Inner,
+    store: &dyn PresenceStore,
+    rx: &mut tokio::sync::mpsc::Receiver<Op>,
+) {
     let mut all: Vec<(ScopeName, Member)> = Vec::new();
     for t in inner.topics.iter() {
         let st = lock(&t.value().state);
@@ -499,6 +538,15 @@ async fn refresh(inner: &Inner, store: &dyn PresenceStore) {
         for s in st.members.values() {
             all.push((ScopeName::Room(r.key().to_string()), s.member()));
         }
+    }
+    let mut removed = HashSet::new();
+    while let Ok(op) = rx.try_recv() {
+        if let Some(gone) = apply(inner, store, op).await {
+            removed.insert(gone);
+        }
+    }
+    if !removed.is_empty() {
+        all.retain(|(scope, m)| !removed.contains(&(scope.clone(), m.session)));
     }
     for batch in all.chunks(REFRESH_BATCH) {
         if let Err(e) = store.refresh(batch).await {

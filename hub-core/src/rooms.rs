@@ -58,7 +58,7 @@ impl Inner {
             .await
             .map_err(RoomError::Engine)?;
         let mut overflow = Vec::new();
-        let joined = {
+        {
             let mut m = lock(&s.membership);
             if m.closed {
                 drop(m);
@@ -66,7 +66,7 @@ impl Inner {
                 return Err(RoomError::NoSession);
             }
             if m.rooms.contains(name) {
-                false
+                // Joined meanwhile: nothing to do.
             } else if m.rooms.len() >= self.config.max_rooms_per_session {
                 drop(m);
                 self.release_room_channel(&key);
@@ -103,17 +103,20 @@ impl Inner {
                         self.fan_out(st.members.values(), &join, &mut overflow);
                     }
                     st.members.insert(s.id, s.clone());
+                    if self.clustered() {
+                        // Under the room's lock: see the presence worker's refresh.
+                        self.presence_worker.add(
+                            self,
+                            ScopeName::Room(name.to_owned()),
+                            s.member(),
+                        );
+                    }
                     break;
                 }
                 m.rooms.insert(key.clone());
-                true
             }
-        };
-        self.close_all(overflow, DisconnectReason::SlowConsumer);
-        if joined && self.clustered() {
-            self.presence_worker
-                .add(self, ScopeName::Room(name.to_owned()), s.member());
         }
+        self.close_all(overflow, DisconnectReason::SlowConsumer);
         Ok(())
     }
 

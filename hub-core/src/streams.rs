@@ -551,14 +551,15 @@ impl Inner {
                     });
                     let to = Watchers::sessions_and(first && self.presence_store.is_none());
                     self.fan_out_presence(&mut st, &join, Some(s.id), to, &mut overflow);
-                    drop(st);
                     if self.clustered() {
+                        // Under the topic's lock: see the presence worker's refresh.
                         self.presence_worker.add(
                             self,
                             ScopeName::Topic(t.name.to_string()),
                             member,
                         );
                     }
+                    drop(st);
                     true
                 }
             };
