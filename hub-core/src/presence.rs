@@ -702,3 +702,68 @@ impl Inner {
         Ok(page_of(members, more))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(session: u64, user: &str) -> Member {
+        Member {
+            session: SessionId::from_u64(session),
+            user: user.to_owned(),
+            meta: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn a_user_counts_once_and_goes_with_its_last_session() {
+        let mut p = LocalPresence::default();
+        assert!(p.insert(&m(1, "ana")));
+        assert!(!p.insert(&m(2, "ana")));
+        assert!(!p.insert(&m(2, "ana")), "the same session twice is one");
+        assert!(
+            p.insert(&m(3, "")) && p.insert(&m(4, "")),
+            "anonymous: one user each"
+        );
+        assert_eq!(p.count(), PresenceCount { count: 4, users: 3 });
+        assert!(!p.remove(&m(1, "ana")));
+        assert!(!p.remove(&m(1, "ana")), "not there: nothing left");
+        assert!(p.remove(&m(2, "ana")));
+        assert!(p.remove(&m(3, "")));
+        assert_eq!(p.count(), PresenceCount { count: 1, users: 1 });
+    }
+
+    #[test]
+    fn pages_go_in_session_order_and_end() {
+        let mut p = LocalPresence::default();
+        for s in [9, 3, 7, 1, 5] {
+            p.insert(&m(s, "u"));
+        }
+        let ids = |v: Vec<SessionId>| v.into_iter().map(|s| s.as_u64()).collect::<Vec<_>>();
+        let (page, more) = p.page(None, 2);
+        assert_eq!((ids(page), more), (vec![1, 3], true));
+        let (page, more) = p.page(Some(SessionId::from_u64(3)), 2);
+        assert_eq!((ids(page), more), (vec![5, 7], true));
+        // A cursor whose member left still works.
+        p.remove(&m(7, "u"));
+        let (page, more) = p.page(Some(SessionId::from_u64(7)), 2);
+        assert_eq!((ids(page), more), (vec![9], false));
+        let (page, more) = p.page(Some(SessionId::from_u64(5)), 1);
+        assert_eq!((ids(page), more), (vec![9], false));
+        assert_eq!(
+            page_of(vec![m(1, "u")], true).cursor.as_deref(),
+            Some("0000000000000001")
+        );
+        assert_eq!(page_of(vec![m(1, "u")], false).cursor, None);
+    }
+
+    #[test]
+    fn events_go_to_the_watchers_asked() {
+        use PresenceEvents::*;
+        let session_only = Watchers::sessions_and(false);
+        assert!(session_only.want(Sessions) && !session_only.want(Users));
+        assert!(Watchers::sessions_and(true).want(Users));
+        assert!(Watchers::USERS.want(Users) && !Watchers::USERS.want(Sessions));
+        assert!(!Watchers::sessions_and(true).want(None));
+    }
+}
