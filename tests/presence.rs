@@ -372,3 +372,82 @@ async fn every_users_join_is_told_while_refreshes_run_through_a_burst() {
     );
     drop(conns);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_across_nodes_count_page_and_tell_users_once() {
+    let Some(redis) = SharedRedis::get() else {
+        return;
+    };
+    let options = Options {
+        hub: |h| h.room_presence(hub::PresenceEvents::Users),
+        ..Options::default()
+    };
+    let a = node(&redis.url, &redis.prefix, options).await;
+    let b = node(&redis.url, &redis.prefix, options).await;
+    let room = "chat:7";
+    let mut bob = a.client(Kind::Ws, "bob", &[], WAIT).await;
+    a.hub.join(bob.session, room).await.unwrap();
+    // Ana: a tab on each node. One join, from her first.
+    let ana_a = a.client(Kind::Ws, "ana", &[], WAIT).await;
+    let ana_b = b.client(Kind::Poll, "ana", &[], WAIT).await;
+    a.hub.join(ana_a.session, room).await.unwrap();
+    assert_eq!(
+        presence_event(&mut bob).await,
+        ev("join", "ana", ana_a.session)
+    );
+    b.hub.join(ana_b.session, room).await.unwrap();
+    // Counted from either node once B's store write is in (no event announces it).
+    let deadline = Instant::now() + WAIT;
+    while b.hub.room_count(room).await.unwrap().count < 3 {
+        assert!(Instant::now() < deadline, "B's member never counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for n in [&a, &b] {
+        assert_eq!(
+            n.hub.room_count(room).await.unwrap(),
+            PresenceCount { count: 3, users: 2 }
+        );
+    }
+    let first = b.hub.room_members_page(room, None, 2).await.unwrap();
+    let rest = a
+        .hub
+        .room_members_page(room, first.cursor.as_deref(), 2)
+        .await
+        .unwrap();
+    assert_eq!((first.members.len(), rest.members.len()), (2, 1));
+    assert_eq!(rest.cursor, None);
+    let listed: HashSet<String> = first
+        .members
+        .iter()
+        .chain(&rest.members)
+        .map(|m| m.session.to_string())
+        .collect();
+    let want: HashSet<String> = [bob.session, ana_a.session, ana_b.session]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(listed, want);
+
+    // Her tab on A leaves: nothing; her tab on B: she leaves, named by it.
+    a.hub.leave(ana_a.session, room).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while a.hub.room_count(room).await.unwrap().count > 2 {
+        assert!(
+            Instant::now() < deadline,
+            "A's removal never reached the store"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    b.hub.leave(ana_b.session, room).unwrap();
+    assert_eq!(
+        presence_event(&mut bob).await,
+        ev("leave", "ana", ana_b.session)
+    );
+    a.hub.to(room).emit("marker", &1).unwrap();
+    let f = bob.recv().await;
+    assert_eq!(
+        (f["type"].as_str(), f["event"].as_str()),
+        (Some("event"), Some("marker")),
+        "{f}"
+    );
+}
