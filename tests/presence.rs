@@ -451,3 +451,56 @@ async fn rooms_across_nodes_count_page_and_tell_users_once() {
         "{f}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_and_pages_fail_fast_while_redis_is_away() {
+    let Some(mut server) = cluster::RedisServer::start() else {
+        return;
+    };
+    let options = Options {
+        engine: cluster::fast_engine,
+        ..Options::default()
+    };
+    let a = node(&server.url(), "presence", options).await;
+    let topic = "away";
+    let mut c = a.client(Kind::Ws, "ana", &[], WAIT).await;
+    subscribe(&mut c, topic, json!("users")).await;
+    let r = c
+        .ask(json!({"type": "presence_count", "topic": topic}), 2)
+        .await;
+    assert_eq!(r["data"], json!({"count": 1, "users": 1}), "{r}");
+
+    server.kill();
+    a.engine_connected(false, WAIT).await;
+    for (i, frame) in [
+        json!({"type": "presence_count", "topic": topic}),
+        json!({"type": "presence", "topic": topic, "limit": 10}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = c.ask(frame, 10 + i as u64).await;
+        assert_eq!(
+            (r["type"].as_str(), r["code"].as_str()),
+            (Some("error"), Some("engine_unavailable")),
+            "{r}"
+        );
+    }
+    let refused = a.hub.topic_count(topic).await.unwrap_err();
+    assert_eq!(refused.code().as_str(), "engine_unavailable");
+    let refused = a.hub.topic_members_page(topic, None, 10).await.unwrap_err();
+    assert_eq!(refused.code().as_str(), "engine_unavailable");
+    // Bad input is still told as such, before the engine is asked.
+    let r = c
+        .ask(json!({"type": "presence", "topic": topic, "limit": 0}), 20)
+        .await;
+    assert_eq!(r["code"], "bad_limit", "{r}");
+    // The session is still served.
+    c.send(json!({"type": "ping", "id": 21})).await;
+    let r = c.recv().await;
+    assert_eq!(
+        (r["type"].as_str(), r["id"].as_u64()),
+        (Some("pong"), Some(21)),
+        "{r}"
+    );
+}
