@@ -465,6 +465,12 @@ async fn counts_and_pages_fail_fast_while_redis_is_away() {
     let topic = "away";
     let mut c = a.client(Kind::Ws, "ana", &[], WAIT).await;
     subscribe(&mut c, topic, json!("users")).await;
+    // The node writes its member to Redis just after the reply (no event announces it).
+    let deadline = Instant::now() + WAIT;
+    while a.hub.topic_count(topic).await.unwrap().count < 1 {
+        assert!(Instant::now() < deadline, "the member never counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let r = c
         .ask(json!({"type": "presence_count", "topic": topic}), 2)
         .await;
