@@ -559,3 +559,40 @@ async fn rooms_count_page_and_tell_users_once() {
         (Some("event"), Some("marker"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_a_pattern_brings_makes_a_member_like_a_subscribe() {
+    let hub = hub();
+    let mut watcher = Mem::connect(&hub, Some("watcher")).await;
+    watcher
+        .ask(
+            json!({"type": "subscribe", "topic": "scores/a", "presence": true}),
+            1,
+        )
+        .await;
+    let mut fan = Mem::connect(&hub, Some("fan")).await;
+    let r = fan
+        .ask(json!({"type": "psubscribe", "pattern": "scores/*"}), 1)
+        .await;
+    assert_eq!(r["type"], "reply", "{r}");
+    assert_eq!(
+        presence_event(&mut watcher).await,
+        ev("join", "fan", &fan.id())
+    );
+    assert_eq!(
+        hub.topic_count("scores/a").await.unwrap(),
+        PresenceCount { count: 2, users: 2 }
+    );
+    let page = hub.topic_members_page("scores/a", None, 10).await.unwrap();
+    assert_eq!(page.members.len(), 2);
+    fan.ask(json!({"type": "punsubscribe", "pattern": "scores/*"}), 2)
+        .await;
+    assert_eq!(
+        presence_event(&mut watcher).await,
+        ev("leave", "fan", &fan.id())
+    );
+    assert_eq!(
+        hub.topic_count("scores/a").await.unwrap(),
+        PresenceCount { count: 1, users: 1 }
+    );
+}
