@@ -279,6 +279,32 @@ fn presence(c: &mut Criterion) {
     });
 }
 
+/// A `presence_count` over the protocol and the host's count, on topics of 10 and 10,000
+/// members: the same cost (the count is kept, never walked).
+fn presence_count(c: &mut Criterion) {
+    let rt = runtime();
+    let hub = Hub::builder().build();
+    let mut group = c.benchmark_group("presence_count");
+    for n in [10usize, 10_000] {
+        let topic = format!("t{n}");
+        let mut members = sessions(&rt, &hub, n, Codec::Json, &topic);
+        let me = &mut members[0];
+        let ask = Bytes::from(format!(
+            r#"{{"type":"presence_count","topic":"{topic}","id":1}}"#
+        ));
+        group.bench_with_input(BenchmarkId::new("frame", n), &n, |b, _| {
+            b.iter(|| {
+                rt.block_on(me.session.handle(ask.clone()));
+                assert_eq!(drain(me), 1);
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("host", n), &n, |b, _| {
+            b.iter(|| black_box(rt.block_on(hub.topic_count(&topic)).unwrap()))
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     fanout,
@@ -286,6 +312,7 @@ criterion_group!(
     publish_with_patterns,
     encode_once,
     subscribe_unsubscribe,
-    presence
+    presence,
+    presence_count
 );
 criterion_main!(benches);

@@ -10,7 +10,7 @@ use crate::hooks::{EventHandler, Hooks};
 use crate::hub::Hub;
 use crate::memory::MemoryBroker;
 use crate::node::{Inner, NodeLink};
-use crate::presence::PresenceStore;
+use crate::presence::{PresenceEvents, PresenceStore};
 
 /// Builds a [`Hub`]. Every setting has a default suited to a public-facing service.
 #[derive(Default)]
@@ -171,8 +171,27 @@ impl HubBuilder {
     }
 
     /// Send `join`/`leave` events to a room's members when members come and go. Default off.
+    /// The same as [`HubBuilder::room_presence`] with [`PresenceEvents::Sessions`] (on) or
+    /// [`PresenceEvents::None`] (off).
     pub fn room_presence_events(mut self, on: bool) -> Self {
-        self.config.room_presence_events = on;
+        self.config.room_presence = PresenceEvents::from(on);
+        self
+    }
+
+    /// Which `join`/`leave` events a room's members get: none (the default), one per session
+    /// ([`PresenceEvents::Sessions`]), or one per user ([`PresenceEvents::Users`]: when a
+    /// user's first session, on any node, joins the room, and when its last one leaves).
+    pub fn room_presence(mut self, events: PresenceEvents) -> Self {
+        self.config.room_presence = events;
+        self
+    }
+
+    /// The most members one `presence` page holds, and its size when the client asks none
+    /// (default 1,000, at least 1). A client's `limit` over it is refused with `bad_limit`.
+    /// A page is one reply frame: at about 100 bytes a member, the default page is ~100 KB,
+    /// well within a session's queue (1 MiB by default).
+    pub fn presence_page_max(mut self, members: usize) -> Self {
+        self.config.presence_page_max = members.max(1);
         self
     }
 

@@ -47,7 +47,10 @@ pub(crate) struct Config {
     pub(crate) max_topics: usize,
     /// How long a topic without subscribers is kept after its last message (ms).
     pub(crate) topic_ttl_ms: u64,
-    pub(crate) room_presence_events: bool,
+    /// Which `join`/`leave` events a room's members get (none by default).
+    pub(crate) room_presence: hub_protocol::PresenceEvents,
+    /// The most members a `presence` page holds (and its size when none is asked).
+    pub(crate) presence_page_max: usize,
     pub(crate) allowed_origins: Option<Arc<[String]>>,
     pub(crate) max_connections: usize,
     pub(crate) max_connections_per_ip: Option<usize>,
@@ -84,7 +87,8 @@ impl Default for Config {
             max_rooms_per_session: 256,
             max_topics: 100_000,
             topic_ttl_ms: 5 * 60 * 1000,
-            room_presence_events: false,
+            room_presence: hub_protocol::PresenceEvents::None,
+            presence_page_max: 1000,
             allowed_origins: None,
             max_connections: 100_000,
             max_connections_per_ip: None,

@@ -119,6 +119,35 @@ fn internal(e: impl std::fmt::Display) -> OpError {
 }
 
 impl Hub {
+    /// The scope of a `presence` or `presence_count`: a topic the session follows, or a room
+    /// it is in.
+    fn presence_scope<'a>(
+        &self,
+        s: &SessionState,
+        scope: &'a WireScope,
+    ) -> Result<Scope<'a>, OpError> {
+        let max = self.inner.config.max_name_len;
+        match scope {
+            WireScope::Topic(topic) => {
+                check_name(topic, max, ErrorCode::BadTopic)?;
+                if !lock(&s.membership).topics.contains(&**topic) {
+                    return Err((
+                        ErrorCode::NotSubscribed,
+                        format!("not subscribed to {topic}"),
+                    ));
+                }
+                Ok(Scope::Topic(topic))
+            }
+            WireScope::Room(room) => {
+                check_name(room, max, ErrorCode::BadRoom)?;
+                if !lock(&s.membership).rooms.contains(&**room) {
+                    return Err((ErrorCode::NotMember, format!("not in room {room}")));
+                }
+                Ok(Scope::Room(room))
+            }
+        }
+    }
+
     pub(crate) async fn handle_frame(&self, s: &Arc<SessionState>, bytes: Bytes) {
         let inner = &self.inner;
         let now = inner.now_ms();
@@ -185,7 +214,7 @@ impl Hub {
                 SubscribeReq {
                     id: None,
                     from,
-                    presence: false,
+                    presence: hub_protocol::PresenceEvents::None,
                     conflate: self.inner.conflates(topic),
                     via_pattern: false,
                 },
@@ -330,30 +359,27 @@ impl Hub {
                     Err((ErrorCode::NotMember, format!("not in room {room}")))
                 }
             }
-            ClientOp::Presence(scope) => {
-                let members = match &scope {
-                    WireScope::Topic(topic) => {
-                        check_name(topic, max, ErrorCode::BadTopic)?;
-                        if !lock(&s.membership).topics.contains(&**topic) {
-                            return Err((
-                                ErrorCode::NotSubscribed,
-                                format!("not subscribed to {topic}"),
-                            ));
-                        }
-                        inner.members(Scope::Topic(topic)).await
-                    }
-                    WireScope::Room(room) => {
-                        check_name(room, max, ErrorCode::BadRoom)?;
-                        if !lock(&s.membership).rooms.contains(&**room) {
-                            return Err((ErrorCode::NotMember, format!("not in room {room}")));
-                        }
-                        inner.members(Scope::Room(room)).await
-                    }
-                }
-                .map_err(|e| (e.code(), e.to_string()))?;
-                Payload::from_value(&json!({ "members": members }))
-                    .map(Some)
-                    .map_err(internal)
+            ClientOp::Presence {
+                scope,
+                limit,
+                cursor,
+            } => {
+                let scope = self.presence_scope(s, &scope)?;
+                // A limit past `usize` is past any page maximum: `bad_limit` all the same.
+                let limit = limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+                let page = inner
+                    .members_page(scope, cursor.as_deref(), limit)
+                    .await
+                    .map_err(|e| (e.code(), e.to_string()))?;
+                Payload::from_value(&page).map(Some).map_err(internal)
+            }
+            ClientOp::PresenceCount(scope) => {
+                let scope = self.presence_scope(s, &scope)?;
+                let count = inner
+                    .presence_count(scope)
+                    .await
+                    .map_err(|e| (e.code(), e.to_string()))?;
+                Payload::from_value(&count).map(Some).map_err(internal)
             }
             ClientOp::Ping => {
                 inner.push_one(s, Frame::Pong { id: f.id });

@@ -17,7 +17,7 @@ use crate::frame::{Frame, Shared};
 use crate::hooks::{ConnectRequest, Identity};
 use crate::names::{valid_event, valid_key, valid_name};
 use crate::node::{Control, Inner};
-use crate::presence::{Member, Scope};
+use crate::presence::{Member, MemberPage, PresenceCount, PresenceError, Scope};
 use crate::session::{lock, SessionId, SessionState};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::transport::{Connection, Outbox, Session};
@@ -406,6 +406,59 @@ impl Hub {
     /// Who is in a room now, on every node.
     pub async fn room_members(&self, room: &str) -> Result<Vec<Member>, BrokerError> {
         self.inner.members(Scope::Room(room)).await
+    }
+
+    /// How many sessions and distinct users follow a topic now, on every node. O(1): the
+    /// count is kept as members come and go (by the store, with several nodes), never
+    /// counted by walking the members.
+    pub async fn topic_count(&self, topic: &str) -> Result<PresenceCount, BrokerError> {
+        self.inner.presence_count(Scope::Topic(topic)).await
+    }
+
+    /// How many sessions and distinct users are in a room now, on every node. O(1).
+    pub async fn room_count(&self, room: &str) -> Result<PresenceCount, BrokerError> {
+        self.inner.presence_count(Scope::Room(room)).await
+    }
+
+    /// A page of a topic's subscribers, on every node: up to `limit` (1 to the hub's
+    /// [`presence_page_max`](crate::HubBuilder::presence_page_max)) in session id order,
+    /// after `cursor` (the previous page's [`MemberPage::cursor`]; `None` for the first).
+    /// Following cursors to the end lists every member present throughout exactly once.
+    ///
+    /// ```
+    /// # async fn run(hub: hub_core::Hub) -> Result<(), hub_core::presence::PresenceError> {
+    /// let mut cursor = None;
+    /// loop {
+    ///     let page = hub.topic_members_page("stadium", cursor.as_deref(), 500).await?;
+    ///     for m in &page.members { /* ... */ }
+    ///     match page.cursor {
+    ///         Some(next) => cursor = Some(next),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn topic_members_page(
+        &self,
+        topic: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<MemberPage, PresenceError> {
+        self.inner
+            .members_page(Scope::Topic(topic), cursor, Some(limit))
+            .await
+    }
+
+    /// A page of a room's members, on every node (as [`Hub::topic_members_page`]).
+    pub async fn room_members_page(
+        &self,
+        room: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<MemberPage, PresenceError> {
+        self.inner
+            .members_page(Scope::Room(room), cursor, Some(limit))
+            .await
     }
 
     /// The rooms a local session is in.

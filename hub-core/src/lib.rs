@@ -7,7 +7,8 @@
 //!
 //! - [`Hub`] / [`HubBuilder`]: the handle the host keeps, and its settings. Server-side publish
 //!   ([`Hub::publish`], which waits for the engine), rooms ([`Hub::join`], [`Hub::to`]), direct
-//!   sends ([`Hub::emit_to`]), presence ([`Hub::topic_members`]) and counters ([`Hub::stats`]).
+//!   sends ([`Hub::emit_to`]), presence ([`Hub::topic_members`], and at scale
+//!   [`Hub::topic_count`] and [`Hub::topic_members_page`]) and counters ([`Hub::stats`]).
 //! - [`transport`]: the transport seam: [`Hub::connect`] gives a [`Session`] (frames in) and an
 //!   [`Outbox`] (frames out, already encoded, in batches, each saying what it is).
 //! - [`broker`]: the engine seam. The engine owns each topic's stream (positions, history); a
@@ -109,7 +110,9 @@ pub use hub::{Broadcast, Hub, ShutdownReport};
 /// [`HubBuilder::trusted_proxies`] (the `ipnet` crate's type).
 pub use ipnet::IpNet;
 pub use memory::MemoryBroker;
-pub use presence::{Member, PresenceStore, Scope};
+pub use presence::{
+    Member, MemberPage, PresenceCount, PresenceError, PresenceEvents, PresenceStore, Scope,
+};
 pub use session::SessionId;
 pub use stats::{LatencyHistogram, NodeStats, StatsSnapshot};
 pub use transport::{CommandError, Connection, OutFrame, Outbox, Outgoing, Session, TransportInfo};

@@ -474,10 +474,12 @@ impl Inner {
                 room,
                 scope,
                 member,
+                user,
             } => {
                 // Each node tells its own watchers of its own sessions' comings and goings.
                 if NodeId::of(member.session) != self.node {
-                    self.presence_event_local(join, room, &scope, member);
+                    let to = crate::presence::Watchers::sessions_and(user);
+                    self.presence_event_local(join, room, &scope, member, to);
                 }
             }
         }
@@ -638,12 +640,15 @@ pub(crate) enum Control {
         data: Option<serde_bytes::ByteBuf>,
         error: Option<String>,
     },
-    /// A member joined or left a topic or room.
+    /// A member joined or left a topic or room; `user`: it was its user's first or last
+    /// session there (on every node), so the user came or went too.
     Presence {
         join: bool,
         room: bool,
         scope: String,
         member: Member,
+        #[serde(default)]
+        user: bool,
     },
 }
 

@@ -13,7 +13,7 @@ use crate::broker::Route;
 use crate::error::{DisconnectReason, RoomError};
 use crate::frame::{Frame, Scope, Shared};
 use crate::node::{Control, Inner};
-use crate::presence::ScopeName;
+use crate::presence::{LocalPresence, ScopeName, Watchers};
 use crate::session::{lock, SessionId, SessionState};
 use crate::streams::ChannelKey;
 
@@ -24,6 +24,8 @@ pub(crate) struct Room {
 
 pub(crate) struct RoomState {
     pub(crate) members: HashMap<SessionId, Arc<SessionState>>,
+    /// The members in session order and their users' session counts.
+    pub(crate) presence: LocalPresence,
     dead: bool,
 }
 
@@ -56,7 +58,7 @@ impl Inner {
             .await
             .map_err(RoomError::Engine)?;
         let mut overflow = Vec::new();
-        let joined = {
+        {
             let mut m = lock(&s.membership);
             if m.closed {
                 drop(m);
@@ -64,7 +66,7 @@ impl Inner {
                 return Err(RoomError::NoSession);
             }
             if m.rooms.contains(name) {
-                false
+                // Joined meanwhile: nothing to do.
             } else if m.rooms.len() >= self.config.max_rooms_per_session {
                 drop(m);
                 self.release_room_channel(&key);
@@ -78,6 +80,7 @@ impl Inner {
                             Arc::new(Room {
                                 state: Mutex::new(RoomState {
                                     members: HashMap::new(),
+                                    presence: LocalPresence::default(),
                                     dead: false,
                                 }),
                             })
@@ -87,26 +90,33 @@ impl Inner {
                     if st.dead {
                         continue;
                     }
-                    if self.config.room_presence_events {
+                    let member = s.member();
+                    let first = st.presence.insert(&member);
+                    // With a presence store, whether the user is new here is the store's answer.
+                    let to = Watchers::sessions_and(first && self.presence_store.is_none());
+                    if to.want(self.config.room_presence) {
                         let join = Shared::new(Frame::Presence {
                             join: true,
                             scope: Scope::Room(key.clone()),
-                            member: s.member(),
+                            member,
                         });
                         self.fan_out(st.members.values(), &join, &mut overflow);
                     }
                     st.members.insert(s.id, s.clone());
+                    if self.clustered() {
+                        // Under the room's lock: see the presence worker's refresh.
+                        self.presence_worker.add(
+                            self,
+                            ScopeName::Room(name.to_owned()),
+                            s.member(),
+                        );
+                    }
                     break;
                 }
                 m.rooms.insert(key.clone());
-                true
             }
-        };
-        self.close_all(overflow, DisconnectReason::SlowConsumer);
-        if joined && self.clustered() {
-            self.presence_worker
-                .add(self, ScopeName::Room(name.to_owned()), s.member());
         }
+        self.close_all(overflow, DisconnectReason::SlowConsumer);
         Ok(())
     }
 
@@ -143,13 +153,18 @@ impl Inner {
         let was = {
             let mut st = lock(&room.state);
             let was = st.members.remove(&s.id).is_some();
-            if was && self.config.room_presence_events {
-                let leave = Shared::new(Frame::Presence {
-                    join: false,
-                    scope: Scope::Room(Arc::from(name)),
-                    member: s.member(),
-                });
-                self.fan_out(st.members.values(), &leave, overflow);
+            if was {
+                let member = s.member();
+                let last = st.presence.remove(&member);
+                let to = Watchers::sessions_and(last && self.presence_store.is_none());
+                if to.want(self.config.room_presence) {
+                    let leave = Shared::new(Frame::Presence {
+                        join: false,
+                        scope: Scope::Room(Arc::from(name)),
+                        member,
+                    });
+                    self.fan_out(st.members.values(), &leave, overflow);
+                }
             }
             was
         };
@@ -260,16 +275,20 @@ impl Inner {
         Ok(n)
     }
 
-    /// A room's `join`/`leave` from another node, for this node's members.
+    /// A room's `join`/`leave` from another node (or, per user, from the store), for this
+    /// node's members, if the hub's room presence events are among `to`. The member's own
+    /// session gets none.
     pub(crate) fn room_presence_local(
         &self,
         join: bool,
         room: &str,
         member: crate::presence::Member,
+        to: Watchers,
     ) {
-        if !self.config.room_presence_events {
+        if !to.want(self.config.room_presence) {
             return;
         }
+        let skip = member.session;
         let Some(r) = self.rooms.get(room).map(|r| r.clone()) else {
             return;
         };
@@ -281,7 +300,8 @@ impl Inner {
         let mut overflow = Vec::new();
         {
             let st = lock(&r.state);
-            self.fan_out(st.members.values(), &frame, &mut overflow);
+            let targets = st.members.values().filter(|s| s.id != skip);
+            self.fan_out(targets, &frame, &mut overflow);
         }
         self.close_all(overflow, DisconnectReason::SlowConsumer);
     }

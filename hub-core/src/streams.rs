@@ -32,7 +32,7 @@ use crate::broker::{BrokerError, Channel, EngineEvent, HistoryFrom, Position, Pu
 use crate::error::{DisconnectReason, ErrorCode};
 use crate::frame::{Frame, GapReason, Scope, Shared};
 use crate::node::{Inner, Tally};
-use crate::presence::ScopeName;
+use crate::presence::{LocalPresence, PresenceEvents, ScopeName, Watchers};
 use crate::session::{lock, SessionId, SessionState};
 use crate::stats::Stats;
 
@@ -47,6 +47,8 @@ pub(crate) struct LocalTopic {
 
 pub(crate) struct TopicState {
     pub(crate) subs: HashMap<SessionId, Sub>,
+    /// The live subscribers in session order and their users' session counts.
+    pub(crate) presence: LocalPresence,
     /// The last position this node delivered; `None` until the engine's first answer.
     cursor: Option<(Arc<str>, u64)>,
     /// A hole is being repaired: what the engine delivers meanwhile waits here, in order.
@@ -57,8 +59,8 @@ pub(crate) struct TopicState {
 
 pub(crate) struct Sub {
     pub(crate) session: Arc<SessionState>,
-    /// Wants `join`/`leave` events of the topic.
-    pub(crate) presence: bool,
+    /// Which `join`/`leave` events of the topic it wants.
+    pub(crate) presence: PresenceEvents,
     /// Conflated: when behind, only the newest message per key is kept.
     conflate: bool,
     /// The next offset this subscription expects (in the node's current epoch).
@@ -96,7 +98,7 @@ pub(crate) struct SubscribeReq {
     pub(crate) id: Option<u64>,
     /// Where to start: now, after a position (recovery), or with the last messages held.
     pub(crate) from: HistoryFrom,
-    pub(crate) presence: bool,
+    pub(crate) presence: PresenceEvents,
     /// Keep only the newest message per key when behind (and when recovering).
     pub(crate) conflate: bool,
     /// A pattern of the session brings the topic (a `psubscribe` resuming it).
@@ -276,6 +278,7 @@ impl Inner {
                     name: Arc::from(name),
                     state: Mutex::new(TopicState {
                         subs: HashMap::new(),
+                        presence: LocalPresence::default(),
                         cursor: None,
                         repair: None,
                         dead: false,
@@ -536,21 +539,27 @@ impl Inner {
                     tally.count(&self.stats);
                     sub.next = c.next;
                     let member = s.member();
-                    // The others' `join`, now that this one is live (it gets no join of its own).
+                    let first = st.presence.insert(&member);
+                    // The others' `join`, now that this one is live (it gets no join of its own):
+                    // for session watchers, and for user watchers if it is its user's first
+                    // session here. With a presence store, only the store knows that: user
+                    // watchers wait for its answer (the presence worker).
                     let join = Shared::new(Frame::Presence {
                         join: true,
                         scope: Scope::Topic(t.name.clone()),
                         member: member.clone(),
                     });
-                    self.fan_out_presence(&mut st, &join, Some(s.id), &mut overflow);
-                    drop(st);
+                    let to = Watchers::sessions_and(first && self.presence_store.is_none());
+                    self.fan_out_presence(&mut st, &join, Some(s.id), to, &mut overflow);
                     if self.clustered() {
+                        // Under the topic's lock: see the presence worker's refresh.
                         self.presence_worker.add(
                             self,
                             ScopeName::Topic(t.name.to_string()),
                             member,
                         );
                     }
+                    drop(st);
                     true
                 }
             };
@@ -630,12 +639,15 @@ impl Inner {
             let mut st = lock(&t.state);
             let live = match st.subs.remove(&s.id) {
                 Some(sub) if sub.is_live() => {
+                    let member = s.member();
+                    let last = st.presence.remove(&member);
                     let leave = Shared::new(Frame::Presence {
                         join: false,
                         scope: Scope::Topic(t.name.clone()),
-                        member: s.member(),
+                        member,
                     });
-                    self.fan_out_presence(&mut st, &leave, None, overflow);
+                    let to = Watchers::sessions_and(last && self.presence_store.is_none());
+                    self.fan_out_presence(&mut st, &leave, None, to, overflow);
                     true
                 }
                 _ => false,
@@ -669,18 +681,23 @@ impl Inner {
         }
     }
 
-    /// Presence frames go to the subscribers that asked for them (held for those catching up).
+    /// Presence frames go to the subscribers among `to` that asked for them (held for those
+    /// catching up).
     fn fan_out_presence(
         &self,
         st: &mut TopicState,
         frame: &Arc<Shared>,
         skip: Option<SessionId>,
+        to: Watchers,
         overflow: &mut Vec<Arc<SessionState>>,
     ) {
+        if !to.sessions && !to.users {
+            return;
+        }
         let cap = self.hold_cap();
         let mut tally = Tally::default();
         for (id, sub) in st.subs.iter_mut() {
-            if !sub.presence || Some(*id) == skip {
+            if !to.want(sub.presence) || Some(*id) == skip {
                 continue;
             }
             match &mut sub.pending {
@@ -691,16 +708,19 @@ impl Inner {
         tally.count(&self.stats);
     }
 
-    /// A topic's `join`/`leave` from another node, for this node's watchers.
+    /// A topic's `join`/`leave` from another node (or, for user watchers, from the store),
+    /// for this node's watchers among `to`. The member's own session gets none.
     pub(crate) fn topic_presence_local(
         &self,
         join: bool,
         topic: &str,
         member: crate::presence::Member,
+        to: Watchers,
     ) {
         let Some(t) = self.topics.get(topic).map(|t| t.clone()) else {
             return;
         };
+        let skip = Some(member.session);
         let frame = Shared::new(Frame::Presence {
             join,
             scope: Scope::Topic(t.name.clone()),
@@ -709,7 +729,7 @@ impl Inner {
         let mut overflow = Vec::new();
         {
             let mut st = lock(&t.state);
-            self.fan_out_presence(&mut st, &frame, None, &mut overflow);
+            self.fan_out_presence(&mut st, &frame, skip, to, &mut overflow);
         }
         self.close_all(overflow, DisconnectReason::SlowConsumer);
     }
@@ -1129,7 +1149,7 @@ impl Inner {
             let req = SubscribeReq {
                 id: None,
                 from: HistoryFrom::After(since),
-                presence: false,
+                presence: PresenceEvents::None,
                 conflate: self.conflates(&topic),
                 via_pattern: true,
             };
@@ -1258,15 +1278,34 @@ impl Inner {
             s.id,
             Sub {
                 session: s.clone(),
-                presence: false,
+                presence: PresenceEvents::None,
                 conflate: self.conflates(&t.name),
                 next,
                 pending: None,
             },
         );
+        // A member like any subscriber (it leaves like one): counted, listed, and its
+        // `join` told, as when a subscription goes live.
+        let member = s.member();
+        let first = st.presence.insert(&member);
+        let join = Shared::new(Frame::Presence {
+            join: true,
+            scope: Scope::Topic(t.name.clone()),
+            member: member.clone(),
+        });
+        let mut overflow = Vec::new();
+        let to = Watchers::sessions_and(first && self.presence_store.is_none());
+        self.fan_out_presence(&mut st, &join, Some(s.id), to, &mut overflow);
+        if self.clustered() {
+            // Under the topic's lock: see the presence worker's refresh.
+            self.presence_worker
+                .add(self, ScopeName::Topic(t.name.to_string()), member);
+        }
         drop(st);
         m.topics.insert(t.name.clone());
         m.via_pattern.insert(t.name.clone());
+        drop(m);
+        self.close_all(overflow, DisconnectReason::SlowConsumer);
         true
     }
 }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::codec::{Codec, Payload};
 use crate::error::{DecodeError, EncodeError, ErrorCode};
-use crate::types::{Position, Scope};
+use crate::types::{Position, PresenceEvents, Scope};
 use crate::wire::{self, Capture, MsgPackData, Val};
 
 /// A frame a client sends (PROTOCOL.md, "Client to server"): an operation and an optional `id`.
@@ -20,7 +20,8 @@ use crate::wire::{self, Capture, MsgPackData, Val};
 ///
 /// - `bad_frame`: not valid JSON / MessagePack, not a map, trailing bytes, nesting over 128;
 /// - `bad_field`: a field of the wrong type (whatever the `type`), no `type`, or a field the
-///   operation needs missing (`topic`, `room`, `event`; `presence` needs `topic` or `room`);
+///   operation needs missing (`topic`, `room`, `event`; `presence` and `presence_count` need
+///   `topic` or `room`); `presence` other than a boolean, `"sessions"` or `"users"`;
 /// - `unknown_type`: `type` names no operation.
 ///
 /// The error keeps the frame's `id` when it can be read, so that the answer carries it. Fields
@@ -29,13 +30,13 @@ use crate::wire::{self, Capture, MsgPackData, Val};
 ///
 /// ```
 /// use bytes::Bytes;
-/// use hub_protocol::{ClientFrame, ClientOp, Codec, ErrorCode};
+/// use hub_protocol::{ClientFrame, ClientOp, Codec, ErrorCode, PresenceEvents};
 ///
 /// let frame = ClientFrame::new(ClientOp::Subscribe {
 ///     topic: "scores/all".into(),
 ///     since: None,
 ///     last: None,
-///     presence: false,
+///     presence: PresenceEvents::None,
 ///     conflate: None,
 /// })
 /// .with_id(1);
@@ -73,8 +74,8 @@ pub enum ClientOp {
         /// Start with (up to) the last `n` messages the history holds, then live ones: the
         /// current state for a first-time reader. Not with `since`.
         last: Option<u64>,
-        /// Also get the topic's `join`/`leave` events.
-        presence: bool,
+        /// Which of the topic's `join`/`leave` events to get: none, per session, per user.
+        presence: PresenceEvents,
         /// Conflate: when this subscription falls behind, keep only the newest message per key
         /// (and recover only the newest per key with `since`/`last`). `None`: the topic's
         /// default.
@@ -127,8 +128,19 @@ pub enum ClientOp {
         /// The room.
         room: String,
     },
-    /// `presence`: who is in a topic or room (a frame with both names the topic).
-    Presence(Scope),
+    /// `presence`: who is in a topic or room (a frame with both names the topic), a page at a
+    /// time.
+    Presence {
+        /// The topic or room.
+        scope: Scope,
+        /// The most members to return (the server's page size when `None`; more than the
+        /// server's largest page is refused with `bad_limit`).
+        limit: Option<u64>,
+        /// Where to go on: the `cursor` of the previous page's reply.
+        cursor: Option<String>,
+    },
+    /// `presence_count`: how many sessions and distinct users are in a topic or room.
+    PresenceCount(Scope),
     /// `ping`: answered by `pong`.
     Ping,
     /// `ack`: the answer to a server `event` that asked for one (its `ack` number).
@@ -152,7 +164,8 @@ impl ClientOp {
             ClientOp::Event { .. } => "event",
             ClientOp::Join { .. } => "join",
             ClientOp::Leave { .. } => "leave",
-            ClientOp::Presence(_) => "presence",
+            ClientOp::Presence { .. } => "presence",
+            ClientOp::PresenceCount(_) => "presence_count",
             ClientOp::Ping => "ping",
             ClientOp::Ack { .. } => "ack",
         }
@@ -236,8 +249,10 @@ impl ClientFrame {
                 if let Some(c) = conflate {
                     f.push(("conflate", Bool(*c)));
                 }
-                if *presence {
-                    f.push(("presence", Bool(true)));
+                match presence {
+                    PresenceEvents::None => {}
+                    PresenceEvents::Sessions => f.push(("presence", Bool(true))),
+                    PresenceEvents::Users => f.push(("presence", Str("users"))),
                 }
             }
             ClientOp::Unsubscribe { topic } => f.push(("topic", Str(topic))),
@@ -284,7 +299,20 @@ impl ClientFrame {
                 f.push(("data", Raw(data)));
             }
             ClientOp::Join { room } | ClientOp::Leave { room } => f.push(("room", Str(room))),
-            ClientOp::Presence(scope) => f.push((scope.field(), Str(scope.name()))),
+            ClientOp::Presence {
+                scope,
+                limit,
+                cursor,
+            } => {
+                f.push((scope.field(), Str(scope.name())));
+                if let Some(n) = limit {
+                    f.push(("limit", U64(*n)));
+                }
+                if let Some(c) = cursor {
+                    f.push(("cursor", Str(c)));
+                }
+            }
+            ClientOp::PresenceCount(scope) => f.push((scope.field(), Str(scope.name()))),
             ClientOp::Ping => {}
             ClientOp::Ack { ack, data } => {
                 f.push(("ack", U64(*ack)));
@@ -364,7 +392,11 @@ struct Incoming<D> {
     #[serde(default)]
     ack: Option<u64>,
     #[serde(default)]
-    presence: Option<bool>,
+    presence: Option<PresenceEvents>,
+    #[serde(default)]
+    limit: Option<u64>,
+    #[serde(default)]
+    cursor: Option<Text>,
     #[serde(default)]
     conflate: Option<bool>,
     #[serde(default)]
@@ -421,7 +453,7 @@ impl<D: Capture> Incoming<D> {
                     topic: text(self.topic, "topic")?,
                     since: self.since,
                     last: self.last,
-                    presence: self.presence.unwrap_or(false),
+                    presence: self.presence.unwrap_or_default(),
                     conflate: self.conflate,
                 }
             }
@@ -451,11 +483,14 @@ impl<D: Capture> Incoming<D> {
             "leave" => ClientOp::Leave {
                 room: text(self.room, "room")?,
             },
-            "presence" => match (self.topic, self.room) {
-                (Some(topic), _) => ClientOp::Presence(Scope::Topic(topic.0.into())),
-                (None, Some(room)) => ClientOp::Presence(Scope::Room(room.0.into())),
-                (None, None) => return Err(missing("topic")),
+            "presence" => ClientOp::Presence {
+                scope: scope(self.topic, self.room).ok_or_else(|| missing("topic"))?,
+                limit: self.limit,
+                cursor: self.cursor.map(|c| c.0),
             },
+            "presence_count" => ClientOp::PresenceCount(
+                scope(self.topic, self.room).ok_or_else(|| missing("topic"))?,
+            ),
             "ping" => ClientOp::Ping,
             "ack" => ClientOp::Ack {
                 ack: self.ack.ok_or_else(|| missing("ack"))?,
@@ -472,6 +507,15 @@ impl<D: Capture> Incoming<D> {
             }
         };
         Ok(ClientFrame { id, op })
+    }
+}
+
+/// The scope a frame names: its `topic`, else its `room`.
+fn scope(topic: Option<Text>, room: Option<Text>) -> Option<Scope> {
+    match (topic, room) {
+        (Some(topic), _) => Some(Scope::Topic(topic.0.into())),
+        (None, Some(room)) => Some(Scope::Room(room.0.into())),
+        (None, None) => None,
     }
 }
 

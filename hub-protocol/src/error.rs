@@ -68,6 +68,8 @@ pub enum ErrorCode {
     BadPattern,
     /// A `psubscribe` over the session's limit of patterns (16 by default).
     TooManyPatterns,
+    /// A `presence` page size (`limit`) of 0 or over the server's largest page.
+    BadLimit,
     /// A server fault.
     Internal,
 
@@ -90,7 +92,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// Refusal (SSE commands, poll): a command number that is not the one expected.
     BadSeq,
-    /// Refusal (poll): a cursor that was never handed out.
+    /// A cursor that was never handed out: refusal (poll), or a `presence` `cursor` that is
+    /// not one of a `presence` reply (an `error` frame).
     BadCursor,
     /// SSE `resume` event: a `Last-Event-ID` that is not an id of this stream.
     BadLastEventId,
@@ -98,7 +101,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 36] = [
+    pub const ALL: [ErrorCode; 37] = [
         ErrorCode::BadFrame,
         ErrorCode::BadField,
         ErrorCode::UnknownType,
@@ -123,6 +126,7 @@ impl ErrorCode {
         ErrorCode::UnknownAck,
         ErrorCode::BadPattern,
         ErrorCode::TooManyPatterns,
+        ErrorCode::BadLimit,
         ErrorCode::Internal,
         ErrorCode::BadRequest,
         ErrorCode::BadEncoding,
@@ -164,6 +168,7 @@ impl ErrorCode {
             ErrorCode::UnknownAck => "unknown_ack",
             ErrorCode::BadPattern => "bad_pattern",
             ErrorCode::TooManyPatterns => "too_many_patterns",
+            ErrorCode::BadLimit => "bad_limit",
             ErrorCode::Internal => "internal",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::BadEncoding => "bad_encoding",

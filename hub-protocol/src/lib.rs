@@ -15,7 +15,8 @@
 //!   decoder for the server, each failure with a stable code ([`FrameError`]).
 //! - [`ErrorCode`] (known codes) and [`Code`] (a received code, known or not);
 //!   [`DisconnectReason`] (close codes and reason strings); [`DecodeError`], [`EncodeError`].
-//! - [`Position`], [`SessionId`], [`Member`], [`Scope`], [`GapReason`]: the values frames carry.
+//! - [`Position`], [`SessionId`], [`Member`], [`Scope`], [`GapReason`], [`PresenceEvents`],
+//!   [`MemberPage`], [`PresenceCount`]: the values frames carry.
 //!
 //! # Example
 //!
@@ -78,7 +79,10 @@ pub use client::{ClientFrame, ClientOp, FrameError};
 pub use codec::{Codec, Payload};
 pub use error::{CloseText, Code, DecodeError, DisconnectReason, EncodeError, ErrorCode};
 pub use server::{ServerFrame, Shared, PROTOCOL_VERSION};
-pub use types::{BadSessionId, GapReason, Member, Position, Scope, SessionId};
+pub use types::{
+    BadSessionId, GapReason, Member, MemberPage, Position, PresenceCount, PresenceEvents, Scope,
+    SessionId,
+};
 
 /// Checks at compile time that the frames can cross threads.
 #[allow(dead_code)]

@@ -124,6 +124,84 @@ pub struct Member {
     pub meta: serde_json::Value,
 }
 
+/// Which `join`/`leave` events of a topic a subscription asks for: the `presence` field of
+/// `subscribe` (absent or `false`: none; `true`: one per session; `"users"`: one per user).
+///
+/// With [`PresenceEvents::Users`], a user is in once however many sessions (tabs, devices,
+/// nodes) it has there: its `join` comes with its first session (as `member`), its `leave`
+/// with its last one. Sessions without a user id (anonymous) are each their own user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PresenceEvents {
+    /// No presence events (`presence` absent or `false`).
+    #[default]
+    None,
+    /// A `join`/`leave` per session (`presence: true`).
+    Sessions,
+    /// A `join`/`leave` per user (`presence: "users"`).
+    Users,
+}
+
+impl PresenceEvents {
+    /// Whether any events are asked for.
+    pub fn any(self) -> bool {
+        self != PresenceEvents::None
+    }
+}
+
+impl From<bool> for PresenceEvents {
+    fn from(on: bool) -> PresenceEvents {
+        if on {
+            PresenceEvents::Sessions
+        } else {
+            PresenceEvents::None
+        }
+    }
+}
+
+/// `true`/`false`, `"sessions"` or `"users"`; anything else is refused (`bad_field`).
+impl<'de> Deserialize<'de> for PresenceEvents {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<PresenceEvents, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = PresenceEvents;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a boolean, \"sessions\" or \"users\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<PresenceEvents, E> {
+                Ok(PresenceEvents::from(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PresenceEvents, E> {
+                match v {
+                    "sessions" => Ok(PresenceEvents::Sessions),
+                    "users" => Ok(PresenceEvents::Users),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A page of a scope's members: at most the page size asked for, in the order of their
+/// session ids, and the cursor of the next page (`None`: this was the last).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberPage {
+    /// The members of this page.
+    pub members: Vec<Member>,
+    /// Where the next page starts (the last session id of this one); `None` at the end.
+    pub cursor: Option<String>,
+}
+
+/// How many are in a topic or room: sessions, and distinct users (each anonymous session
+/// counts as a user of its own). The `presence_count` reply: `{"count": n, "users": u}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PresenceCount {
+    /// Sessions.
+    pub count: u64,
+    /// Distinct users.
+    pub users: u64,
+}
+
 /// Where a presence event happened, or what a `presence` request asks about: a topic or a room
 /// (on the wire, a `topic` or a `room` field).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

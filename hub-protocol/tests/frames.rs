@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use hub_protocol::{
     ClientFrame, ClientOp, Code, Codec, DecodeError, DisconnectReason, ErrorCode, GapReason,
-    Member, Payload, Position, Scope, ServerFrame, SessionId,
+    Member, Payload, Position, PresenceEvents, Scope, ServerFrame, SessionId,
 };
 use serde_json::{json, Value};
 
@@ -445,21 +445,21 @@ fn client_ops(codec: Codec) -> Vec<ClientOp> {
             topic: "scores/all".into(),
             since: None,
             last: None,
-            presence: false,
+            presence: PresenceEvents::None,
             conflate: None,
         },
         ClientOp::Subscribe {
             topic: "scores/match-3".into(),
             since: Some(Position::new("9f1c2a7d3b4e5f60", 41)),
             last: None,
-            presence: true,
+            presence: PresenceEvents::Sessions,
             conflate: None,
         },
         ClientOp::Subscribe {
             topic: "scores/match-4".into(),
             since: None,
             last: Some(1),
-            presence: false,
+            presence: PresenceEvents::None,
             conflate: None,
         },
         ClientOp::Ack {
@@ -479,10 +479,99 @@ fn client_ops(codec: Codec) -> Vec<ClientOp> {
         },
         ClientOp::Join { room: "r".into() },
         ClientOp::Leave { room: "r".into() },
-        ClientOp::Presence(Scope::Topic("chat/lobby".into())),
-        ClientOp::Presence(Scope::Room("chat:42".into())),
+        ClientOp::Presence {
+            scope: Scope::Topic("chat/lobby".into()),
+            limit: None,
+            cursor: None,
+        },
+        ClientOp::Presence {
+            scope: Scope::Room("chat:42".into()),
+            limit: None,
+            cursor: None,
+        },
+        ClientOp::Subscribe {
+            topic: "chat/lobby".into(),
+            since: None,
+            last: None,
+            presence: PresenceEvents::Users,
+            conflate: None,
+        },
+        ClientOp::Presence {
+            scope: Scope::Topic("stadium".into()),
+            limit: Some(500),
+            cursor: Some("5f0e8c1d2a3b4c6d".into()),
+        },
+        ClientOp::PresenceCount(Scope::Topic("stadium".into())),
+        ClientOp::PresenceCount(Scope::Room("chat:42".into())),
         ClientOp::Ping,
     ]
+}
+
+#[test]
+fn presence_options_decode_as_protocol_md_writes_them() {
+    for codec in Codec::ALL {
+        let op = |v: Value| ClientFrame::decode(codec, &enc(codec, &v)).map(|f| f.op);
+        let mode = |v: Value| match op(v) {
+            Ok(ClientOp::Subscribe { presence, .. }) => Ok(presence),
+            other => Err(other),
+        };
+        let sub = |p: Value| json!({"type": "subscribe", "topic": "t", "presence": p});
+        assert_eq!(mode(sub(json!(true))), Ok(PresenceEvents::Sessions));
+        assert_eq!(mode(sub(json!("sessions"))), Ok(PresenceEvents::Sessions));
+        assert_eq!(mode(sub(json!("users"))), Ok(PresenceEvents::Users));
+        assert_eq!(mode(sub(json!(false))), Ok(PresenceEvents::None));
+        assert_eq!(
+            mode(json!({"type": "subscribe", "topic": "t"})),
+            Ok(PresenceEvents::None)
+        );
+        for bad in [json!("user"), json!(1), json!(["users"])] {
+            let e = op(sub(bad.clone())).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::BadField, "{bad}");
+        }
+        assert_eq!(
+            op(json!({"type": "presence_count", "room": "r", "id": 1})).unwrap(),
+            ClientOp::PresenceCount(Scope::Room("r".into()))
+        );
+        let e = ClientFrame::decode(
+            codec,
+            &enc(codec, &json!({"type": "presence_count", "id": 2})),
+        )
+        .unwrap_err();
+        assert_eq!((e.code(), e.id()), (ErrorCode::BadField, Some(2)));
+        // A page size must be a non-negative integer, a cursor a string.
+        for bad in [
+            json!({"type": "presence", "topic": "t", "limit": -1, "id": 3}),
+            json!({"type": "presence", "topic": "t", "limit": "10", "id": 3}),
+            json!({"type": "presence", "topic": "t", "cursor": 7, "id": 3}),
+        ] {
+            let e = ClientFrame::decode(codec, &enc(codec, &bad)).unwrap_err();
+            assert_eq!((e.code(), e.id()), (ErrorCode::BadField, Some(3)), "{bad}");
+        }
+    }
+    assert_eq!(
+        ClientFrame::new(ClientOp::Subscribe {
+            topic: "t".into(),
+            since: None,
+            last: None,
+            presence: PresenceEvents::Users,
+            conflate: None,
+        })
+        .encode(Codec::Json)
+        .unwrap(),
+        r#"{"type":"subscribe","topic":"t","presence":"users"}"#.as_bytes()
+    );
+    assert_eq!(
+        ClientFrame::new(ClientOp::Presence {
+            scope: Scope::Topic("t".into()),
+            limit: Some(100),
+            cursor: Some("5f0e8c1d2a3b4c6d".into()),
+        })
+        .with_id(4)
+        .encode(Codec::Json)
+        .unwrap(),
+        r#"{"type":"presence","topic":"t","limit":100,"cursor":"5f0e8c1d2a3b4c6d","id":4}"#
+            .as_bytes()
+    );
 }
 
 #[test]
@@ -510,7 +599,7 @@ fn client_frames_are_written_as_protocol_md_shows_them() {
                 topic: "scores/match-3".into(),
                 since: Some(Position::new("9f1c2a7d3b4e5f60", 41)),
                 last: None,
-                presence: false,
+                presence: PresenceEvents::None,
                 conflate: None,
             })
             .with_id(2),
@@ -527,7 +616,12 @@ fn client_frames_are_written_as_protocol_md_shows_them() {
             r#"{"type":"publish","topic":"chat/lobby","data":{"text":"hi"},"id":3}"#,
         ),
         (
-            ClientFrame::new(ClientOp::Presence(Scope::Topic("chat/lobby".into()))).with_id(5),
+            ClientFrame::new(ClientOp::Presence {
+                scope: Scope::Topic("chat/lobby".into()),
+                limit: None,
+                cursor: None,
+            })
+            .with_id(5),
             r#"{"type":"presence","topic":"chat/lobby","id":5}"#,
         ),
         (
@@ -584,7 +678,14 @@ fn client_frames_take_what_an_operation_does_not_need() {
                 &json!({"type": "presence", "room": "r", "topic": "t"}),
             ),
         );
-        assert_eq!(f.unwrap().op, ClientOp::Presence(Scope::Topic("t".into())));
+        assert_eq!(
+            f.unwrap().op,
+            ClientOp::Presence {
+                scope: Scope::Topic("t".into()),
+                limit: None,
+                cursor: None
+            }
+        );
     }
 }
 

@@ -156,6 +156,16 @@ impl Keys {
         self.presence_key(scope_id, "}:px")
     }
 
+    /// A scope's order set (session ids, every score 0: pages by lexical order), by scope id.
+    pub(crate) fn presence_order(&self, scope_id: &str) -> String {
+        self.presence_key(scope_id, "}:pl")
+    }
+
+    /// A scope's users hash (user key -> sessions of that user), by scope id.
+    pub(crate) fn presence_users(&self, scope_id: &str) -> String {
+        self.presence_key(scope_id, "}:pu")
+    }
+
     fn presence_key(&self, scope_id: &str, suffix: &str) -> String {
         let mut s = String::with_capacity(self.open.len() + scope_id.len() + suffix.len());
         s.push_str(&self.open);
@@ -186,6 +196,8 @@ mod tests {
         let id = Keys::scope_id(Scope::Room("chat:42"));
         assert_eq!(k.presence_members(&id), "{hub:r:chat:42}:pm");
         assert_eq!(k.presence_expiry(&id), "{hub:r:chat:42}:px");
+        assert_eq!(k.presence_order(&id), "{hub:r:chat:42}:pl");
+        assert_eq!(k.presence_users(&id), "{hub:r:chat:42}:pu");
         assert_eq!(k.presence_index(), "{hub}:presence");
         // A topic's presence shares the slot (hash tag) of its stream.
         assert_eq!(

@@ -129,6 +129,14 @@
 //! timeout after Redis removed members loses their `leave` events (the removal is not
 //! repeated).
 //!
+//! Each scope also keeps its members' session ids in lexical order (`pl`, for pages) and the
+//! sessions of each user (`pu`), written by the same scripts as the members, so that a count
+//! is `HLEN` twice (O(1)), a page one `ZRANGEBYLEX` and `HMGET` of at most its size, and a
+//! user's first `add` and last removal (or expiry), whichever nodes they come from, are
+//! known at once: the user's `join` and `leave`. A member is counted under its user while it
+//! is in `pl`; members written by a version without `pl` are counted from their next
+//! refresh.
+//!
 //! # Patterns
 //!
 //! A hub pattern (`scores/*`, `scores/**`) is one `PSUBSCRIBE` per glob on the pub/sub
@@ -151,8 +159,10 @@
 //! | `{P:t:<topic>}:ch` | channel | the topic's publications and control messages |
 //! | `{P:t:<topic>}:pm` | hash | topic presence: session id -> member JSON |
 //! | `{P:t:<topic>}:px` | sorted set | topic presence: session id -> expiry (ms, Redis clock) |
+//! | `{P:t:<topic>}:pl` | sorted set | topic presence: session ids, every score 0 (pages, by `ZRANGEBYLEX`) |
+//! | `{P:t:<topic>}:pu` | hash | topic presence: user key (`u:<user>`, `s:<session>` if anonymous) -> its sessions |
 //! | `{P:r:<room>}:ch` | channel | control messages to the room |
-//! | `{P:r:<room>}:pm`, `{P:r:<room>}:px` | hash, sorted set | room presence, as for topics |
+//! | `{P:r:<room>}:pm`, `:px`, `:pl`, `:pu` | hash, sorted sets, hash | room presence, as for topics |
 //! | `{P:n:<node id>}:ch` | channel | control messages to one node (`<node id>`: 8 hex digits) |
 //! | `{P}:all` | channel | control messages to every node |
 //! | `{P}:presence` | sorted set | scopes with presence (`t:<topic>`, `r:<room>`) -> next expiry, a lower bound |

@@ -1,7 +1,8 @@
 //! The [`PresenceStore`] side of [`RedisEngine`].
 //!
-//! Per scope a hash (session -> member JSON) and a sorted set (session -> expiry, ms on the
-//! Redis clock); one index of scopes (scope id -> a lower bound of its next expiry) lets
+//! Per scope a hash (session -> member JSON), a sorted set (session -> expiry, ms on the
+//! Redis clock), a sorted set of the session ids in lexical order (pages) and a hash of the
+//! sessions per user (counts, users' comings and goings); one index of scopes (scope id -> a lower bound of its next expiry) lets
 //! `expire` visit only the scopes that may hold expired members. Writes that touch a scope
 //! are scripts on that scope's slot; the index lives in its own slot and is written after
 //! the scope, so that a scope with members is always in the index (see `expire`).
@@ -11,7 +12,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hub_core::broker::BrokerError;
-use hub_core::presence::{Member, PresenceStore, Scope, ScopeName};
+use hub_core::presence::{
+    Expired, Member, MemberPage, PresenceCount, PresenceStore, Removal, Scope, ScopeName,
+};
 use hub_core::SessionId;
 use redis::Value;
 
@@ -64,7 +67,8 @@ fn bad_reply(what: &str) -> BrokerError {
 struct Visit {
     /// The scope's next expiry (ms), `None` if it is empty.
     next: Option<f64>,
-    members: Vec<Vec<u8>>,
+    /// Each member's JSON, and whether it was its user's last session.
+    members: Vec<(Vec<u8>, bool)>,
 }
 
 fn parse_visit(v: Value) -> Option<Visit> {
@@ -74,11 +78,21 @@ fn parse_visit(v: Value) -> Option<Visit> {
     let mut items = items.into_iter();
     let next = String::from_utf8(bytes_of(items.next()?)?).ok()?;
     let next: f64 = next.parse().ok()?;
+    let mut members = Vec::new();
+    while let (Some(m), Some(last)) = (items.next(), items.next()) {
+        let last = matches!(last, Value::Int(1));
+        if let Some(m) = bytes_of(m) {
+            members.push((m, last));
+        }
+    }
     Some(Visit {
         next: (next >= 0.0).then_some(next),
-        members: items.filter_map(bytes_of).collect(),
+        members,
     })
 }
+
+/// The most members a page may ask for in one script call (what `presence_page` is given).
+const PAGE_MAX: usize = 10_000;
 
 impl RedisEngine {
     /// How long after its node's last refresh a member of a node that died is gone, at most,
@@ -92,11 +106,13 @@ impl RedisEngine {
         u64::try_from(self.shared().settings.presence_ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// An `EVALSHA` of a presence script on scope `id`'s two keys.
+    /// An `EVALSHA` of a presence script on scope `id`'s four keys (members, expiries,
+    /// order, users).
     fn scope_call(&self, script: &redis::Script, id: &str) -> redis::Cmd {
         let keys = &self.shared().keys;
         let (pm, px) = (keys.presence_members(id), keys.presence_expiry(id));
-        scripts::evalsha(script, &[&pm, &px])
+        let (pl, pu) = (keys.presence_order(id), keys.presence_users(id));
+        scripts::evalsha(script, &[&pm, &px, &pl, &pu])
     }
 
     /// Puts scope `id` in the index if it is not there (due at once: its first visit sets
@@ -119,7 +135,7 @@ impl RedisEngine {
     }
 
     /// Visits due scopes once; `Ok(false)` when nothing more is due.
-    async fn expire_round(&self, out: &mut Vec<(ScopeName, Member)>) -> Result<bool, BrokerError> {
+    async fn expire_round(&self, out: &mut Vec<Expired>) -> Result<bool, BrokerError> {
         let shared = self.shared();
         let index = shared.keys.presence_index();
         let mut due = scripts::evalsha(&scripts::PRESENCE_DUE, &[index]);
@@ -149,8 +165,14 @@ impl RedisEngine {
                     continue;
                 };
                 let visit = parse_visit(visit).ok_or_else(|| bad_reply("a presence expiry"))?;
-                for m in visit.members.iter().filter_map(|m| parse_member(m)) {
-                    out.push((scope.clone(), m));
+                for (json, user_left) in &visit.members {
+                    if let Some(member) = parse_member(json) {
+                        out.push(Expired {
+                            scope: scope.clone(),
+                            member,
+                            user_left: *user_left,
+                        });
+                    }
                 }
                 match visit.next {
                     Some(next) => {
@@ -188,25 +210,30 @@ impl PresenceStore for RedisEngine {
         self.shared().settings.presence_refresh
     }
 
-    async fn add(&self, scope: Scope<'_>, member: &Member) -> Result<(), BrokerError> {
+    async fn add(&self, scope: Scope<'_>, member: &Member) -> Result<bool, BrokerError> {
         let id = Keys::scope_id(scope);
         let mut call = self.scope_call(&scripts::PRESENCE_ADD, &id);
         call.arg(self.ttl_ms())
             .arg(member.session.to_string())
             .arg(member_json(member)?);
         let mut pipe = redis::pipe();
-        pipe.add_command(call).ignore();
+        pipe.add_command(call);
         self.index_scope(&mut pipe, &id);
-        self.shared().pipeline::<()>(&pipe).await
+        let (firsts,): (Vec<i64>,) = self.shared().pipeline(&pipe).await?;
+        Ok(firsts.first() == Some(&1))
     }
 
-    async fn remove(&self, scope: Scope<'_>, session: SessionId) -> Result<bool, BrokerError> {
+    async fn remove(&self, scope: Scope<'_>, session: SessionId) -> Result<Removal, BrokerError> {
         let mut call = self.scope_call(&scripts::PRESENCE_REMOVE, &Keys::scope_id(scope));
         call.arg(session.to_string());
         let mut pipe = redis::pipe();
         pipe.add_command(call);
         let (removed,): (i64,) = self.shared().pipeline(&pipe).await?;
-        Ok(removed == 1)
+        Ok(match removed {
+            2 => Removal::User,
+            1 => Removal::Session,
+            _ => Removal::Absent,
+        })
     }
 
     async fn members(&self, scope: Scope<'_>) -> Result<Vec<Member>, BrokerError> {
@@ -216,6 +243,56 @@ impl PresenceStore for RedisEngine {
         pipe.cmd("HVALS").arg(pm);
         let (values,): (Vec<Vec<u8>>,) = shared.pipeline(&pipe).await?;
         Ok(values.iter().filter_map(|v| parse_member(v)).collect())
+    }
+
+    async fn count(&self, scope: Scope<'_>) -> Result<PresenceCount, BrokerError> {
+        let shared = self.shared();
+        let id = Keys::scope_id(scope);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HLEN").arg(shared.keys.presence_members(&id));
+        pipe.cmd("HLEN").arg(shared.keys.presence_users(&id));
+        let (count, users): (u64, u64) = shared.pipeline(&pipe).await?;
+        Ok(PresenceCount { count, users })
+    }
+
+    async fn page(
+        &self,
+        scope: Scope<'_>,
+        after: Option<SessionId>,
+        limit: usize,
+    ) -> Result<MemberPage, BrokerError> {
+        let shared = self.shared();
+        let id = Keys::scope_id(scope);
+        let (pm, pl) = (
+            shared.keys.presence_members(&id),
+            shared.keys.presence_order(&id),
+        );
+        let mut call = scripts::evalsha(&scripts::PRESENCE_PAGE, &[&pm, &pl]);
+        call.arg(after.map(|a| a.to_string()).unwrap_or_default())
+            .arg(limit.clamp(1, PAGE_MAX));
+        let mut pipe = redis::pipe();
+        pipe.add_command(call);
+        let (reply,): (Value,) = shared.pipeline(&pipe).await?;
+        let Value::Array(items) = reply else {
+            return Err(bad_reply("a presence page"));
+        };
+        let mut items = items.into_iter();
+        let more = matches!(items.next(), Some(Value::Int(1)));
+        let last = items
+            .next()
+            .and_then(bytes_of)
+            .ok_or_else(|| bad_reply("a presence page"))?;
+        let members = items
+            .filter_map(bytes_of)
+            .filter_map(|v| parse_member(&v))
+            .collect();
+        // The cursor is the last id read, even if its entry was missing: the next page
+        // starts after it, never again before.
+        let cursor = more
+            .then(|| String::from_utf8(last).ok())
+            .flatten()
+            .filter(|c| SessionId::parse(c).is_some());
+        Ok(MemberPage { members, cursor })
     }
 
     async fn refresh(&self, members: &[(ScopeName, Member)]) -> Result<(), BrokerError> {
@@ -251,7 +328,7 @@ impl PresenceStore for RedisEngine {
         Ok(())
     }
 
-    async fn expire(&self) -> Result<Vec<(ScopeName, Member)>, BrokerError> {
+    async fn expire(&self) -> Result<Vec<Expired>, BrokerError> {
         let mut out = Vec::new();
         for _ in 0..ROUNDS {
             match self.expire_round(&mut out).await {

@@ -31,8 +31,12 @@ pub(crate) static PRESENCE_EXPIRE: LazyLock<Script> =
 pub(crate) static PRESENCE_DUE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/presence_due.lua")));
 
+/// One page of a presence scope's members.
+pub(crate) static PRESENCE_PAGE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/presence_page.lua")));
+
 /// Every script, to load them on connect.
-pub(crate) fn all() -> [&'static Script; 6] {
+pub(crate) fn all() -> [&'static Script; 7] {
     [
         &PUBLISH,
         &HISTORY,
@@ -40,6 +44,7 @@ pub(crate) fn all() -> [&'static Script; 6] {
         &PRESENCE_REMOVE,
         &PRESENCE_EXPIRE,
         &PRESENCE_DUE,
+        &PRESENCE_PAGE,
     ]
 }
 

@@ -222,7 +222,10 @@ async fn lost_scripts_are_loaded_again() {
     flush();
     assert!(a.engine.expire().await.unwrap().is_empty());
     flush();
-    assert!(a.engine.remove(Scope::Topic("t"), m.session).await.unwrap());
+    assert_eq!(
+        a.engine.remove(Scope::Topic("t"), m.session).await.unwrap(),
+        hub_core::presence::Removal::User
+    );
     assert!(a.engine.stats().connected);
 }
 

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{node, random_u64, NodeOptions, SharedRedis, WAIT};
-use hub_core::presence::{Member, PresenceStore, Scope, ScopeName};
+use hub_core::presence::{
+    Expired, Member, PresenceCount, PresenceStore, Removal, Scope, ScopeName,
+};
 use hub_core::SessionId;
 use serde_json::json;
 
@@ -62,8 +64,14 @@ async fn members_are_shared_across_engines() {
     assert!(seen.contains(&ann2));
 
     // Removed once: the second removal (from either node) finds nothing.
-    assert!(b.engine.remove(topic, ann.session).await.unwrap());
-    assert!(!a.engine.remove(topic, ann.session).await.unwrap());
+    assert_eq!(
+        b.engine.remove(topic, ann.session).await.unwrap(),
+        Removal::User
+    );
+    assert_eq!(
+        a.engine.remove(topic, ann.session).await.unwrap(),
+        Removal::Absent
+    );
     assert_eq!(users(a.engine.members(topic).await.unwrap()), ["bob"]);
     assert!(a
         .engine
@@ -129,14 +137,17 @@ async fn a_dead_nodes_members_expire_once_each_while_engines_race() {
             got
         }
     };
-    let total = |got: &[(ScopeName, Member)]| got.len();
+    let total = |got: &[Expired]| got.len();
     let (from_a, from_b) = tokio::join!(
         race(a.engine.clone(), Some((live_scope.clone(), live.clone()))),
         race(b.engine.clone(), None)
     );
     eprintln!("expired by A: {}, by B: {}", from_a.len(), from_b.len());
     let mut seen = HashSet::new();
-    for (scope, m) in from_a.iter().chain(&from_b) {
+    for Expired {
+        scope, member: m, ..
+    } in from_a.iter().chain(&from_b)
+    {
         assert!(
             seen.insert((scope.clone(), m.session)),
             "{} returned twice",
@@ -205,4 +216,218 @@ async fn refresh_brings_back_what_the_store_lost() {
     assert!(a.engine.expire().await.unwrap().is_empty());
     assert_eq!(a.engine.refresh_interval(), Duration::from_secs(10));
     assert_eq!(a.engine.presence_bound(), Duration::from_secs(40));
+}
+
+/// A member of `user` with a session id of node `node` (its high 32 bits).
+fn member_on(node: u32, user: &str) -> Member {
+    let local = (random_u64() & 0xffff_ffff) as u32;
+    Member {
+        session: SessionId::from_parts(node, local),
+        user: user.to_owned(),
+        meta: json!({"name": user}),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_members_counted_in_o1_and_paged_exactly_once() {
+    let Some(redis) = SharedRedis::get() else {
+        return;
+    };
+    let a = node(&redis.url, &redis.prefix, NodeOptions::default()).await;
+    let b = node(&redis.url, &redis.prefix, NodeOptions::default()).await;
+    let big = Scope::Topic("stadium");
+    let small = Scope::Topic("small");
+    // 5,000 users with a session on each node: 10,000 members.
+    let mut on_a = Vec::new();
+    let mut on_b = Vec::new();
+    for i in 0..5_000 {
+        let user = format!("u{i}");
+        on_a.push((ScopeName::from(big), member_on(1, &user)));
+        on_b.push((ScopeName::from(big), member_on(2, &user)));
+    }
+    let start = std::time::Instant::now();
+    a.engine.refresh(&on_a).await.unwrap();
+    b.engine.refresh(&on_b).await.unwrap();
+    eprintln!("10,000 members written: {:?}", start.elapsed());
+    assert!(a.engine.add(small, &member("solo")).await.unwrap());
+
+    let want = PresenceCount {
+        count: 10_000,
+        users: 5_000,
+    };
+    assert_eq!(a.engine.count(big).await.unwrap(), want);
+    assert_eq!(b.engine.count(big).await.unwrap(), want);
+    assert_eq!(
+        b.engine.count(small).await.unwrap(),
+        PresenceCount { count: 1, users: 1 }
+    );
+    assert_eq!(
+        b.engine.count(Scope::Room("stadium")).await.unwrap(),
+        PresenceCount::default()
+    );
+    // A refresh adds nothing to the counts.
+    a.engine.refresh(&on_a).await.unwrap();
+    assert_eq!(a.engine.count(big).await.unwrap(), want);
+
+    // O(1): a count of 10,000 costs what a count of one does (one round trip each).
+    let time = |scope: Scope<'static>| {
+        let engine = a.engine.clone();
+        async move {
+            let start = std::time::Instant::now();
+            for _ in 0..500 {
+                std::hint::black_box(engine.count(scope).await.unwrap());
+            }
+            start.elapsed()
+        }
+    };
+    let one = time(small).await;
+    let many = time(big).await;
+    eprintln!("500 counts: 1 member {one:?}, 10,000 members {many:?}");
+    assert!(
+        many <= one * 3 + Duration::from_millis(100),
+        "10,000: {many:?}, one: {one:?}"
+    );
+
+    // Pages: within their size, in session order, every member exactly once.
+    let all: HashSet<SessionId> = on_a.iter().chain(&on_b).map(|(_, m)| m.session).collect();
+    for limit in [1000, 333] {
+        let mut seen = Vec::new();
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            let page = b.engine.page(big, after, limit).await.unwrap();
+            pages += 1;
+            assert!(page.members.len() <= limit);
+            for m in &page.members {
+                assert_eq!(m.meta["name"], m.user.as_str(), "whole members");
+            }
+            seen.extend(page.members.iter().map(|m| m.session));
+            match page.cursor {
+                Some(c) => after = Some(SessionId::parse(&c).unwrap()),
+                None => break,
+            }
+            assert!(pages <= 10_000, "the cursors never end");
+        }
+        assert_eq!(pages, 10_000usize.div_ceil(limit), "{limit}");
+        assert_eq!(seen.len(), 10_000, "{limit}");
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "in session order");
+        assert_eq!(seen.into_iter().collect::<HashSet<_>>(), all);
+    }
+    let past = b
+        .engine
+        .page(big, Some(SessionId::from_u64(u64::MAX)), 10)
+        .await
+        .unwrap();
+    assert_eq!((past.members.len(), past.cursor), (0, None));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_is_in_from_its_first_session_to_its_last_on_any_node() {
+    let Some(redis) = SharedRedis::get() else {
+        return;
+    };
+    let a = node(&redis.url, &redis.prefix, NodeOptions::default()).await;
+    let b = node(&redis.url, &redis.prefix, NodeOptions::default()).await;
+    let room = Scope::Room("chat:1");
+    let (ann1, ann2) = (member_on(1, "ann"), member_on(2, "ann"));
+    // First session (A): the user joins; second (B): she was in already.
+    assert!(a.engine.add(room, &ann1).await.unwrap());
+    assert!(!b.engine.add(room, &ann2).await.unwrap());
+    // Adding again (a meta update) is no new session.
+    assert!(!a.engine.add(room, &ann1).await.unwrap());
+    assert_eq!(
+        a.engine.count(room).await.unwrap(),
+        PresenceCount { count: 2, users: 1 }
+    );
+    // Anonymous sessions are users of their own.
+    let (anon1, anon2) = (member_on(1, ""), member_on(2, ""));
+    assert!(a.engine.add(room, &anon1).await.unwrap());
+    assert!(b.engine.add(room, &anon2).await.unwrap());
+    assert_eq!(
+        b.engine.count(room).await.unwrap(),
+        PresenceCount { count: 4, users: 3 }
+    );
+    // The first goes: she stays; the last goes: she leaves; once.
+    assert_eq!(
+        b.engine.remove(room, ann1.session).await.unwrap(),
+        Removal::Session
+    );
+    assert_eq!(
+        a.engine.remove(room, ann2.session).await.unwrap(),
+        Removal::User
+    );
+    assert_eq!(
+        a.engine.remove(room, ann2.session).await.unwrap(),
+        Removal::Absent
+    );
+    assert_eq!(
+        a.engine.remove(room, anon1.session).await.unwrap(),
+        Removal::User
+    );
+    assert_eq!(
+        a.engine.count(room).await.unwrap(),
+        PresenceCount { count: 1, users: 1 }
+    );
+    // She comes back: a join again.
+    assert!(b.engine.add(room, &ann2).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_sessions_expire_and_their_users_leave_with_the_last() {
+    let Some(redis) = SharedRedis::get() else {
+        return;
+    };
+    let short = || NodeOptions {
+        builder: |b| {
+            b.presence_ttl(Duration::from_millis(600))
+                .presence_refresh(Duration::from_millis(200))
+        },
+        ..NodeOptions::default()
+    };
+    let a = node(&redis.url, &redis.prefix, short()).await;
+    let dead = node(&redis.url, &redis.prefix, short()).await;
+    let topic = ScopeName::Topic("t".into());
+    // Ann has a session on A (alive) and one on the dead node; Bob only on the dead node,
+    // with two sessions.
+    let ann_live = member_on(1, "ann");
+    let ann_dead = member_on(2, "ann");
+    let (bob1, bob2) = (member_on(2, "bob"), member_on(2, "bob"));
+    assert!(a.engine.add(topic.as_scope(), &ann_live).await.unwrap());
+    for m in [&ann_dead, &bob1, &bob2] {
+        dead.engine.add(topic.as_scope(), m).await.unwrap();
+    }
+    drop(dead);
+
+    let mut expired = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while expired.len() < 3 && tokio::time::Instant::now() < deadline {
+        a.engine
+            .refresh(&[(topic.clone(), ann_live.clone())])
+            .await
+            .unwrap();
+        expired.extend(a.engine.expire().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut got: Vec<(String, bool)> = expired
+        .iter()
+        .map(|e| {
+            assert_eq!(e.scope, topic);
+            (e.member.user.clone(), e.user_left)
+        })
+        .collect();
+    got.sort();
+    // Ann stays (her session on A); Bob leaves once, with the last of his two.
+    assert_eq!(
+        got,
+        [
+            ("ann".to_owned(), false),
+            ("bob".to_owned(), false),
+            ("bob".to_owned(), true)
+        ]
+    );
+    assert_eq!(
+        a.engine.count(topic.as_scope()).await.unwrap(),
+        PresenceCount { count: 1, users: 1 }
+    );
+    assert!(a.engine.expire().await.unwrap().is_empty());
 }
