@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hub_protocol::{ClientOp, Codec, Member, Payload, Position, Scope, SessionId};
+use hub_protocol::{ClientOp, Codec, Member, Payload, Position, PresenceCount, Scope, SessionId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::http::header::{HeaderName, HeaderValue};
@@ -183,11 +183,17 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
-/// The reply to a `presence` request.
+/// The reply to a `presence` request: one page, and where the next one starts.
 #[derive(Deserialize)]
 struct Members {
     members: Vec<Member>,
+    #[serde(default)]
+    cursor: Option<String>,
 }
+
+/// The most members [`Client::presence`] gathers over all pages before it gives up (a server
+/// that keeps answering with a cursor cannot make it loop for ever).
+const MAX_MEMBERS: usize = 1_000_000;
 
 impl Client {
     /// Starts building a client of the hub at `url` (`ws://host:port/path`).
@@ -331,12 +337,53 @@ impl Client {
         self.members(Scope::Room(room.into())).await
     }
 
-    async fn members(&self, scope: Scope) -> Result<Vec<Member>, Error> {
-        let reply = self.request(ClientOp::Presence(scope)).await?;
+    /// How many sessions and distinct users follow a topic this client follows, without
+    /// the member list (the server counts in O(1)).
+    pub async fn presence_count(&self, topic: &str) -> Result<PresenceCount, Error> {
+        self.count(Scope::Topic(topic.into())).await
+    }
+
+    /// How many sessions and distinct users are in a room this session is in.
+    pub async fn room_presence_count(&self, room: &str) -> Result<PresenceCount, Error> {
+        self.count(Scope::Room(room.into())).await
+    }
+
+    async fn count(&self, scope: Scope) -> Result<PresenceCount, Error> {
+        let reply = self.request(ClientOp::PresenceCount(scope)).await?;
         reply
-            .decode::<Members>()
-            .map(|m| m.members)
-            .map_err(|e| Error::Protocol(format!("a presence reply without members: {e}")))
+            .decode::<PresenceCount>()
+            .map_err(|e| Error::Protocol(format!("a presence_count reply without counts: {e}")))
+    }
+
+    /// Every member, page after page (the server answers at most its page size at a time
+    /// and a cursor to go on).
+    async fn members(&self, scope: Scope) -> Result<Vec<Member>, Error> {
+        let mut all = Vec::new();
+        let mut cursor = None;
+        loop {
+            let reply = self
+                .request(ClientOp::Presence {
+                    scope: scope.clone(),
+                    limit: None,
+                    cursor: cursor.take(),
+                })
+                .await?;
+            let page = reply
+                .decode::<Members>()
+                .map_err(|e| Error::Protocol(format!("a presence reply without members: {e}")))?;
+            let empty = page.members.is_empty();
+            all.extend(page.members);
+            if all.len() > MAX_MEMBERS {
+                return Err(Error::Protocol(format!(
+                    "a presence list over {MAX_MEMBERS} members"
+                )));
+            }
+            match page.cursor {
+                // An empty page with a cursor would not move: the list is complete.
+                Some(next) if !empty => cursor = Some(next),
+                _ => return Ok(all),
+            }
+        }
     }
 
     /// Joins a room (if the server lets clients join rooms). Joined again after a reconnect.

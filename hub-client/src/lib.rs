@@ -117,7 +117,9 @@ pub use events::{
     Ack, ConnectionEvent, ConnectionEvents, ConnectionState, DisconnectCause, ServerEvent,
     ServerEvents,
 };
-pub use hub_protocol::{Code, Codec, ErrorCode, GapReason, Member, Payload, Position, SessionId};
+pub use hub_protocol::{
+    Code, Codec, ErrorCode, GapReason, Member, Payload, Position, PresenceCount, SessionId,
+};
 pub use subscription::{
     Gap, Message, ResumeCause, Resumed, SubEvent, SubscribeOptions, Subscription,
 };

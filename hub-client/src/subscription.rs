@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
-use hub_protocol::{GapReason, Member, Payload, Position};
+use hub_protocol::{GapReason, Member, Payload, Position, PresenceEvents};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
@@ -123,7 +123,7 @@ pub enum SubEvent {
 #[must_use]
 pub struct SubscribeOptions {
     pub(crate) since: Option<Position>,
-    pub(crate) presence: bool,
+    pub(crate) presence: PresenceEvents,
     pub(crate) last: Option<u64>,
     pub(crate) conflate: Option<bool>,
 }
@@ -141,9 +141,21 @@ impl SubscribeOptions {
         self
     }
 
-    /// Also yield the topic's [`SubEvent::Join`] and [`SubEvent::Leave`].
+    /// Also yield the topic's [`SubEvent::Join`] and [`SubEvent::Leave`], one per session.
     pub fn presence(mut self, on: bool) -> SubscribeOptions {
-        self.presence = on;
+        self.presence = if on {
+            PresenceEvents::Sessions
+        } else {
+            PresenceEvents::None
+        };
+        self
+    }
+
+    /// Also yield [`SubEvent::Join`] and [`SubEvent::Leave`], one per user: a join when a
+    /// user's first session arrives (on any node), a leave when its last one goes, however many
+    /// tabs and devices it has (`presence: "users"`).
+    pub fn presence_users(mut self) -> SubscribeOptions {
+        self.presence = PresenceEvents::Users;
         self
     }
 
@@ -327,7 +339,7 @@ pub(crate) enum Delivered {
 #[derive(Debug)]
 pub(crate) struct SubEntry {
     pub(crate) id: u64,
-    pub(crate) presence: bool,
+    pub(crate) presence: PresenceEvents,
     /// `last`: how many of the newest messages to ask for while no position is held.
     pub(crate) last_n: Option<u64>,
     /// `conflate`, sent with every subscribe when set.
@@ -616,7 +628,7 @@ impl SubEntry {
 
     /// A presence event of the topic.
     pub(crate) fn on_presence(&mut self, join: bool, member: Member) -> Delivered {
-        if !self.presence || self.lagging {
+        if !self.presence.any() || self.lagging {
             return Delivered::Yes;
         }
         let ev = if join {
