@@ -923,7 +923,8 @@ var Hub = (function () {
    * - `conflated` `{topic, epoch, from, to}` on a conflated subscription: messages of offsets
    *   `from`..`to` were superseded by newer ones of the same key, which follow. Not a loss: the
    *   page still ends up with the newest value of every key;
-   * - `join` / `leave` (member) when subscribed with `{presence: true}`;
+   * - `join` / `leave` (member) when subscribed with `{presence: true}` (one per session) or
+   *   `{presence: "users"}` (one per user: when its first session arrives, when its last goes);
    * - `error` (HubError) when the server refused the subscription (it is then over).
    */
   function Subscription(hub, topic, onMessage, opts) {
@@ -947,7 +948,8 @@ var Hub = (function () {
     this.duplicates = 0;
     this._hub = hub;
     this._fn = onMessage;
-    this._presence = !!opts.presence;
+    // `true` (a join/leave per session) or "users" (per user: the first session in, the last out).
+    this._presence = opts.presence === "users" ? "users" : !!opts.presence;
     this._rec = null;
     var self = this;
     /** Settles with the first `subscribed` info, or rejects if the server refuses. */
@@ -1277,7 +1279,8 @@ var Hub = (function () {
    * - `conflate` (true, or false against a topic that conflates by default): when this page
    *   falls behind, the server keeps only the newest message per key, and a resume recovers
    *   only the newest per key; what was superseded is told by a `conflated` event, not as loss;
-   * - `presence`: `join`/`leave` events of the topic.
+   * - `presence`: `join`/`leave` events of the topic: `true` one per session, `"users"` one
+   *   per user (however many tabs and devices it has).
    * Returns a Subscription (`unsubscribe()`, events).
    */
   Hub.prototype.subscribe = function (topic, onMessage, opts) {
@@ -1309,15 +1312,60 @@ var Hub = (function () {
     return this._request(f, opts);
   };
 
-  /** Who is here: resolves with the members (`{session, user, meta}`) of a topic you are
-   * subscribed to (`presence("chat/lobby")`) or a room you are in (`presence({room: "x"})`). */
-  Hub.prototype.presence = function (target, opts) {
-    var f = { type: "presence" };
+  /** The `topic` or `room` field of a presence request, or null. */
+  function presenceTarget(type, target) {
+    var f = { type: type };
     if (isStr(target)) f.topic = target;
     else if (isObj(target) && isStr(target.room)) f.room = target.room;
     else if (isObj(target) && isStr(target.topic)) f.topic = target.topic;
-    else return Promise.reject(HubError("bad_field", "presence: a topic or {room}"));
-    return this._request(f, opts).then(function (d) { return isObj(d) && Array.isArray(d.members) ? d.members : []; });
+    else return null;
+    return f;
+  }
+
+  /** The most members `presence` gathers over all pages (a server that keeps answering with a
+   * cursor cannot make it loop for ever). */
+  var MAX_MEMBERS = 1000000;
+
+  /** Who is here: resolves with every member (`{session, user, meta}`) of a topic you are
+   * subscribed to (`presence("chat/lobby")`) or a room you are in (`presence({room: "x"})`),
+   * following the server's pages (at most its page size per request) to the end. */
+  Hub.prototype.presence = function (target, opts) {
+    var self = this, all = [];
+    if (!presenceTarget("presence", target)) return Promise.reject(HubError("bad_field", "presence: a topic or {room}"));
+    function page(cursor) {
+      return self.presencePage(target, cursor ? { cursor: cursor, timeout: opts && opts.timeout } : opts).then(function (p) {
+        for (var i = 0; i < p.members.length; i++) all.push(p.members[i]);
+        if (all.length > MAX_MEMBERS) throw HubError("bad_frame", "a presence list over " + MAX_MEMBERS + " members");
+        // An empty page with a cursor would not move: the list is complete.
+        return p.cursor && p.members.length ? page(p.cursor) : all;
+      });
+    }
+    return page(null);
+  };
+
+  /** One page of members: resolves with `{members, cursor}`; `opts.limit` (1 to the server's
+   * page size) and `opts.cursor` (the previous page's `cursor`; null when there is no more). */
+  Hub.prototype.presencePage = function (target, opts) {
+    var f = presenceTarget("presence", target);
+    if (!f) return Promise.reject(HubError("bad_field", "presence: a topic or {room}"));
+    if (opts && opts.limit != null) f.limit = opts.limit;
+    if (opts && isStr(opts.cursor)) f.cursor = opts.cursor;
+    return this._request(f, opts).then(function (d) {
+      return {
+        members: isObj(d) && Array.isArray(d.members) ? d.members : [],
+        cursor: isObj(d) && isStr(d.cursor) ? d.cursor : null,
+      };
+    });
+  };
+
+  /** How many are here, without the list (the server counts in O(1)): resolves with
+   * `{count, users}`, sessions and distinct users of a topic you follow or a room you are in. */
+  Hub.prototype.presenceCount = function (target, opts) {
+    var f = presenceTarget("presence_count", target);
+    if (!f) return Promise.reject(HubError("bad_field", "presenceCount: a topic or {room}"));
+    return this._request(f, opts).then(function (d) {
+      return { count: isObj(d) ? +d.count || 0 : 0, users: isObj(d) ? +d.users || 0 : 0 };
+    });
   };
 
   /** Asks to join a room (servers refuse by default: rooms are server-managed). */
@@ -1395,7 +1443,7 @@ var Hub = (function () {
     if (sub.position) frame.since = { epoch: sub.position.epoch, offset: sub.position.offset };
     else if (sub._lastN) frame.last = sub._lastN;
     sub._sentLast = !!frame.last;
-    if (sub._presence) frame.presence = true;
+    if (sub._presence) frame.presence = sub._presence;
     if (sub._conflate !== null) frame.conflate = sub._conflate;
     var p = { id: this._nextId++, frame: frame, sub: sub, timer: null };
     frame.id = p.id;

@@ -321,3 +321,31 @@ test("presence and events", async () => {
   assert.deepEqual(evs, [["ping-me", 5]]);
   assert.deepEqual(named, [5]);
 });
+
+test("presence at scale: every page is followed, counts, per-user events asked for", async () => {
+  const { hub, made } = await setup();
+  made[0].open();
+  // presence() follows the cursor to the end.
+  const who = hub.presence("lobby");
+  assert.deepEqual(made[0].last(), { type: "presence", topic: "lobby", id: 1 });
+  made[0].frame({ type: "reply", id: 1, data: { members: [{ session: "a", user: "u", meta: null }], cursor: "a" } });
+  await flush();
+  assert.deepEqual(made[0].last(), { type: "presence", topic: "lobby", cursor: "a", id: 2 });
+  made[0].frame({ type: "reply", id: 2, data: { members: [{ session: "b", user: "v", meta: null }], cursor: null } });
+  assert.deepEqual((await who).map((m) => m.session), ["a", "b"]);
+  // One page, by hand.
+  const page = hub.presencePage({ room: "r" }, { limit: 10 });
+  assert.deepEqual(made[0].last(), { type: "presence", room: "r", limit: 10, id: 3 });
+  made[0].frame({ type: "reply", id: 3, data: { members: [], cursor: null } });
+  assert.deepEqual(await page, { members: [], cursor: null });
+  // Counts without the list.
+  const n = hub.presenceCount("lobby");
+  assert.deepEqual(made[0].last(), { type: "presence_count", topic: "lobby", id: 4 });
+  made[0].frame({ type: "reply", id: 4, data: { count: 7, users: 5 } });
+  assert.deepEqual(await n, { count: 7, users: 5 });
+  // Per-user presence events are asked for in the subscribe.
+  hub.subscribe("lobby", () => {}, { presence: "users" });
+  assert.equal(made[0].last().presence, "users");
+  hub.subscribe("other", () => {}, { presence: true });
+  assert.equal(made[0].last().presence, true);
+});
