@@ -50,12 +50,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::routing::get;
 use axum::Router;
-use hub::poll::PollService;
-use hub::sse::SseService;
-use hub::ws::WsService;
-use hub::{async_trait, Action, ConnectRequest, Hooks, Hub, Identity, Rejection};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use livehub::poll::PollService;
+use livehub::sse::SseService;
+use livehub::ws::WsService;
+use livehub::{async_trait, Action, ConnectRequest, Hooks, Hub, Identity, Rejection};
 use serde::{Deserialize, Serialize};
 
 /// The address served when `--addr` is not given.
@@ -427,7 +427,7 @@ Long-polling:
 Refusals: no token 401, expired 401, forged 403, wrong Origin 403 origin_not_allowed."
     );
     let app = router(&hub).into_make_service_with_connect_info::<SocketAddr>();
-    let stop = hub::shutdown_signal(&hub, tokio::signal::ctrl_c(), GRACE);
+    let stop = livehub::shutdown_signal(&hub, tokio::signal::ctrl_c(), GRACE);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await

@@ -47,11 +47,11 @@ use axum::http::{header, HeaderValue};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use axum::Router;
-use hub::js::HubJs;
-use hub::poll::PollService;
-use hub::sse::SseService;
-use hub::ws::WsService;
-use hub::{
+use livehub::js::HubJs;
+use livehub::poll::PollService;
+use livehub::sse::SseService;
+use livehub::ws::WsService;
+use livehub::{
     async_trait, ConnectRequest, DisconnectReason, EventContext, HandlerError, HandlerResult,
     Hooks, Hub, HubBuilder, Identity, Payload, Rejection, SessionInfo,
 };
@@ -546,7 +546,7 @@ async fn main() -> ExitCode {
     let hub = build_hub(Hub::builder());
     // Ctrl-C: every session is told (close 1001 `shutdown`, a last SSE or poll `close`) before
     // the server stops.
-    let stop = hub::shutdown_signal(&hub, tokio::signal::ctrl_c(), GRACE);
+    let stop = livehub::shutdown_signal(&hub, tokio::signal::ctrl_c(), GRACE);
     if let Err(e) = axum::serve(listener, router(&hub))
         .with_graceful_shutdown(stop)
         .await

@@ -26,7 +26,7 @@
 //! The page is the `sports_scores` page, on hub.js: a page that loses its node (a proxy in
 //! front sends it to another, or the node restarts) resumes on its own from the last position
 //! it showed, wherever it reconnects; nothing in the page resumes by hand. Ctrl-C shuts every
-//! node down gracefully ([`hub::shutdown_signal`]): each node's pages are told (close 1001
+//! node down gracefully ([`livehub::shutdown_signal`]): each node's pages are told (close 1001
 //! `shutdown`) before its server stops.
 
 use std::net::SocketAddr;
@@ -34,8 +34,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hub::Hub;
-use hub_redis::RedisEngine;
+use livehub::Hub;
+use livehub_redis::RedisEngine;
 
 #[allow(dead_code)] // the example's `main`, argument parsing and the like
 #[path = "sports_scores.rs"]
@@ -62,7 +62,7 @@ const GRACE: Duration = Duration::from_secs(5);
 pub(crate) struct Cluster {
     pub(crate) nodes: Vec<Node>,
     pub(crate) feed: sports::Feed,
-    /// Stops every node (gracefully: [`hub::shutdown_signal`]); so does dropping it.
+    /// Stops every node (gracefully: [`livehub::shutdown_signal`]); so does dropping it.
     stop: tokio::sync::watch::Sender<bool>,
     /// The nodes' servers, done once they have shut down.
     servers: Vec<tokio::task::JoinHandle<()>>,
@@ -125,7 +125,7 @@ pub(crate) async fn start(
         let signal = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
-        let graceful = hub::shutdown_signal(&hub, signal, GRACE);
+        let graceful = livehub::shutdown_signal(&hub, signal, GRACE);
         servers.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(graceful)

@@ -31,7 +31,7 @@
 //! curl -N 'http://127.0.0.1:3002/events?topic=metrics/api&last=20'   # the same with curl
 //! ```
 //!
-//! Ctrl-C shuts the hub down gracefully ([`hub::shutdown_signal`]): every stream gets its last
+//! Ctrl-C shuts the hub down gracefully ([`livehub::shutdown_signal`]): every stream gets its last
 //! events and a `close` (`shutdown`) before the server stops.
 
 use std::net::SocketAddr;
@@ -41,9 +41,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::response::Html;
 use axum::routing::get;
 use axum::Router;
-use hub::js::HubJs;
-use hub::sse::SseService;
-use hub::Hub;
+use livehub::js::HubJs;
+use livehub::sse::SseService;
+use livehub::Hub;
 use serde_json::json;
 
 /// The dashboard page, served at `/`.
@@ -258,7 +258,7 @@ async fn main() -> ExitCode {
     };
     let local = listener.local_addr().unwrap_or(addr);
     println!("dashboard: http://{local}/");
-    let stop = hub::shutdown_signal(&hub, tokio::signal::ctrl_c(), GRACE);
+    let stop = livehub::shutdown_signal(&hub, tokio::signal::ctrl_c(), GRACE);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await

@@ -78,8 +78,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use hub::{Hub, SessionId};
-use hub_redis::RedisEngine;
+use livehub::{Hub, SessionId};
+use livehub_redis::RedisEngine;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -98,9 +98,9 @@ const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379";
 /// Where the hub keeps its streams.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Engine {
-    /// In the process (hub-core's in-process broker).
+    /// In the process (livehub-core's in-process broker).
     Memory,
-    /// In Redis (hub-redis), under `--prefix`.
+    /// In Redis (livehub-redis), under `--prefix`.
     Redis,
 }
 
@@ -206,7 +206,7 @@ async fn redis_engine(url: &str, prefix: &str) -> Result<RedisEngine, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Deletes every key of the hub whose prefix is `prefix` (hub-redis's layout: `{P:...}` and
+/// Deletes every key of the hub whose prefix is `prefix` (livehub-redis's layout: `{P:...}` and
 /// `{P}:...`); returns how many there were.
 async fn redis_clean(url: &str, prefix: &str) -> Result<usize, String> {
     let client = redis::Client::open(url).map_err(|e| e.to_string())?;
@@ -630,17 +630,17 @@ fn admin_router(admin: Admin) -> Router {
 /// Lets every client do everything (publish, join): the protocol tests need it.
 struct Open;
 
-#[hub::async_trait]
-impl hub::Hooks for Open {
-    async fn authorize(&self, _who: &hub::Identity, _action: hub::Action<'_>) -> bool {
+#[livehub::async_trait]
+impl livehub::Hooks for Open {
+    async fn authorize(&self, _who: &livehub::Identity, _action: livehub::Action<'_>) -> bool {
         true
     }
 }
 
 /// A bare hub for the protocol tests: open hooks, 100 messages of history, and the handlers
 /// `echo` (answers its data) and `hang` (never answers).
-fn protocol_hub(builder: hub::HubBuilder) -> Hub {
-    use hub::{EventContext, Payload};
+fn protocol_hub(builder: livehub::HubBuilder) -> Hub {
+    use livehub::{EventContext, Payload};
     builder
         .hooks(Open)
         .history_len(100)
@@ -661,10 +661,10 @@ fn protocol_router(hub: &Hub) -> Router {
                         <script src=\"/hub.js\"></script><body>protocol fixture</body>";
     Router::new()
         .route("/", get(|| async { axum::response::Html(PAGE) }))
-        .route_service("/hub.js", hub::js::HubJs::script())
-        .route_service("/ws", hub::ws::WsService::new(hub.clone()))
-        .route_service("/events", hub::sse::SseService::new(hub.clone()))
-        .route_service("/poll", hub::poll::PollService::new(hub.clone()))
+        .route_service("/hub.js", livehub::js::HubJs::script())
+        .route_service("/ws", livehub::ws::WsService::new(hub.clone()))
+        .route_service("/events", livehub::sse::SseService::new(hub.clone()))
+        .route_service("/poll", livehub::poll::PollService::new(hub.clone()))
 }
 
 /// Waits for SIGTERM (or Ctrl-C).
@@ -818,7 +818,7 @@ async fn main() -> ExitCode {
     announce(public_addr, admin_addr);
 
     // SIGTERM: the hub ends every session with reason `shutdown`, then the server stops.
-    let stop = hub::shutdown_signal(&hub, terminated(), Duration::from_secs(3));
+    let stop = livehub::shutdown_signal(&hub, terminated(), Duration::from_secs(3));
     if let Err(e) = axum::serve(inner, app).with_graceful_shutdown(stop).await {
         eprintln!("e2e_server: server error: {e}");
         return ExitCode::FAILURE;

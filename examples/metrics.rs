@@ -1,11 +1,11 @@
 //! The hub's run-time view as Prometheus metrics: the three transports plus `GET /metrics`.
 //!
-//! `/metrics` is the `metrics` feature's endpoint ([`hub::metrics::MetricsService`]): the
+//! `/metrics` is the `metrics` feature's endpoint ([`livehub::metrics::MetricsService`]): the
 //! hub's sessions by transport, messages and bytes in and out, publish latency, queue depth,
 //! drops, disconnects by reason and refusals by code, in the Prometheus text format (or
-//! OpenMetrics, if the scraper asks). The series are listed in the `hub::metrics` docs. A host
+//! OpenMetrics, if the scraper asks). The series are listed in the `livehub::metrics` docs. A host
 //! with a `prometheus-client` registry of its own registers
-//! `hub::metrics::HubCollector::new(hub)` in it instead.
+//! `livehub::metrics::HubCollector::new(hub)` in it instead.
 //!
 //! Scrape it with Prometheus (`scrape_configs: - targets: ["127.0.0.1:3005"]`) or look:
 //!
@@ -18,18 +18,18 @@
 //!
 //! The hub also mounts `/sse` and `/poll`; a feed publishes to `demo/ticks` every second. This
 //! is a demo: clients may subscribe and publish anywhere (see `examples/auth.rs` for rules).
-//! Ctrl-C shuts it down gracefully ([`hub::shutdown_signal`]): every client is told why.
+//! Ctrl-C shuts it down gracefully ([`livehub::shutdown_signal`]): every client is told why.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use axum::Router;
-use hub::metrics::MetricsService;
-use hub::poll::PollService;
-use hub::sse::SseService;
-use hub::ws::WsService;
-use hub::{async_trait, Action, Hooks, Hub, Identity};
+use livehub::metrics::MetricsService;
+use livehub::poll::PollService;
+use livehub::sse::SseService;
+use livehub::ws::WsService;
+use livehub::{async_trait, Action, Hooks, Hub, Identity};
 
 /// The address served when `--addr` is not given.
 const DEFAULT_ADDR: &str = "127.0.0.1:3005";
@@ -115,7 +115,7 @@ hub: ws://{local}/ws  http://{local}/sse?topic=demo/ticks  http://{local}/poll
 try: curl -N 'http://{local}/sse?topic=demo/ticks'   then   curl http://{local}/metrics"
     );
     let app = router(&hub).into_make_service_with_connect_info::<SocketAddr>();
-    let stop = hub::shutdown_signal(&hub, tokio::signal::ctrl_c(), GRACE);
+    let stop = livehub::shutdown_signal(&hub, tokio::signal::ctrl_c(), GRACE);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await

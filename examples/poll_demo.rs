@@ -1,5 +1,5 @@
 //! The XMLHttpRequest-only scoreboard (`assets/sports_poll.html`) on the long-polling
-//! transport, with a few fake matches: a small demo of mounting hub-poll.
+//! transport, with a few fake matches: a small demo of mounting livehub-poll.
 //!
 //! ```text
 //! cargo run --example poll_demo                       # http://127.0.0.1:3003/
@@ -11,7 +11,7 @@
 //! full sports demo is `sports_scores`; this one only exercises the page and the transport.
 //! `GET /matches` is the board now (with the position of `scores/all` it reflects in
 //! `x-scores-epoch` / `x-scores-offset`), which the page draws before it follows the updates.
-//! Ctrl-C shuts the hub down gracefully ([`hub::shutdown_signal`]): every waiting poll gets
+//! Ctrl-C shuts the hub down gracefully ([`livehub::shutdown_signal`]): every waiting poll gets
 //! its last frames and a `close` (`shutdown`).
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,8 +22,8 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use axum::Router;
-use hub::poll::PollService;
-use hub::{Hub, Position};
+use livehub::poll::PollService;
+use livehub::{Hub, Position};
 use serde_json::{json, Value};
 
 const PAGE: &str = include_str!("assets/sports_poll.html");
@@ -66,7 +66,7 @@ async fn main() -> std::io::Result<()> {
     tokio::spawn(feed(hub.clone(), board));
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("poll demo on http://{}/", listener.local_addr()?);
-    let stop = hub::shutdown_signal(&hub, tokio::signal::ctrl_c(), GRACE);
+    let stop = livehub::shutdown_signal(&hub, tokio::signal::ctrl_c(), GRACE);
     axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await

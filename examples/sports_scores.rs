@@ -21,7 +21,7 @@
 //! | `GET /` | the scoreboard page: plain HTML/CSS/JS on hub.js, with a transport switch (`?transport=auto\|ws\|sse\|poll`) |
 //! | `GET /legacy` | the same board with nothing but `XMLHttpRequest` long-polling (no library) |
 //! | `GET /matches` | the current state of every match, a JSON array; the headers `x-scores-epoch` and `x-scores-offset` give the position of `scores/all` it reflects |
-//! | `GET /hub.js`, `GET /hub.mjs` | hub.js, the browser client ([`hub::js::HubJs`]), as a script and as an ES module |
+//! | `GET /hub.js`, `GET /hub.mjs` | hub.js, the browser client ([`livehub::js::HubJs`]), as a script and as an ES module |
 //! | `GET /ws` | the hub's WebSocket endpoint (PROTOCOL.md) |
 //! | `GET /events` | server-sent events, commands by `POST` |
 //! | `/poll` | long-polling |
@@ -54,11 +54,11 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use axum::Router;
-use hub::js::HubJs;
-use hub::poll::PollService;
-use hub::sse::SseService;
-use hub::ws::WsService;
-use hub::{Hub, Position, SendError};
+use livehub::js::HubJs;
+use livehub::poll::PollService;
+use livehub::sse::SseService;
+use livehub::ws::WsService;
+use livehub::{Hub, Position, SendError};
 use serde::{Deserialize, Serialize};
 
 /// The scoreboard page, served at `/`.
@@ -618,7 +618,7 @@ async fn main() -> ExitCode {
 
     // Ctrl-C: every page is told (close 1001 `shutdown`, a last SSE or poll `close`) before the
     // server stops; hub.js comes back spread out once a server answers again.
-    let stop = hub::shutdown_signal(&hub, tokio::signal::ctrl_c(), GRACE);
+    let stop = livehub::shutdown_signal(&hub, tokio::signal::ctrl_c(), GRACE);
     if let Err(e) = axum::serve(listener, router(&hub, feed))
         .with_graceful_shutdown(stop)
         .await

@@ -302,7 +302,7 @@ def sse_seeds():
         "offset-max": "t=e:18446744073709551615",
         "colon-in-epoch-raw": "t=e:p:5",
         "utf8-escaped": "caf%C3%A9=e:1",
-        # Refused ones (from hub-sse's own tests and PROTOCOL.md's rules).
+        # Refused ones (from livehub-sse's own tests and PROTOCOL.md's rules).
         "empty": "",
         "garbage": "garbage",
         "no-colon": "t=e",
@@ -436,7 +436,7 @@ SERVER_MORE = {
 
 
 def protocol_seeds():
-    """hub-protocol's decoders, one frame per input: client frames (what the server decodes)
+    """livehub-protocol's decoders, one frame per input: client frames (what the server decodes)
     and server frames (what a client decodes), each in both encodings."""
     client = {**PROTOCOL_CLIENT, **MORE}
     server = {**PROTOCOL_SERVER, **SERVER_MORE}

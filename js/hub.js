@@ -1,7 +1,7 @@
 /*!
  * hub.js: the browser client of hub (wire protocol v1, PROTOCOL.md).
  *
- * One file, no dependencies, no build step. The hub serves it (Rust: `hub::js::HubJs`):
+ * One file, no dependencies, no build step. The hub serves it (Rust: `livehub::js::HubJs`):
  *
  *   <script src="/hub.js"></script>                 defines the global `Hub`
  *   import Hub from "/hub.mjs";                      the same file as an ES module

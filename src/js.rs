@@ -24,7 +24,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! use http_body_util::{BodyExt, Empty};
-//! use hub::js::HubJs;
+//! use livehub::js::HubJs;
 //! use hyper::service::Service;
 //!
 //! // In a router: `.route_service("/hub.js", HubJs::script())`. Called directly here:
@@ -35,7 +35,7 @@
 //! assert_eq!(res.headers()["content-type"], "text/javascript; charset=utf-8");
 //! let etag = res.headers()["etag"].clone();
 //! let body = res.into_body().collect().await.unwrap().to_bytes();
-//! assert_eq!(body, hub::js::HUB_JS.as_bytes());
+//! assert_eq!(body, livehub::js::HUB_JS.as_bytes());
 //!
 //! // The browser asks again with the ETag it has: nothing is sent.
 //! let again = http::Request::get("/hub.js")

@@ -4,7 +4,7 @@
 //!
 //! # Layout
 //!
-//! This crate is the facade. It re-exports [`hub_core`] (the hub itself: no HTTP inside) and,
+//! This crate is the facade. It re-exports [`livehub_core`] (the hub itself: no HTTP inside) and,
 //! behind features, the transports, each a service you mount in your own axum or hyper server:
 //!
 //! | feature | module | transport |
@@ -48,7 +48,7 @@
 //! # // A safety net: should anything go wrong, the example fails instead of hanging.
 //! # tokio::time::timeout(std::time::Duration::from_secs(10), async {
 //! use futures_util::{SinkExt, StreamExt};
-//! use hub::{ws::WsService, Hub};
+//! use livehub::{ws::WsService, Hub};
 //! use serde_json::{json, Value};
 //! use tokio_tungstenite::tungstenite::Message;
 //!
@@ -84,22 +84,22 @@
 
 #![warn(missing_docs)]
 
-pub use hub_core::*;
+pub use livehub_core::*;
 
 /// The WebSocket transport.
 #[cfg(feature = "ws")]
 #[doc(inline)]
-pub use hub_ws as ws;
+pub use livehub_ws as ws;
 
 /// The server-sent events transport.
 #[cfg(feature = "sse")]
 #[doc(inline)]
-pub use hub_sse as sse;
+pub use livehub_sse as sse;
 
 /// The long-polling transport.
 #[cfg(feature = "poll")]
 #[doc(inline)]
-pub use hub_poll as poll;
+pub use livehub_poll as poll;
 
 #[cfg(feature = "js")]
 pub mod js;
@@ -107,7 +107,7 @@ pub mod js;
 /// Prometheus metrics of the hub.
 #[cfg(feature = "metrics")]
 #[doc(inline)]
-pub use hub_metrics as metrics;
+pub use livehub_metrics as metrics;
 
 mod shutdown;
 pub use shutdown::shutdown_signal;

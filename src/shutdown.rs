@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use hub_core::Hub;
+use livehub_core::Hub;
 
 /// The future to hand to the host server's graceful shutdown (axum's
 /// `with_graceful_shutdown`, or any server's "stop when this completes"): once `signal`
@@ -24,14 +24,14 @@ use hub_core::Hub;
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use hub::{ws::WsService, Hub};
+/// use livehub::{ws::WsService, Hub};
 ///
 /// # #[tokio::main] async fn main() -> std::io::Result<()> {
 /// let hub = Hub::builder().build();
 /// let app = axum::Router::new().route_service("/ws", WsService::new(hub.clone()));
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 /// axum::serve(listener, app)
-///     .with_graceful_shutdown(hub::shutdown_signal(
+///     .with_graceful_shutdown(livehub::shutdown_signal(
 ///         &hub,
 ///         tokio::signal::ctrl_c(),
 ///         Duration::from_secs(5),

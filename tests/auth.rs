@@ -29,7 +29,7 @@ use std::time::Duration;
 use auth::{Keys, Role};
 use common::{http, recv_json, send_json, send_request, serve_router, Conn, Kind, Polling, KINDS};
 use http::StatusCode;
-use hub::Hub;
+use livehub::Hub;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use hub::sse::SseService;
-use hub::Hub;
+use livehub::sse::SseService;
+use livehub::Hub;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use hub::ws::WsService;
-use hub::{async_trait, Action, Hooks, Hub, Identity};
+use livehub::ws::WsService;
+use livehub::{async_trait, Action, Hooks, Hub, Identity};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 

@@ -23,10 +23,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{send_json, serve_router, Client, Conn, Kind, KINDS};
-use hub::poll::PollService;
-use hub::sse::SseService;
-use hub::ws::WsService;
-use hub::{
+use livehub::poll::PollService;
+use livehub::sse::SseService;
+use livehub::ws::WsService;
+use livehub::{
     async_trait, Action, ConnectRequest, DisconnectReason, Hooks, Hub, Identity, Rejection,
     SessionInfo,
 };
@@ -281,7 +281,7 @@ struct View {
 
 async fn view(s: &Server) -> View {
     let stats = s.hub.stats();
-    let users = |members: Vec<hub::Member>| members.into_iter().map(|m| m.user).collect();
+    let users = |members: Vec<livehub::Member>| members.into_iter().map(|m| m.user).collect();
     View {
         session_count: s.hub.session_count(),
         sessions: stats.sessions,

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use cluster::{node, nodes, offsets, until, Node, Options, SharedRedis};
 use common::{Client, Kind, KINDS};
-use hub::SessionId;
-use hub_redis::RedisEngine;
+use livehub::SessionId;
+use livehub_redis::RedisEngine;
 use serde_json::{json, Value};
 
 /// The safety net for every wait.
@@ -276,7 +276,7 @@ async fn rooms_direct_sends_and_disconnects_reach_sessions_on_any_node() {
     assert_eq!((code, reason.as_str()), (1008, "kicked"));
 }
 
-fn users(members: &[hub::Member]) -> Vec<String> {
+fn users(members: &[livehub::Member]) -> Vec<String> {
     let mut u: Vec<String> = members.iter().map(|m| m.user.clone()).collect();
     u.sort();
     u
@@ -334,7 +334,8 @@ async fn presence_lists_and_events_include_every_node() {
         assert_eq!(users(&members), ["ann", "bob", "cy"]);
     }
     let r = cy.ask(json!({"type": "presence", "topic": topic}), 2).await;
-    let members: Vec<hub::Member> = serde_json::from_value(r["data"]["members"].clone()).unwrap();
+    let members: Vec<livehub::Member> =
+        serde_json::from_value(r["data"]["members"].clone()).unwrap();
     assert_eq!(users(&members), ["ann", "bob", "cy"]);
     assert!(members.iter().any(|m| m.session == bob.session));
 
@@ -751,12 +752,12 @@ async fn an_event_asked_on_one_node_is_answered_by_a_session_on_another() {
         }
         b.hub.disconnect(bob.session);
         let r = tokio::time::timeout(WAIT, asking).await.unwrap().unwrap();
-        assert_eq!(r.unwrap_err(), hub::AckError::Disconnected, "{kind:?}");
+        assert_eq!(r.unwrap_err(), livehub::AckError::Disconnected, "{kind:?}");
     }
     // A session that does not exist on its node.
-    let ghost = hub::SessionId::from_parts(b.hub.node_id().0, 12345);
+    let ghost = livehub::SessionId::from_parts(b.hub.node_id().0, 12345);
     let r = a.hub.emit_with_ack(ghost, "x", &1, WAIT).await;
-    assert_eq!(r.unwrap_err(), hub::AckError::NoSession);
+    assert_eq!(r.unwrap_err(), livehub::AckError::NoSession);
 }
 
 #[tokio::test]

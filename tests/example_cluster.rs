@@ -13,7 +13,7 @@
 mod example;
 
 mod common;
-#[path = "../hub-redis/tests/common/servers.rs"]
+#[path = "../livehub-redis/tests/common/servers.rs"]
 mod servers;
 
 use std::net::SocketAddr;

@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{raw_request, recv_json, send_json, serve_router, Ws};
-use hub::{Codec, ConnectRequest, Hub, Outgoing, TransportInfo};
+use livehub::{Codec, ConnectRequest, Hub, Outgoing, TransportInfo};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(5);

@@ -1,4 +1,4 @@
-//! hub.js served over real HTTP: `hub::js::HubJs` mounted in an axum router on a free port,
+//! hub.js served over real HTTP: `livehub::js::HubJs` mounted in an axum router on a free port,
 //! asked with raw HTTP/1.1 requests as a browser would: the content, its headers, `304` on a
 //! matching `If-None-Match`, `HEAD`, the versioned URL's long cache, and refused methods.
 
@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{raw_request, serve_router};
-use hub::js::{version, HubJs, HUB_JS, HUB_MJS};
+use livehub::js::{version, HubJs, HUB_JS, HUB_MJS};
 
 const WAIT: Duration = Duration::from_secs(5);
 

@@ -1,4 +1,4 @@
-//! The `metrics` feature's endpoint (`hub::metrics::MetricsService`), as the metrics example
+//! The `metrics` feature's endpoint (`livehub::metrics::MetricsService`), as the metrics example
 //! (`examples/metrics.rs`) mounts it: scraped over HTTP from a real server on a loopback port,
 //! after real WebSocket clients (tokio-tungstenite) have connected, subscribed, published,
 //! sent a bad frame, been disconnected for an oversize frame and closed cleanly, and after
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use common::{close_frame, http, raw_request, send_json, serve_router, Ws};
 use futures_util::{SinkExt, StreamExt};
-use hub::{Codec, ConnectRequest, Hub, StatsSnapshot, TransportInfo};
+use livehub::{Codec, ConnectRequest, Hub, StatsSnapshot, TransportInfo};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -78,7 +78,7 @@ async fn scrape(addr: SocketAddr) -> Scrape {
         .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
         .map(|(_, v)| v.trim())
         .expect("a content type");
-    assert_eq!(content_type, hub::metrics::CONTENT_TYPE);
+    assert_eq!(content_type, livehub::metrics::CONTENT_TYPE);
 
     let mut s = Scrape {
         samples: BTreeMap::new(),

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use cluster::{node, Options, SharedRedis};
 use common::{serve_router, Client, Kind};
-use hub::ws::WsService;
-use hub::{async_trait, Action, ConnectRequest, Hooks, Hub, HubBuilder, Identity, Rejection};
+use livehub::ws::WsService;
+use livehub::{async_trait, Action, ConnectRequest, Hooks, Hub, HubBuilder, Identity, Rejection};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(15);

@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{http, send_request, HttpBody, Kind, KINDS};
-use hub::poll::PollService;
-use hub::sse::SseService;
-use hub::ws::WsService;
-use hub::{async_trait, ConnectRequest, Hooks, Hub, HubBuilder, Identity, Rejection};
+use livehub::poll::PollService;
+use livehub::sse::SseService;
+use livehub::ws::WsService;
+use livehub::{async_trait, ConnectRequest, Hooks, Hub, HubBuilder, Identity, Rejection};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -229,7 +229,7 @@ async fn without_connect_info_a_per_address_limit_refuses_rather_than_letting_ev
 
 #[tokio::test]
 async fn a_trusted_proxys_forwarding_headers_name_the_client_on_every_transport() {
-    let proxy: hub::IpNet = "127.0.0.1/32".parse().unwrap();
+    let proxy: livehub::IpNet = "127.0.0.1/32".parse().unwrap();
     let (hub, peers) = hub_with(
         Hub::builder()
             .max_connections_per_ip(1)
@@ -271,12 +271,12 @@ async fn a_trusted_proxys_forwarding_headers_name_the_client_on_every_transport(
 
 #[tokio::test]
 async fn a_hub_told_to_read_forwarded_reads_it_and_ignores_x_forwarded_for() {
-    let proxy: hub::IpNet = "127.0.0.1/32".parse().unwrap();
+    let proxy: livehub::IpNet = "127.0.0.1/32".parse().unwrap();
     let (hub, peers) = hub_with(
         Hub::builder()
             .max_connections_per_ip(1)
             .trusted_proxies([proxy])
-            .forwarded_header(hub::ForwardedHeader::Forwarded),
+            .forwarded_header(livehub::ForwardedHeader::Forwarded),
     );
     let addr = serve(&hub, true).await;
     let ana = [
@@ -314,7 +314,7 @@ async fn a_hub_told_to_read_forwarded_reads_it_and_ignores_x_forwarded_for() {
 #[tokio::test]
 async fn a_spoofed_forwarding_header_from_an_untrusted_peer_is_ignored_on_every_transport() {
     // Only 10.0.0.0/8 is trusted: the loopback clients are not proxies.
-    let proxy: hub::IpNet = "10.0.0.0/8".parse().unwrap();
+    let proxy: livehub::IpNet = "10.0.0.0/8".parse().unwrap();
     let (hub, peers) = hub_with(
         Hub::builder()
             .max_connections_per_ip(1)

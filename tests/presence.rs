@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use cluster::{node, Options, SharedRedis, UserHooks};
 use common::{serve_router, Client, Kind, KINDS};
-use hub::poll::PollService;
-use hub::sse::SseService;
-use hub::ws::WsService;
-use hub::{Hub, PresenceCount};
+use livehub::poll::PollService;
+use livehub::sse::SseService;
+use livehub::ws::WsService;
+use livehub::{Hub, PresenceCount};
 use serde_json::{json, Value};
 
 /// The safety net for every wait.
@@ -46,7 +46,7 @@ async fn presence_event(c: &mut Client) -> (String, String, String) {
     }
 }
 
-fn ev(kind: &str, user: &str, session: hub::SessionId) -> (String, String, String) {
+fn ev(kind: &str, user: &str, session: livehub::SessionId) -> (String, String, String) {
     (kind.to_owned(), user.to_owned(), session.to_string())
 }
 
@@ -338,9 +338,12 @@ async fn every_users_join_is_told_while_refreshes_run_through_a_burst() {
     let mut want = HashSet::new();
     for i in 0..N {
         let user = format!("u{i}");
-        let req = hub::ConnectRequest {
+        let req = livehub::ConnectRequest {
             uri: format!("/?user={user}").parse().unwrap(),
-            ..hub::ConnectRequest::new(hub::TransportInfo::duplex("memory"), hub::Codec::Json)
+            ..livehub::ConnectRequest::new(
+                livehub::TransportInfo::duplex("memory"),
+                livehub::Codec::Json,
+            )
         };
         let conn = a.hub.connect(req).await.unwrap();
         conn.session.handle(frame.clone()).await;
@@ -379,7 +382,7 @@ async fn rooms_across_nodes_count_page_and_tell_users_once() {
         return;
     };
     let options = Options {
-        hub: |h| h.room_presence(hub::PresenceEvents::Users),
+        hub: |h| h.room_presence(livehub::PresenceEvents::Users),
         ..Options::default()
     };
     let a = node(&redis.url, &redis.prefix, options).await;

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use cluster::{node, Options, SharedRedis};
 use common::{send_request, serve_router, Client, Kind};
 use futures_util::{SinkExt, StreamExt};
-use hub::sse::SseService;
-use hub::ws::WsService;
-use hub::{CloseText, Hub, HubBuilder};
+use livehub::sse::SseService;
+use livehub::ws::WsService;
+use livehub::{CloseText, Hub, HubBuilder};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
@@ -346,7 +346,7 @@ async fn sse_streams_get_a_jittered_retry_and_the_shutdown_hint_and_poll_its_clo
         .build();
     let app = axum::Router::new()
         .route_service("/sse", SseService::new(hub.clone()))
-        .route_service("/poll", hub::poll::PollService::new(hub.clone()));
+        .route_service("/poll", livehub::poll::PollService::new(hub.clone()));
     let addr = serve_router(app).await;
     // Eight streams: their `retry:` lines are in 1.5..4.5 s (3 s jittered) and not all the same.
     let mut bodies = Vec::new();

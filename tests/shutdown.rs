@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use common::{raw_request, Ws};
 use futures_util::{SinkExt, StreamExt};
-use hub::poll::PollService;
-use hub::sse::SseService;
-use hub::ws::WsService;
-use hub::Hub;
+use livehub::poll::PollService;
+use livehub::sse::SseService;
+use livehub::ws::WsService;
+use livehub::Hub;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -195,7 +195,7 @@ async fn hub_shutdown_then_axum_graceful_shutdown_on_every_transport() {
 
 // Regression: with one SSE stream open, axum's graceful shutdown went on for 7.5 s after the
 // signal (until the host thought of calling `hub.shutdown` in its signal future); nothing said
-// so. `hub::shutdown_signal` ties the hub's shutdown to the server's.
+// so. `livehub::shutdown_signal` ties the hub's shutdown to the server's.
 #[tokio::test]
 async fn shutdown_signal_ends_every_stream_then_axum_finishes_within_the_grace() {
     const GRACE: Duration = Duration::from_secs(3);
@@ -205,7 +205,7 @@ async fn shutdown_signal_ends_every_stream_then_axum_finishes_within_the_grace()
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn({
-        let stop = hub::shutdown_signal(&hub, stop_rx, GRACE);
+        let stop = livehub::shutdown_signal(&hub, stop_rx, GRACE);
         async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(stop)

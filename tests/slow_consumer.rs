@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use common::serve_ws_hyper;
 use futures_util::StreamExt;
-use hub::ws::WsService;
-use hub::{Hub, SlowConsumerPolicy};
+use livehub::ws::WsService;
+use livehub::{Hub, SlowConsumerPolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;

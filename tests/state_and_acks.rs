@@ -8,10 +8,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use hub::poll::PollService;
-use hub::sse::SseService;
-use hub::ws::WsService;
-use hub::{async_trait, AckError, Action, ConnectRequest, Hooks, Hub, Identity, Rejection};
+use livehub::poll::PollService;
+use livehub::sse::SseService;
+use livehub::ws::WsService;
+use livehub::{async_trait, AckError, Action, ConnectRequest, Hooks, Hub, Identity, Rejection};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::{close_frame, raw_request, serve_router, serve_ws_hyper, Ws};
 use futures_util::{SinkExt, StreamExt};
-use hub::ws::WsService;
-use hub::{
+use livehub::ws::WsService;
+use livehub::{
     async_trait, Action, ConnectRequest, EventContext, Hooks, Hub, Identity, Payload, Rejection,
 };
 use serde_json::{json, Value};
@@ -70,8 +70,8 @@ impl Client {
         c
     }
 
-    fn session(&self) -> hub::SessionId {
-        hub::SessionId::parse(self.welcome["session"].as_str().unwrap()).unwrap()
+    fn session(&self) -> livehub::SessionId {
+        livehub::SessionId::parse(self.welcome["session"].as_str().unwrap()).unwrap()
     }
 
     async fn send(&mut self, v: Value) {
@@ -157,7 +157,7 @@ impl Hooks for TestHooks {
     }
 }
 
-fn test_hub() -> hub::HubBuilder {
+fn test_hub() -> livehub::HubBuilder {
     Hub::builder().hooks(TestHooks)
 }
 
@@ -190,7 +190,7 @@ async fn server_publish_reaches_subscribers_in_order_over_hyper_and_axum() {
     assert!(body.ends_with("ok"), "{body}");
 }
 
-/// hub-ws writes frames itself (vectored, never copied): every length class of the WebSocket
+/// livehub-ws writes frames itself (vectored, never copied): every length class of the WebSocket
 /// header (7-bit, 16-bit, 64-bit), batches larger than one `writev` can carry, and pings among
 /// them must reach a strict client (tungstenite) whole and in order, in both encodings.
 #[tokio::test]
@@ -207,7 +207,7 @@ async fn frames_of_every_length_class_and_huge_batches_arrive_whole_and_in_order
         let topic = format!("sizes/{}", url.len());
         let mut c = Client::connect(&url).await;
         c.subscribe(&topic).await;
-        // The hub's ping frames (written by hub-ws, not tungstenite) are valid to the client.
+        // The hub's ping frames (written by livehub-ws, not tungstenite) are valid to the client.
         loop {
             let msg = tokio::time::timeout(WAIT, c.ws.next()).await.unwrap();
             if let Some(Ok(Message::Ping(p))) = msg {
@@ -303,7 +303,7 @@ async fn rooms_except_sender_two_rooms_once_and_direct_send() {
             let room: String = data.decode()?;
             ctx.join(&room)
                 .await
-                .map_err(|e| hub::HandlerError::new(e.to_string()))?;
+                .map_err(|e| livehub::HandlerError::new(e.to_string()))?;
             Ok(None)
         })
         .on_event(

@@ -1,4 +1,4 @@
 //! Fuzz target `client_frame_json`: see `hub_fuzz::client_frame` (fuzz/src/protocol.rs) and fuzz/README.md.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| hub_fuzz::client_frame(hub_protocol::Codec::Json, data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hub_fuzz::client_frame(livehub_protocol::Codec::Json, data));

@@ -1,4 +1,4 @@
 //! Fuzz target `frame_msgpack`: see `hub_fuzz` (fuzz/src/lib.rs) and fuzz/README.md.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| hub_fuzz::frames(hub_core::Codec::MsgPack, data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hub_fuzz::frames(livehub_core::Codec::MsgPack, data));

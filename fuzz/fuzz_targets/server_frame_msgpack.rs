@@ -2,6 +2,6 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| hub_fuzz::server_frame(
-    hub_protocol::Codec::MsgPack,
+    livehub_protocol::Codec::MsgPack,
     data
 ));

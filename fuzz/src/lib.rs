@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use hub_core::{
+use livehub_core::{
     async_trait, Action, Codec, ConnectRequest, EventContext, HandlerError, Hooks, Hub, Identity,
     Outbox, Outgoing, Payload, TransportInfo,
 };
@@ -39,7 +39,7 @@ const SERVER_TYPES: &[&str] = &[
     "close",
 ];
 
-/// Every stable error code (PROTOCOL.md, "Error codes", and `hub_core::ErrorCode`), except
+/// Every stable error code (PROTOCOL.md, "Error codes", and `livehub_core::ErrorCode`), except
 /// `internal`: a server fault is a bug worth a crash report.
 const ERROR_CODES: &[&str] = &[
     "bad_frame",
@@ -78,7 +78,7 @@ struct AllowAll;
 
 #[async_trait]
 impl Hooks for AllowAll {
-    async fn authenticate(&self, _req: &ConnectRequest) -> Result<Identity, hub_core::Rejection> {
+    async fn authenticate(&self, _req: &ConnectRequest) -> Result<Identity, livehub_core::Rejection> {
         Ok(Identity::user("fuzz").with_meta(serde_json::json!({"n": 1})))
     }
 
@@ -425,19 +425,19 @@ pub fn run_frames(codec: Codec, frames: &[&[u8]]) {
 
 /// The `sse_last_event_id` target. Two checks on one input:
 ///
-/// 1. the input (as UTF-8, lossily) goes to hub-sse's `Last-Event-ID` parser, which must not
+/// 1. the input (as UTF-8, lossily) goes to livehub-sse's `Last-Event-ID` parser, which must not
 ///    panic, and may accept only ids written as PROTOCOL.md says ([`event_id_grammar`]; when
 ///    it accepts, the entry point also re-encodes and re-parses the id itself);
 /// 2. the input, read as entries `topic \0 epoch \0 offset-bytes \0 ...`, is made into an event
 ///    id by the format of PROTOCOL.md ("Event ids and resume"), written here independently of
-///    hub-sse; the parser must accept every such id.
+///    livehub-sse; the parser must accept every such id.
 pub fn sse_last_event_id(input: &[u8]) {
     let text = String::from_utf8_lossy(input);
-    // KNOWN BUG 1 (fuzz/README.md): hub-sse reads `%+H` as an escape (u8::from_str_radix
+    // KNOWN BUG 1 (fuzz/README.md): livehub-sse reads `%+H` as an escape (u8::from_str_radix
     // takes a leading `+`). Skipped so that the fuzzer keeps looking for other violations;
-    // remove `KNOWN_BUGS` once hub-sse is fixed.
+    // remove `KNOWN_BUGS` once livehub-sse is fixed.
     let known_bug = KNOWN_BUGS && text.contains("%+");
-    if hub_sse::fuzzing::last_event_id(&text) && !known_bug {
+    if livehub_sse::fuzzing::last_event_id(&text) && !known_bug {
         assert!(
             event_id_grammar(&text),
             "an event id outside the format of PROTOCOL.md is accepted: {text:?}"
@@ -446,7 +446,7 @@ pub fn sse_last_event_id(input: &[u8]) {
 
     if let Some(id) = event_id_from(input) {
         assert!(
-            hub_sse::fuzzing::last_event_id(&id),
+            livehub_sse::fuzzing::last_event_id(&id),
             "a well-formed event id is refused: {id:?}"
         );
     }
@@ -538,12 +538,12 @@ fn event_id_from(input: &[u8]) -> Option<String> {
     Some(id)
 }
 
-/// The `poll_cursor` target: hub-poll's cursor parser on the input (as UTF-8, lossily) must not
+/// The `poll_cursor` target: livehub-poll's cursor parser on the input (as UTF-8, lossily) must not
 /// panic, must accept only decimal digits and return their value; and the decimal form of the
 /// input's first 8 bytes (as a little-endian `u64`) must parse back to that number.
 pub fn poll_cursor(input: &[u8]) {
     let text = String::from_utf8_lossy(input);
-    if let Some(n) = hub_poll::fuzzing::cursor(&text) {
+    if let Some(n) = livehub_poll::fuzzing::cursor(&text) {
         assert!(
             !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()),
             "cursor {text:?} accepted as {n} but is not decimal digits"
@@ -557,20 +557,20 @@ pub fn poll_cursor(input: &[u8]) {
     raw[..k].copy_from_slice(&input[..k]);
     let n = u64::from_le_bytes(raw);
     assert_eq!(
-        hub_poll::fuzzing::cursor(&n.to_string()),
+        livehub_poll::fuzzing::cursor(&n.to_string()),
         Some(n),
         "the cursor the server hands out for {n} is refused"
     );
 }
 
-/// The `poll_command_body` target: the input as a command body in both encodings. hub-poll's
+/// The `poll_command_body` target: the input as a command body in both encodings. livehub-poll's
 /// check must not panic; a body it accepts must be one map in that encoding, and it then goes to
 /// a session of that encoding exactly as the command endpoint sends it (checked as in
 /// [`run_frames`]).
 pub fn poll_command_body(input: &[u8]) {
     for codec in [Codec::Json, Codec::MsgPack] {
         let msgpack = codec == Codec::MsgPack;
-        if hub_poll::fuzzing::command_body(msgpack, input).is_ok() {
+        if livehub_poll::fuzzing::command_body(msgpack, input).is_ok() {
             match codec {
                 Codec::Json => {
                     let first = input.iter().find(|b| !b.is_ascii_whitespace());

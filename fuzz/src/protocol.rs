@@ -1,9 +1,9 @@
-//! The harnesses of hub-protocol's decoders: `client_frame_{json,msgpack}` (the server's
+//! The harnesses of livehub-protocol's decoders: `client_frame_{json,msgpack}` (the server's
 //! strict decoder, [`ClientFrame::decode`]) and `server_frame_{json,msgpack}` (the client's
 //! lenient one, [`ServerFrame::decode`]). One frame per input; no hub, no runtime.
 
 use bytes::Bytes;
-use hub_protocol::{ClientFrame, ClientOp, Codec, ErrorCode, ServerFrame};
+use livehub_protocol::{ClientFrame, ClientOp, Codec, ErrorCode, ServerFrame};
 
 /// Every `type` of a server frame this version decodes (an `Unknown` must be none of them).
 const KNOWN_SERVER_TYPES: &[&str] = &[
@@ -83,7 +83,7 @@ pub fn server_frame(codec: Codec, input: &[u8]) {
 /// `frame` encodes, what it encodes to decodes back to `frame`, and encodes to the same bytes.
 fn fixpoint<F, D>(
     frame: &F,
-    encode: impl Fn(&F) -> Result<Bytes, hub_protocol::EncodeError>,
+    encode: impl Fn(&F) -> Result<Bytes, livehub_protocol::EncodeError>,
     decode: impl Fn(&Bytes) -> Result<F, D>,
 ) where
     F: PartialEq + std::fmt::Debug,

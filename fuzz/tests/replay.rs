@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use hub_core::Codec;
+use livehub_core::Codec;
 
 fn replay(target: &str, run: fn(&[u8])) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -57,27 +57,27 @@ fn poll_command_body() {
 #[test]
 fn client_frame_json() {
     replay("client_frame_json", |d| {
-        hub_fuzz::client_frame(hub_protocol::Codec::Json, d)
+        hub_fuzz::client_frame(livehub_protocol::Codec::Json, d)
     });
 }
 
 #[test]
 fn client_frame_msgpack() {
     replay("client_frame_msgpack", |d| {
-        hub_fuzz::client_frame(hub_protocol::Codec::MsgPack, d)
+        hub_fuzz::client_frame(livehub_protocol::Codec::MsgPack, d)
     });
 }
 
 #[test]
 fn server_frame_json() {
     replay("server_frame_json", |d| {
-        hub_fuzz::server_frame(hub_protocol::Codec::Json, d)
+        hub_fuzz::server_frame(livehub_protocol::Codec::Json, d)
     });
 }
 
 #[test]
 fn server_frame_msgpack() {
     replay("server_frame_msgpack", |d| {
-        hub_fuzz::server_frame(hub_protocol::Codec::MsgPack, d)
+        hub_fuzz::server_frame(livehub_protocol::Codec::MsgPack, d)
     });
 }

@@ -231,7 +231,7 @@ test("hub.mjs: the same file as an ES module, with a default export and no globa
   const src = fs.readFileSync(path.join(path.dirname(fileURLToPath(import.meta.url)), "../hub.js"), "utf8");
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "hubjs-"));
   const file = path.join(dir, "hub.mjs");
-  fs.writeFileSync(file, src + "\nexport default Hub;\nexport { Hub };\n"); // as hub::js::HUB_MJS
+  fs.writeFileSync(file, src + "\nexport default Hub;\nexport { Hub };\n"); // as livehub::js::HUB_MJS
   const m = await import(pathToFileURL(file));
   assert.equal(typeof m.default, "function");
   assert.equal(m.default, m.Hub);

@@ -4,7 +4,7 @@
 //! Redis while the others keep theirs.
 //!
 //! The Redis helpers (the shared Redis with a prefix of the test's own, a `redis-server` of
-//! the test's own, skipping without Redis) are hub-redis's, included from its tests.
+//! the test's own, skipping without Redis) are livehub-redis's, included from its tests.
 
 #![allow(dead_code)]
 
@@ -12,17 +12,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hub::poll::PollService;
-use hub::sse::SseService;
-use hub::ws::WsService;
-use hub::{async_trait, Action, ConnectRequest, Hooks, Hub, HubBuilder, Identity, Rejection};
-use hub_redis::{RedisEngine, RedisEngineBuilder};
+use livehub::poll::PollService;
+use livehub::sse::SseService;
+use livehub::ws::WsService;
+use livehub::{async_trait, Action, ConnectRequest, Hooks, Hub, HubBuilder, Identity, Rejection};
+use livehub_redis::{RedisEngine, RedisEngineBuilder};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::common::{serve_router, Client, Kind};
 
-#[path = "../../hub-redis/tests/common/servers.rs"]
+#[path = "../../livehub-redis/tests/common/servers.rs"]
 mod servers;
 pub(crate) use servers::*;
 

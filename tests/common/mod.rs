@@ -16,9 +16,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
-use hub::ws::WsService;
-use hub::Hub;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use livehub::ws::WsService;
+use livehub::Hub;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -485,16 +485,18 @@ pub(crate) struct Client {
     pub(crate) user: String,
     pub(crate) conn: Conn,
     /// The session's public id, from `welcome`.
-    pub(crate) session: hub::SessionId,
+    pub(crate) session: livehub::SessionId,
     /// The safety net for each wait.
     pub(crate) wait: Duration,
 }
 
 /// The identity a [`Client`]'s requests name: user `?user=<name>`; none is refused.
-pub(crate) fn user_identity(req: &hub::ConnectRequest) -> Result<hub::Identity, hub::Rejection> {
+pub(crate) fn user_identity(
+    req: &livehub::ConnectRequest,
+) -> Result<livehub::Identity, livehub::Rejection> {
     match req.query("user") {
-        Some(u) if !u.is_empty() => Ok(hub::Identity::user(u.into_owned())),
-        _ => Err(hub::Rejection::unauthorized("?user= required")),
+        Some(u) if !u.is_empty() => Ok(livehub::Identity::user(u.into_owned())),
+        _ => Err(livehub::Rejection::unauthorized("?user= required")),
     }
 }
 
@@ -557,12 +559,12 @@ impl Client {
             kind,
             user: user.to_owned(),
             conn,
-            session: hub::SessionId::parse("0000000000000000").unwrap(),
+            session: livehub::SessionId::parse("0000000000000000").unwrap(),
             wait,
         };
         let welcome = c.recv().await;
         assert_eq!(welcome["type"], "welcome", "{welcome}");
-        c.session = hub::SessionId::parse(welcome["session"].as_str().unwrap()).unwrap();
+        c.session = livehub::SessionId::parse(welcome["session"].as_str().unwrap()).unwrap();
         if let Conn::Sse { stream, url, token } = &mut c.conn {
             (*url, *token) = tokio::time::timeout(wait, stream.session())
                 .await
@@ -670,7 +672,7 @@ impl Client {
 #[allow(dead_code)]
 pub(crate) fn assert_shutdown_close(code: u16, text: &str) {
     assert_eq!(code, 1001, "{text}");
-    let parsed = hub::CloseText::parse(text);
+    let parsed = livehub::CloseText::parse(text);
     assert_eq!(parsed.reason, "shutdown", "{text}");
     assert!(
         parsed.retry_ms.is_some_and(|ms| (1..=5000).contains(&ms)),
