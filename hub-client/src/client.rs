@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::events::{
     ConnectionEvent, ConnectionEvents, ConnectionState, ServerEvent, ServerEvents,
 };
+use crate::pattern::{PatShared, PatternOptions, PatternSubscription};
 use crate::subscription::{SubShared, SubscribeOptions, Subscription};
 
 /// Builds a [`Client`]. Every setting has a default; only the URL is needed.
@@ -246,6 +247,51 @@ impl Client {
             shared,
             cmds: self.inner.cmds.clone(),
             position,
+            done: false,
+        })
+    }
+
+    /// Follows every topic that matches `pattern` (`scores/*`: one segment; `scores/**`: one
+    /// or more, last only; PROTOCOL.md, "Wildcard subscriptions"): one stream of their
+    /// messages, each naming its topic and position, resumed topic by topic after reconnects
+    /// (see [`PatternSubscription`]). Returns once the server has answered; a refusal is the
+    /// server's error: `bad_pattern`, `forbidden` (the authorize hook), `too_many_patterns`,
+    /// `already_subscribed` (this pattern is already followed, here or on the server).
+    pub async fn psubscribe(&self, pattern: &str) -> Result<PatternSubscription, Error> {
+        self.psubscribe_with(pattern, PatternOptions::new()).await
+    }
+
+    /// [`Client::psubscribe`] with options: positions to resume topics of the pattern from
+    /// ([`PatternOptions::position`]; their missed messages come first).
+    pub async fn psubscribe_with(
+        &self,
+        pattern: &str,
+        opts: PatternOptions,
+    ) -> Result<PatternSubscription, Error> {
+        let capacity = self.inner.cfg.subscription_buffer;
+        let (tx, rx) = mpsc::channel(capacity);
+        let shared = Arc::new(PatShared::default());
+        let (reply, answer) = oneshot::channel();
+        let pattern: Arc<str> = Arc::from(pattern);
+        let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
+        let positions = opts.positions.iter().cloned().collect();
+        let cmd = Command::PSubscribe {
+            pattern: pattern.clone(),
+            sub: id,
+            opts,
+            tx,
+            shared: shared.clone(),
+            reply,
+        };
+        self.ask(cmd, answer).await?;
+        Ok(PatternSubscription {
+            pattern,
+            id,
+            rx,
+            capacity,
+            shared,
+            cmds: self.inner.cmds.clone(),
+            positions,
             done: false,
         })
     }
