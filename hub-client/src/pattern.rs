@@ -267,8 +267,10 @@ struct TopicPos {
     /// The last message (or gap) handed over; `None`: the next message, wherever it starts
     /// (a topic not seen yet, or a stream recreated in a new epoch).
     last: Option<Position>,
-    /// Offsets of an epoch, through `to`, that may be missing (a `conflated` gap's).
-    window: Option<(Arc<str>, u64)>,
+    /// Offsets of an epoch that may be missing: through `Some(to)` (a `conflated` gap's), or
+    /// with `None` before its next message, wherever it starts (a stream recreated in a new
+    /// epoch: its messages follow from what its history still holds).
+    window: Option<(Arc<str>, Option<u64>)>,
 }
 
 /// The driver's side of a pattern subscription.
@@ -396,11 +398,18 @@ impl PatEntry {
         if let Some((epoch, to)) = &state.window {
             if **epoch != *position.epoch {
                 window = None;
-            } else if position.offset <= *to {
-                lenient = true;
             } else {
-                base = base.map(|b| b.max(*to));
-                window = None;
+                match to {
+                    None => {
+                        lenient = true;
+                        window = None;
+                    }
+                    Some(to) if position.offset <= *to => lenient = true,
+                    Some(to) => {
+                        base = base.map(|b| b.max(*to));
+                        window = None;
+                    }
+                }
             }
         }
         let hole = match &state.last {
@@ -464,6 +473,7 @@ impl PatEntry {
                 .as_ref()
                 .is_some_and(|l| *l.epoch == *gap.epoch && to <= l.offset)
         };
+        let mut window = None;
         let next = match &gap.reason {
             Some(GapReason::Conflated) => {
                 if past(gap.to) {
@@ -478,15 +488,18 @@ impl PatEntry {
                         topic,
                         TopicPos {
                             last: state.last.clone(),
-                            window: Some((gap.epoch.clone(), gap.to)),
+                            window: Some((gap.epoch.clone(), Some(gap.to))),
                         },
                     );
                 }
                 return delivered;
             }
             // A `since` of another epoch, or the stream recreated: the new epoch's messages
-            // follow from what its history holds.
-            Some(GapReason::Epoch) => None,
+            // follow from what its history holds (a resume before the first asks from 0).
+            Some(GapReason::Epoch) => {
+                window = Some((gap.epoch.clone(), None));
+                Some(Position::new(gap.epoch.clone(), 0))
+            }
             Some(GapReason::Ahead) => {
                 Some(Position::new(gap.epoch.clone(), gap.from.saturating_sub(1)))
             }
@@ -503,13 +516,7 @@ impl PatEntry {
             gap,
         });
         if delivered == Delivered::Yes {
-            self.set(
-                topic,
-                TopicPos {
-                    last: next,
-                    window: None,
-                },
-            );
+            self.set(topic, TopicPos { last: next, window });
         }
         delivered
     }
@@ -640,6 +647,37 @@ mod tests {
         assert_eq!(
             seen(&mut rx),
             ["a:7", "gap b 4..9", "b:10", "resumed false 2"]
+        );
+    }
+
+    #[test]
+    fn a_recreated_stream_starts_wherever_its_history_does_then_holes_count_again() {
+        let (mut e, mut rx) = entry(32);
+        e.on_message(msg("a", "old", 4));
+        let gap = Gap {
+            epoch: "new".into(),
+            from: 0,
+            to: 0,
+            reason: Some(GapReason::Epoch),
+        };
+        e.on_gap(&Arc::from("a"), gap.clone());
+        e.on_message(msg("a", "new", 3));
+        e.on_message(msg("a", "new", 5));
+        assert_eq!(
+            seen(&mut rx),
+            ["a:4", "gap a 0..0", "a:3", "gap a 4..4", "a:5"]
+        );
+        // Resumed before its first message: from the start of the new epoch.
+        e.on_message(msg("b", "old", 1));
+        e.on_gap(&Arc::from("b"), gap);
+        let mut positions = e.resubscribe(ResumeCause::Reconnect);
+        positions.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(
+            positions,
+            [
+                ("a".to_owned(), Position::new("new", 5)),
+                ("b".to_owned(), Position::new("new", 0))
+            ]
         );
     }
 
