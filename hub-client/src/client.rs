@@ -257,6 +257,55 @@ impl Client {
     /// (see [`PatternSubscription`]). Returns once the server has answered; a refusal is the
     /// server's error: `bad_pattern`, `forbidden` (the authorize hook), `too_many_patterns`,
     /// `already_subscribed` (this pattern is already followed, here or on the server).
+    ///
+    /// ```
+    /// use hub_client::{Client, PatternEvent};
+    /// use serde_json::json;
+    ///
+    /// # type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), BoxError> {
+    /// # tokio::time::timeout(std::time::Duration::from_secs(10), async {
+    /// // The server's default hooks refuse patterns (`forbidden`): this one allows them.
+    /// struct Patterns;
+    /// #[hub_core::async_trait]
+    /// impl hub_core::Hooks for Patterns {
+    ///     async fn authorize(&self, _: &hub_core::Identity, a: hub_core::Action<'_>) -> bool {
+    ///         matches!(a, hub_core::Action::Subscribe(_) | hub_core::Action::SubscribePattern(_))
+    ///     }
+    /// }
+    /// let hub = hub_core::Hub::builder().hooks(Patterns).build();
+    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// # let url = format!("ws://{}/", listener.local_addr()?);
+    /// # let server = hub.clone();
+    /// # tokio::spawn(async move {
+    /// #     while let Ok((tcp, _)) = listener.accept().await {
+    /// #         let service = hub_ws::WsService::new(server.clone());
+    /// #         tokio::spawn(
+    /// #             hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+    /// #                 .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tcp), service)
+    /// #                 .into_owned(),
+    /// #         );
+    /// #     }
+    /// # });
+    /// // A hub (`hub`) served at `url`; the host publishes to two topics of one pattern.
+    /// let client = Client::connect(url).await?;
+    /// let mut live = client.psubscribe("scores/*").await?;
+    /// hub.publish("scores/match-1", &json!({"home": 1})).await?;
+    /// hub.publish("scores/match-2", &json!({"home": 0})).await?;
+    /// for topic in ["scores/match-1", "scores/match-2"] {
+    ///     let Some(PatternEvent::Message(m)) = live.next().await else {
+    ///         panic!("a message")
+    ///     };
+    ///     assert_eq!((&*m.topic, m.position.offset), (topic, 1));
+    /// }
+    /// assert_eq!(live.position("scores/match-2").map(|p| p.offset), Some(1));
+    /// client.close().await;
+    /// # Ok::<(), BoxError>(())
+    /// # })
+    /// # .await?
+    /// # }
+    /// ```
     pub async fn psubscribe(&self, pattern: &str) -> Result<PatternSubscription, Error> {
         self.psubscribe_with(pattern, PatternOptions::new()).await
     }
