@@ -334,3 +334,25 @@ async fn dropping_a_pattern_subscription_sends_punsubscribe() {
     }
     client.close().await;
 }
+
+#[tokio::test]
+async fn a_topic_followed_by_a_subscription_and_a_pattern_reaches_both_once() {
+    let (hub, _) = common::hub(100);
+    let addr = serve(hub.clone()).await;
+    let client = common::client(addr, "").connect().await.unwrap();
+    let mut plain = client.subscribe("both/a").await.unwrap();
+    let mut pattern = client.psubscribe("both/*").await.unwrap();
+    host::publish(&hub, "both/a", &json!(1)).await;
+    host::publish(&hub, "both/b", &json!(1)).await;
+    host::publish(&hub, "both/a", &json!(2)).await;
+    assert_eq!(common::next_message(&mut plain).await, (1, json!(1)));
+    assert_eq!(common::next_message(&mut plain).await, (2, json!(2)));
+    assert_eq!(message(&mut pattern).await, ("both/a".into(), 1, json!(1)));
+    assert_eq!(message(&mut pattern).await, ("both/b".into(), 1, json!(1)));
+    assert_eq!(message(&mut pattern).await, ("both/a".into(), 2, json!(2)));
+    // Nothing more on either: the server sent each message once.
+    client.ping().await.unwrap();
+    assert!(futures_util::FutureExt::now_or_never(plain.next()).is_none());
+    assert!(futures_util::FutureExt::now_or_never(pattern.next()).is_none());
+    client.close().await;
+}

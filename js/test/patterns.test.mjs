@@ -103,3 +103,18 @@ test("psubscribe: a refusal rejects ready with the server's code and ends it; un
   assert.deepEqual(got, [1], "nothing after unsubscribe");
   assert.equal(ok.state, "closed");
 });
+
+test("psubscribe: a topic that a subscription and a pattern both follow reaches both", async () => {
+  const { hub, made } = await setup();
+  const plain = [], pat = [];
+  hub.subscribe("both/a", (d, m) => plain.push(m.offset));
+  hub.psubscribe("both/*", (d, m) => pat.push(`${m.topic}:${m.offset}`));
+  made[0].open();
+  assert.deepEqual(made[0].sent.map((f) => f.type), ["subscribe", "psubscribe"]);
+  made[0].frame({ type: "reply", id: 1, data: { topic: "both/a", epoch: "E", offset: 0 } });
+  made[0].frame({ type: "reply", id: 2, data: { pattern: "both/*" } });
+  made[0].frame(message("both/a", 1));
+  made[0].frame(message("both/b", 1));
+  assert.deepEqual(plain, [1]);
+  assert.deepEqual(pat, ["both/a:1", "both/b:1"]);
+});
