@@ -23,6 +23,8 @@
  * - resumes every subscription from its last position after any reconnect: the application
  *   sees each message once, in order; when the server says that messages are lost, the
  *   subscription says so (`recovered: false` with the gap);
+ * - wildcard subscriptions (`hub.psubscribe("scores/*", fn)`): every matching topic keeps
+ *   its own position, and the pattern resumes with them after reconnects;
  * - `last` and `conflate` subscriptions, messages' `key`/`delete`, and answers to the
  *   server's events that ask for one (`onEvent(name, (data, reply) => ...)`);
  * - never throws on a malformed or unknown frame: it reports an `error` event and goes on.
@@ -1130,6 +1132,212 @@ var Hub = (function () {
   };
 
   // ------------------------------------------------------------------------------------------
+  // Pattern subscription
+  // ------------------------------------------------------------------------------------------
+
+  /** The topics whose positions one pattern subscription keeps at most; a topic past this is
+   * still delivered, without a position kept (no resume, no duplicate check). The server's own
+   * limit of subscriptions per session is far lower by default. */
+  var MAX_PATTERN_TOPICS = 4096;
+
+  /** Whether `topic` matches `pattern` (PROTOCOL.md, "Wildcard subscriptions"): `*` is exactly
+   * one segment, a last `**` one or more. */
+  function matchPattern(pattern, topic) {
+    var p = pattern.split("/"), t = topic.split("/");
+    for (var i = 0; i < p.length; i++) {
+      if (p[i] === "**") return i === p.length - 1 && t.length > i;
+      if (i >= t.length) return false;
+      if (p[i] !== "*" && p[i] !== t[i]) return false;
+    }
+    return p.length === t.length;
+  }
+
+  /**
+   * A subscription to every topic that matches a pattern, made by `hub.psubscribe`. Each topic
+   * keeps its own position (`positions()`); after a reconnect the pattern is sent again with
+   * them (`psubscribe` with `positions`), so that every topic recovers what it missed: each
+   * message once per topic, in order. Its events:
+   * - `subscribed` `{pattern, resumed, recovered, missed, gaps, topics}` after each
+   *   (re)psubscribe, once the server has answered (the missed messages came before):
+   *   `resumed` when it continued from positions, `topics` how many, `recovered: false` when
+   *   some topic lost messages (`gaps` says which);
+   * - `gap` `{topic, epoch, from, to, reason, recovered: false}` whenever messages of a topic
+   *   are lost (the reasons of a subscription's `gap`);
+   * - `conflated` `{topic, epoch, from, to}`: superseded messages of a topic that conflates;
+   * - `error` (HubError) when the server refused the pattern (`bad_pattern`, `forbidden`,
+   *   `too_many_patterns`, `already_subscribed`): it is then over.
+   */
+  function PatternSubscription(hub, pattern, onMessage, opts) {
+    Emitter.call(this);
+    this.pattern = pattern;
+    /** topic -> {position: {epoch, offset} | null, window}: see Subscription's `_window`. */
+    this._topics = new Map();
+    var given = isObj(opts.positions) ? opts.positions : {};
+    for (var t in given) {
+      var p = given[t];
+      if (Object.prototype.hasOwnProperty.call(given, t) && isObj(p) && isStr(p.epoch) && isCount(p.offset) && this._topics.size < MAX_PATTERN_TOPICS) {
+        this._topics.set(t, { position: { epoch: p.epoch, offset: p.offset }, window: null });
+      }
+    }
+    /** `pending`, `subscribing`, `subscribed`, `failed` or `closed`. */
+    this.state = "pending";
+    /** Messages dropped because they were already delivered (after a resume). */
+    this.duplicates = 0;
+    this._hub = hub;
+    this._fn = onMessage;
+    this._rec = null;
+    var self = this;
+    /** Settles with the first `subscribed` info, or rejects if the server refuses. */
+    this.ready = new Promise(function (ok, fail) { self._ready = { ok: ok, fail: fail }; });
+    this.ready.catch(noop);
+  }
+  PatternSubscription.prototype = Object.create(Emitter.prototype);
+  PatternSubscription.prototype.constructor = PatternSubscription;
+
+  PatternSubscription.prototype._threw = function (name, e) { this._hub._callbackThrew("pattern subscription " + name, e); };
+
+  /** The last position delivered of `topic` (`{epoch, offset}`), or null. */
+  PatternSubscription.prototype.position = function (topic) {
+    var t = this._topics.get(topic);
+    return t && t.position ? { epoch: t.position.epoch, offset: t.position.offset } : null;
+  };
+
+  /** The last position delivered of every topic so far: `{topic: {epoch, offset}}` (what a
+   * later `psubscribe(pattern, fn, {positions})` can resume from). */
+  PatternSubscription.prototype.positions = function () {
+    var out = {};
+    this._topics.forEach(function (t, topic) {
+      if (t.position) out[topic] = { epoch: t.position.epoch, offset: t.position.offset };
+    });
+    return out;
+  };
+
+  /** Stops it: `punsubscribe` (sent when connected). */
+  PatternSubscription.prototype.unsubscribe = function () {
+    if (this.state === "closed") return;
+    var wasOn = this.state !== "pending" && this.state !== "failed";
+    this.state = "closed";
+    this._rec = null;
+    this._hub._dropPattern(this, wasOn);
+  };
+
+  PatternSubscription.prototype._begin = function (count) {
+    this.state = "subscribing";
+    this._rec = { resumed: count > 0, topics: count, missed: 0, gaps: [] };
+    this._topics.forEach(function (t) { t.window = null; });
+  };
+
+  PatternSubscription.prototype._replied = function () {
+    var rec = this._rec || { resumed: false, topics: 0, missed: 0, gaps: [] };
+    this._rec = null;
+    this.state = "subscribed";
+    var info = {
+      pattern: this.pattern,
+      resumed: rec.resumed,
+      recovered: rec.gaps.length === 0,
+      missed: rec.missed,
+      gaps: rec.gaps,
+      topics: rec.topics,
+    };
+    this._emit("subscribed", info);
+    this._ready.ok(info);
+  };
+
+  /** The state of `topic`, made if there is room (null past the bound). */
+  PatternSubscription.prototype._topic = function (topic) {
+    var t = this._topics.get(topic);
+    if (!t && this._topics.size < MAX_PATTERN_TOPICS) {
+      t = { position: null, window: null };
+      this._topics.set(topic, t);
+    }
+    return t || null;
+  };
+
+  PatternSubscription.prototype._message = function (f) {
+    var t = this._topic(f.topic);
+    if (t) {
+      var pos = t.position, win = t.window, base = pos, lenient = false;
+      if (win) {
+        if (win.epoch !== f.epoch) t.window = null;
+        else if (win.once) { lenient = true; t.window = null; }
+        else if (f.offset <= win.to) lenient = true;
+        else {
+          t.window = null;
+          if (pos && pos.epoch === f.epoch && win.to > pos.offset) base = { epoch: pos.epoch, offset: win.to };
+        }
+      }
+      if (pos && f.epoch === pos.epoch) {
+        if (f.offset <= pos.offset) { this.duplicates++; return; }
+        if (!lenient && f.offset > base.offset + 1) this._gap({ topic: f.topic, epoch: f.epoch, from: base.offset + 1, to: f.offset - 1, reason: "hole" });
+      } else if (pos) {
+        this._gap({ topic: f.topic, epoch: f.epoch, from: 0, to: 0, reason: "epoch", previous: pos });
+      }
+      t.position = { epoch: f.epoch, offset: f.offset };
+    }
+    var rec = this._rec;
+    if (rec) rec.missed++;
+    var meta = { topic: f.topic, epoch: f.epoch, offset: f.offset, pattern: this.pattern, recovered: !!rec };
+    if (isStr(f.key)) meta.key = f.key;
+    if (f.delete === true) meta.delete = true;
+    try {
+      this._fn(f.data, meta);
+    } catch (e) { this._hub._callbackThrew("psubscribe(" + this.pattern + ") callback", e); }
+  };
+
+  /** A `gap` frame of a matching topic: the rules of Subscription's `_gapFrame`, per topic. */
+  PatternSubscription.prototype._gapFrame = function (f) {
+    var t = this._topic(f.topic) || { position: null, window: null };
+    var pos = t.position;
+    var reason = isStr(f.reason) ? f.reason : "unknown";
+    if (reason === "epoch") {
+      // A `since` of another epoch, or the stream recreated: its messages follow from what
+      // its history holds (a resume before the first one asks from offset 0).
+      t.position = { epoch: f.epoch, offset: 0 };
+      t.window = { epoch: f.epoch, to: Infinity, once: true };
+      this._gap({ topic: f.topic, epoch: f.epoch, from: 0, to: 0, reason: "epoch", previous: pos });
+      return;
+    }
+    if (reason === "conflated") {
+      if (pos && pos.epoch === f.epoch && f.to <= pos.offset) return;
+      t.window = { epoch: f.epoch, to: f.to };
+      var c = { topic: f.topic, epoch: f.epoch, from: f.from, to: f.to, reason: "conflated" };
+      this._emit("conflated", c);
+      this._hub._emit("conflated", c);
+      return;
+    }
+    if (reason === "ahead") {
+      t.position = { epoch: f.epoch, offset: f.from > 0 ? f.from - 1 : 0 };
+      t.window = null;
+      this._gap({ topic: f.topic, epoch: f.epoch, from: f.from, to: f.to, reason: "ahead", previous: pos });
+      return;
+    }
+    if (pos && pos.epoch === f.epoch && f.to <= pos.offset) return; // already past it
+    t.position = { epoch: f.epoch, offset: f.to };
+    this._gap({ topic: f.topic, epoch: f.epoch, from: f.from, to: f.to, reason: reason });
+  };
+
+  PatternSubscription.prototype._gap = function (g) {
+    g.recovered = false;
+    g.pattern = this.pattern;
+    if (this._rec) this._rec.gaps.push(g);
+    this._emit("gap", g);
+    this._hub._emit("gap", g);
+  };
+
+  PatternSubscription.prototype._failed = function (err) {
+    this.state = "failed";
+    this._rec = null;
+    this._emit("error", err);
+    this._ready.fail(err);
+  };
+
+  PatternSubscription.prototype._interrupted = function () {
+    if (this.state === "closed" || this.state === "failed") return;
+    this.state = "pending";
+    this._rec = null;
+  };
+
+  // ------------------------------------------------------------------------------------------
   // Hub
   // ------------------------------------------------------------------------------------------
 
@@ -1193,6 +1401,7 @@ var Hub = (function () {
     if (o.transports) for (var t in o.transports) this._factories[t] = o.transports[t];
 
     this._subs = new Map();      // topic -> Subscription
+    this._patterns = new Map();  // pattern -> PatternSubscription
     this._pending = new Map();   // request id -> {frame, resolve, reject, timer, sub, sent}
     this._queue = [];            // requests waiting for a connection, oldest first
     this._nextId = 1;
@@ -1291,6 +1500,28 @@ var Hub = (function () {
     this._subs.set(topic, sub);
     if (this._open) this._wireSubscribe(sub);
     return sub;
+  };
+
+  /**
+   * Follows every topic that matches `pattern` (`scores/*`: one segment; `scores/**`: one or
+   * more, last only; PROTOCOL.md, "Wildcard subscriptions"); `onMessage(data, {topic, epoch,
+   * offset, pattern, recovered, key, delete})` gets each message of each topic once, in order
+   * per topic, across reconnections: each topic keeps its own position, and the pattern is
+   * resumed with them. A topic is delivered from the first message the server sees after the
+   * `psubscribe` (nothing older is replayed; `subscribe` with `last` to catch up on one).
+   * Options:
+   * - `positions` (`{topic: {epoch, offset}}`, e.g. a saved `positions()`): resume those topics
+   *   of the pattern after these positions (their missed messages come first).
+   * Returns a PatternSubscription (`unsubscribe()`, `positions()`, events).
+   */
+  Hub.prototype.psubscribe = function (pattern, onMessage, opts) {
+    if (!isStr(pattern) || !pattern) throw new TypeError("psubscribe: a pattern is needed");
+    if (typeof onMessage !== "function") throw new TypeError("psubscribe: a callback is needed");
+    if (this._patterns.has(pattern)) throw new Error("psubscribe: already subscribed to the pattern " + pattern + " (unsubscribe first)");
+    var ps = new PatternSubscription(this, pattern, onMessage, opts || {});
+    this._patterns.set(pattern, ps);
+    if (this._open) this._wirePSubscribe(ps);
+    return ps;
   };
 
   /** Publishes `data` to `topic` (if the server allows it); resolves with its `{epoch, offset}`.
@@ -1425,7 +1656,7 @@ var Hub = (function () {
     this._clock.clearTimeout(p.timer);
     var i = this._queue.indexOf(p);
     if (i >= 0) this._queue.splice(i, 1);
-    if (p.sub) return;
+    if (p.sub || p.pat) return;
     if (err) p.reject(err); else p.resolve(data);
   };
 
@@ -1450,6 +1681,22 @@ var Hub = (function () {
     this._pending.set(p.id, p);
     sub._begin(frame.since || null);
     this._t.send(frame);
+  };
+
+  Hub.prototype._wirePSubscribe = function (ps) {
+    var frame = { type: "psubscribe", pattern: ps.pattern };
+    var positions = ps.positions(), count = Object.keys(positions).length;
+    if (count) frame.positions = positions;
+    var p = { id: this._nextId++, frame: frame, pat: ps, timer: null };
+    frame.id = p.id;
+    this._pending.set(p.id, p);
+    ps._begin(count);
+    this._t.send(frame);
+  };
+
+  Hub.prototype._dropPattern = function (ps, wasOn) {
+    if (this._patterns.get(ps.pattern) === ps) this._patterns.delete(ps.pattern);
+    if (wasOn && this._open) this._fire({ type: "punsubscribe", pattern: ps.pattern });
   };
 
   Hub.prototype._dropSub = function (sub, wasOn) {
@@ -1595,6 +1842,8 @@ var Hub = (function () {
     // Every subscription first (resumed from its position), then what waited.
     var subs = Array.from(this._subs.values());
     for (var i = 0; i < subs.length && this._open; i++) this._wireSubscribe(subs[i]);
+    var pats = Array.from(this._patterns.values());
+    for (var n = 0; n < pats.length && this._open; n++) this._wirePSubscribe(pats[n]);
     var q = this._queue;
     this._queue = [];
     for (var j = 0; j < q.length && this._open; j++) {
@@ -1641,10 +1890,11 @@ var Hub = (function () {
     if (!wasOpen) return;
     var self = this;
     this._pending.forEach(function (p) {
-      if (p.sub || p.internal) { self._pending.delete(p.id); return; }
+      if (p.sub || p.pat || p.internal) { self._pending.delete(p.id); return; }
       if (p.sent) self._settle(p, HubError("disconnected", "the connection was lost before the answer (the request may or may not have run)"));
     });
     this._subs.forEach(function (s) { s._interrupted(); });
+    this._patterns.forEach(function (s) { s._interrupted(); });
   };
 
   /** Closes the transport on purpose (offline, transport switch): no close reason to honour. */
@@ -1790,10 +2040,12 @@ var Hub = (function () {
     var sub;
     switch (f.type) {
       case "message":
+        this._toPatterns(f, "_message");
         sub = this._subs.get(f.topic);
         if (sub && (sub.state === "recovering" || sub.state === "subscribed")) sub._message(f);
         return;
       case "gap":
+        this._toPatterns(f, "_gapFrame");
         sub = this._subs.get(f.topic);
         if (sub && (sub.state === "recovering" || sub.state === "subscribed")) sub._gapFrame(f);
         return;
@@ -1828,6 +2080,17 @@ var Hub = (function () {
         return;
       default:
         this._report(HubError("unknown_frame", "a frame of unknown type " + JSON.stringify(f.type) + " (ignored)", { frame: f }));
+    }
+  };
+
+  /** A message or gap of a topic, to every pattern subscription that matches it. A pattern's
+   * recovered messages come before its reply, so it takes them while subscribing too. */
+  Hub.prototype._toPatterns = function (f, method) {
+    if (!this._patterns.size) return;
+    var list = Array.from(this._patterns.values());
+    for (var i = 0; i < list.length; i++) {
+      var ps = list[i];
+      if ((ps.state === "subscribing" || ps.state === "subscribed") && this._patterns.get(ps.pattern) === ps && matchPattern(ps.pattern, f.topic)) ps[method](f);
     }
   };
 
@@ -1886,6 +2149,12 @@ var Hub = (function () {
       sub._replied(f.data);
       return;
     }
+    if (p.pat) {
+      this._pending.delete(p.id);
+      if (this._patterns.get(p.pat.pattern) !== p.pat || p.pat.state !== "subscribing") return;
+      p.pat._replied();
+      return;
+    }
     this._settle(p, null, f.data);
   };
 
@@ -1903,6 +2172,14 @@ var Hub = (function () {
       this._report(err);
       return;
     }
+    if (p.pat) {
+      this._pending.delete(p.id);
+      if (this._patterns.get(p.pat.pattern) === p.pat) this._patterns.delete(p.pat.pattern);
+      err.pattern = p.pat.pattern;
+      p.pat._failed(err);
+      this._report(err);
+      return;
+    }
     this._settle(p, err);
   };
 
@@ -1917,6 +2194,14 @@ var Hub = (function () {
       var sub = p.sub;
       if (this._subs.get(sub.topic) === sub) this._subs.delete(sub.topic);
       sub._failed(err);
+      this._report(err);
+      return;
+    }
+    if (p.pat) {
+      this._pending.delete(p.id);
+      if (err.code === "disconnected" || err.code === "network") return; // sent again on the next connection
+      if (this._patterns.get(p.pat.pattern) === p.pat) this._patterns.delete(p.pat.pattern);
+      p.pat._failed(err);
       this._report(err);
       return;
     }
@@ -1963,8 +2248,9 @@ var Hub = (function () {
   Hub.HubError = HubError;
   Hub.backoff = backoff;
   Hub.Subscription = Subscription;
+  Hub.PatternSubscription = PatternSubscription;
   /** Internals for tests: not part of the API. */
-  Hub._internal = { SseParser: SseParser, checkFrame: checkFrame, parseReason: parseReason, closeFrameEvent: closeFrameEvent, transports: FACTORIES };
+  Hub._internal = { matchPattern: matchPattern, SseParser: SseParser, checkFrame: checkFrame, parseReason: parseReason, closeFrameEvent: closeFrameEvent, transports: FACTORIES };
   return Hub;
 })();
 

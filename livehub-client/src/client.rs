@@ -17,6 +17,7 @@ use crate::error::Error;
 use crate::events::{
     ConnectionEvent, ConnectionEvents, ConnectionState, ServerEvent, ServerEvents,
 };
+use crate::pattern::{PatShared, PatternOptions, PatternSubscription};
 use crate::subscription::{SubShared, SubscribeOptions, Subscription};
 
 /// Builds a [`Client`]. Every setting has a default; only the URL is needed.
@@ -254,6 +255,100 @@ impl Client {
             shared,
             cmds: self.inner.cmds.clone(),
             position,
+            done: false,
+        })
+    }
+
+    /// Follows every topic that matches `pattern` (`scores/*`: one segment; `scores/**`: one
+    /// or more, last only; PROTOCOL.md, "Wildcard subscriptions"): one stream of their
+    /// messages, each naming its topic and position, resumed topic by topic after reconnects
+    /// (see [`PatternSubscription`]). Returns once the server has answered; a refusal is the
+    /// server's error: `bad_pattern`, `forbidden` (the authorize hook), `too_many_patterns`,
+    /// `already_subscribed` (this pattern is already followed, here or on the server).
+    ///
+    /// ```
+    /// use livehub_client::{Client, PatternEvent};
+    /// use serde_json::json;
+    ///
+    /// # type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), BoxError> {
+    /// # tokio::time::timeout(std::time::Duration::from_secs(10), async {
+    /// // The server's default hooks refuse patterns (`forbidden`): this one allows them.
+    /// struct Patterns;
+    /// #[livehub_core::async_trait]
+    /// impl livehub_core::Hooks for Patterns {
+    ///     async fn authorize(&self, _: &livehub_core::Identity, a: livehub_core::Action<'_>) -> bool {
+    ///         matches!(a, livehub_core::Action::Subscribe(_) | livehub_core::Action::SubscribePattern(_))
+    ///     }
+    /// }
+    /// let hub = livehub_core::Hub::builder().hooks(Patterns).build();
+    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// # let url = format!("ws://{}/", listener.local_addr()?);
+    /// # let server = hub.clone();
+    /// # tokio::spawn(async move {
+    /// #     while let Ok((tcp, _)) = listener.accept().await {
+    /// #         let service = livehub_ws::WsService::new(server.clone());
+    /// #         tokio::spawn(
+    /// #             hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+    /// #                 .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tcp), service)
+    /// #                 .into_owned(),
+    /// #         );
+    /// #     }
+    /// # });
+    /// // A hub (`hub`) served at `url`; the host publishes to two topics of one pattern.
+    /// let client = Client::connect(url).await?;
+    /// let mut live = client.psubscribe("scores/*").await?;
+    /// hub.publish("scores/match-1", &json!({"home": 1})).await?;
+    /// hub.publish("scores/match-2", &json!({"home": 0})).await?;
+    /// for topic in ["scores/match-1", "scores/match-2"] {
+    ///     let Some(PatternEvent::Message(m)) = live.next().await else {
+    ///         panic!("a message")
+    ///     };
+    ///     assert_eq!((&*m.topic, m.position.offset), (topic, 1));
+    /// }
+    /// assert_eq!(live.position("scores/match-2").map(|p| p.offset), Some(1));
+    /// client.close().await;
+    /// # Ok::<(), BoxError>(())
+    /// # })
+    /// # .await?
+    /// # }
+    /// ```
+    pub async fn psubscribe(&self, pattern: &str) -> Result<PatternSubscription, Error> {
+        self.psubscribe_with(pattern, PatternOptions::new()).await
+    }
+
+    /// [`Client::psubscribe`] with options: positions to resume topics of the pattern from
+    /// ([`PatternOptions::position`]; their missed messages come first).
+    pub async fn psubscribe_with(
+        &self,
+        pattern: &str,
+        opts: PatternOptions,
+    ) -> Result<PatternSubscription, Error> {
+        let capacity = self.inner.cfg.subscription_buffer;
+        let (tx, rx) = mpsc::channel(capacity);
+        let shared = Arc::new(PatShared::default());
+        let (reply, answer) = oneshot::channel();
+        let pattern: Arc<str> = Arc::from(pattern);
+        let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
+        let positions = opts.positions.iter().cloned().collect();
+        let cmd = Command::PSubscribe {
+            pattern: pattern.clone(),
+            sub: id,
+            opts,
+            tx,
+            shared: shared.clone(),
+            reply,
+        };
+        self.ask(cmd, answer).await?;
+        Ok(PatternSubscription {
+            pattern,
+            id,
+            rx,
+            capacity,
+            shared,
+            cmds: self.inner.cmds.clone(),
+            positions,
             done: false,
         })
     }

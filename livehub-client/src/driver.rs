@@ -23,6 +23,7 @@ use crate::backoff::{self, Backoff};
 use crate::connection::{self, Config, Welcome, Ws};
 use crate::error::Error;
 use crate::events::{Ack, ConnectionEvent, ConnectionState, DisconnectCause, ServerEvent};
+use crate::pattern::{self, PatEntry, PatPhase, PatShared, PatternEvent, PatternOptions};
 use crate::subscription::{
     Delivered, Gap, Message, ResumeCause, SubEntry, SubEvent, SubShared, SubscribeOptions,
 };
@@ -47,6 +48,25 @@ pub(crate) enum Command {
         topic: Arc<str>,
         sub: u64,
         reply: Option<oneshot::Sender<Result<(), Error>>>,
+    },
+    /// A pattern subscription (`psubscribe`).
+    PSubscribe {
+        pattern: Arc<str>,
+        sub: u64,
+        opts: PatternOptions,
+        tx: mpsc::Sender<PatternEvent>,
+        shared: Arc<PatShared>,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    PUnsubscribe {
+        pattern: Arc<str>,
+        sub: u64,
+        reply: Option<oneshot::Sender<Result<(), Error>>>,
+    },
+    /// A lagging pattern subscription has room again: resubscribe it from its positions.
+    PRepair {
+        pattern: Arc<str>,
+        sub: u64,
     },
     /// The answer to a server event that asked for one, on the session that asked.
     Ack {
@@ -79,6 +99,16 @@ enum Pending {
     },
     Unsubscribe {
         reply: Option<oneshot::Sender<Result<(), Error>>>,
+    },
+    PSubscribe {
+        pattern: Arc<str>,
+        sub: u64,
+    },
+    /// The `punsubscribe` of a lag repair: once answered, nothing more of the old pattern
+    /// subscription arrives, and it is subscribed again from its positions.
+    PDrain {
+        pattern: Arc<str>,
+        sub: u64,
     },
     /// Sent by the driver itself (a rejoin, a repair's unsubscribe): failures are reported as
     /// connection events.
@@ -117,6 +147,8 @@ pub(crate) struct Driver {
     /// The session of the open connection.
     session: Option<SessionId>,
     subs: HashMap<Arc<str>, SubEntry>,
+    /// Pattern subscriptions, by pattern.
+    patterns: HashMap<Arc<str>, PatEntry>,
     /// Rooms this client joined itself (server-managed rooms are the server's to restore).
     rooms: BTreeSet<String>,
     pending: HashMap<u64, Pending>,
@@ -146,6 +178,7 @@ impl Driver {
             weak_cmds,
             session: None,
             subs: HashMap::new(),
+            patterns: HashMap::new(),
             rooms: BTreeSet::new(),
             pending: HashMap::new(),
             offline: VecDeque::new(),
@@ -298,8 +331,28 @@ impl Driver {
                     let _ = r.send(Ok(()));
                 }
             }
+            Command::PSubscribe {
+                pattern,
+                sub,
+                opts,
+                tx,
+                shared,
+                reply,
+            } => {
+                let _ = self.register_pattern(pattern, sub, &opts, tx, shared, reply);
+            }
+            Command::PUnsubscribe {
+                pattern,
+                sub,
+                reply,
+            } => {
+                self.remove_pattern(&pattern, sub);
+                if let Some(r) = reply {
+                    let _ = r.send(Ok(()));
+                }
+            }
             // Every subscription resumes from its last position when connected.
-            Command::Repair { .. } => {}
+            Command::Repair { .. } | Command::PRepair { .. } => {}
             // The session that asked is gone: the server no longer waits for this answer.
             Command::Ack { reply, .. } => {
                 let _ = reply.send(Err(Error::ConnectionLost));
@@ -330,6 +383,39 @@ impl Driver {
         let entry = SubEntry::new(sub, opts, tx, shared, reply);
         self.subs.insert(topic.clone(), entry);
         Some(topic)
+    }
+
+    /// Adds a pattern subscription; `None` (and the caller answered) if the pattern is taken.
+    fn register_pattern(
+        &mut self,
+        pattern: Arc<str>,
+        sub: u64,
+        opts: &PatternOptions,
+        tx: mpsc::Sender<PatternEvent>,
+        shared: Arc<PatShared>,
+        reply: oneshot::Sender<Result<(), Error>>,
+    ) -> Option<Arc<str>> {
+        if let Some(old) = self.patterns.get(&pattern) {
+            if !old.abandoned() {
+                let _ = reply.send(Err(Error::Server {
+                    code: ErrorCode::AlreadySubscribed.into(),
+                    message: format!("already subscribed to the pattern {pattern} on this client"),
+                }));
+                return None;
+            }
+        }
+        let entry = PatEntry::new(sub, opts, tx, shared, reply);
+        self.patterns.insert(pattern.clone(), entry);
+        Some(pattern)
+    }
+
+    /// Removes the pattern subscription `sub` of `pattern`; whether it was there.
+    fn remove_pattern(&mut self, pattern: &Arc<str>, sub: u64) -> Option<PatEntry> {
+        if self.patterns.get(pattern).is_some_and(|e| e.id == sub) {
+            self.patterns.remove(pattern)
+        } else {
+            None
+        }
     }
 
     /// Removes the subscription `sub` of `topic`; whether it was there.
@@ -367,6 +453,9 @@ impl Driver {
         }
         self.fail_pending(Error::Closed);
         for (_, entry) in self.subs.drain() {
+            entry.close(why.clone());
+        }
+        for (_, entry) in self.patterns.drain() {
             entry.close(why.clone());
         }
         self.set_state(ConnectionState::Closed {
@@ -452,6 +541,12 @@ impl Driver {
             self.send_subscribe(conn, &topic, ResumeCause::Reconnect)
                 .await?;
         }
+        self.patterns.retain(|_, e| !e.abandoned());
+        let patterns: Vec<Arc<str>> = self.patterns.keys().cloned().collect();
+        for pattern in patterns {
+            self.send_psubscribe(conn, &pattern, ResumeCause::Reconnect)
+                .await?;
+        }
         let rooms: Vec<String> = self.rooms.iter().cloned().collect();
         for room in rooms {
             let id = self.next_id();
@@ -492,6 +587,32 @@ impl Driver {
             last,
             presence,
             conflate,
+        };
+        conn.send(&ClientFrame::new(op).with_id(id)).await
+    }
+
+    async fn send_psubscribe(
+        &mut self,
+        conn: &mut Conn,
+        pattern: &Arc<str>,
+        cause: ResumeCause,
+    ) -> Result<(), End> {
+        let Some(entry) = self.patterns.get_mut(pattern) else {
+            return Ok(());
+        };
+        let positions = entry.resubscribe(cause);
+        let sub = entry.id;
+        let id = self.next_id();
+        self.pending.insert(
+            id,
+            Pending::PSubscribe {
+                pattern: pattern.clone(),
+                sub,
+            },
+        );
+        let op = ClientOp::PSubscribe {
+            pattern: pattern.to_string(),
+            positions,
         };
         conn.send(&ClientFrame::new(op).with_id(id)).await
     }
@@ -591,6 +712,67 @@ impl Driver {
                 self.unsubscribe_internal(conn, &topic).await?;
                 self.send_subscribe(conn, &topic, ResumeCause::Lagged).await
             }
+            Command::PSubscribe {
+                pattern,
+                sub,
+                opts,
+                tx,
+                shared,
+                reply,
+            } => {
+                let replaced = self.patterns.contains_key(&pattern);
+                let Some(pattern) = self.register_pattern(pattern, sub, &opts, tx, shared, reply)
+                else {
+                    return Ok(());
+                };
+                if replaced {
+                    // An abandoned subscription of the same pattern: the server still has it.
+                    self.punsubscribe_internal(conn, &pattern).await?;
+                }
+                self.send_psubscribe(conn, &pattern, ResumeCause::Since)
+                    .await
+            }
+            Command::PUnsubscribe {
+                pattern,
+                sub,
+                reply,
+            } => {
+                if self.remove_pattern(&pattern, sub).is_none() {
+                    if let Some(r) = reply {
+                        let _ = r.send(Ok(()));
+                    }
+                    return Ok(());
+                }
+                let id = self.next_id();
+                self.pending.insert(id, Pending::Unsubscribe { reply });
+                let op = ClientOp::PUnsubscribe {
+                    pattern: pattern.to_string(),
+                };
+                conn.send(&ClientFrame::new(op).with_id(id)).await
+            }
+            Command::PRepair { pattern, sub } => {
+                let Some(entry) = self
+                    .patterns
+                    .get_mut(&pattern)
+                    .filter(|e| e.id == sub && e.lagging && e.phase != PatPhase::Draining)
+                else {
+                    return Ok(());
+                };
+                tracing::debug!(%pattern, "resubscribing a lagging pattern subscription");
+                entry.drain();
+                let id = self.next_id();
+                self.pending.insert(
+                    id,
+                    Pending::PDrain {
+                        pattern: pattern.clone(),
+                        sub,
+                    },
+                );
+                let op = ClientOp::PUnsubscribe {
+                    pattern: pattern.to_string(),
+                };
+                conn.send(&ClientFrame::new(op).with_id(id)).await
+            }
             Command::Close { done } => {
                 // Handled by the caller; kept for completeness.
                 self.closers.push(done);
@@ -611,6 +793,40 @@ impl Driver {
             topic: topic.to_owned(),
         };
         self.send_internal(conn, op).await
+    }
+
+    /// Tells the server this client no longer follows `pattern` (the answer is not awaited).
+    async fn punsubscribe_internal(&mut self, conn: &mut Conn, pattern: &str) -> Result<(), End> {
+        let op = ClientOp::PUnsubscribe {
+            pattern: pattern.to_owned(),
+        };
+        self.send_internal(conn, op).await
+    }
+
+    /// Hands a message or gap of `topic` to every pattern subscription that matches it; those
+    /// whose application went away are unsubscribed.
+    async fn deliver_to_patterns(
+        &mut self,
+        conn: &mut Conn,
+        topic: &Arc<str>,
+        mut deliver: impl FnMut(&mut PatEntry) -> Delivered,
+    ) -> Option<End> {
+        if self.patterns.is_empty() {
+            return None;
+        }
+        let mut gone = Vec::new();
+        for (p, entry) in self.patterns.iter_mut() {
+            if pattern::matches(p, topic) && deliver(entry) == Delivered::Gone {
+                gone.push(p.clone());
+            }
+        }
+        for p in gone {
+            self.patterns.remove(&p);
+            if let Err(end) = self.punsubscribe_internal(conn, &p).await {
+                return Some(end);
+            }
+        }
+        None
     }
 
     /// One WebSocket message from the server. `Some` ends the connection.
@@ -653,6 +869,12 @@ impl Driver {
                     key,
                     delete,
                 };
+                if let Some(end) = self
+                    .deliver_to_patterns(conn, &topic, |e| e.on_message(message.clone()))
+                    .await
+                {
+                    return Some(end);
+                }
                 let outcome = self.subs.get_mut(&topic)?.on_message(message);
                 self.after_delivery(conn, &topic, outcome).await
             }
@@ -669,6 +891,12 @@ impl Driver {
                     to,
                     reason: Some(reason),
                 };
+                if let Some(end) = self
+                    .deliver_to_patterns(conn, &topic, |e| e.on_gap(&topic, gap.clone()))
+                    .await
+                {
+                    return Some(end);
+                }
                 let outcome = self.subs.get_mut(&topic)?.on_gap(gap);
                 self.after_delivery(conn, &topic, outcome).await
             }
@@ -831,6 +1059,31 @@ impl Driver {
                 }
                 None
             }
+            Pending::PSubscribe { pattern, sub } => {
+                let entry = self.patterns.get_mut(&pattern).filter(|e| e.id == sub)?;
+                let outcome = if entry.abandoned() {
+                    Delivered::Gone
+                } else {
+                    entry.on_reply()
+                };
+                if outcome != Delivered::Gone {
+                    return None;
+                }
+                self.patterns.remove(&pattern);
+                self.punsubscribe_internal(conn, &pattern).await.err()
+            }
+            Pending::PDrain { pattern, sub } => {
+                let draining = self
+                    .patterns
+                    .get(&pattern)
+                    .is_some_and(|e| e.id == sub && e.phase == PatPhase::Draining);
+                if !draining {
+                    return None;
+                }
+                self.send_psubscribe(conn, &pattern, ResumeCause::Lagged)
+                    .await
+                    .err()
+            }
             Pending::Internal => None,
         }
     }
@@ -856,6 +1109,18 @@ impl Driver {
             Some(Pending::Unsubscribe { reply }) => {
                 if let Some(r) = reply {
                     let _ = r.send(Err(error));
+                }
+            }
+            Some(Pending::PSubscribe { pattern, sub }) => {
+                if let Some(e) = self.remove_pattern(&pattern, sub) {
+                    e.close(error);
+                }
+            }
+            Some(Pending::PDrain { pattern, sub }) => {
+                // The server refused to let it go (it no longer had it): the subscription
+                // ends, with why.
+                if let Some(e) = self.remove_pattern(&pattern, sub) {
+                    e.close(error);
                 }
             }
             Some(Pending::Internal) | None => {
@@ -925,6 +1190,14 @@ fn refuse(cmd: Command) {
         }
         Command::Subscribe { reply, .. } => {
             let _ = reply.send(Err(Error::Closed));
+        }
+        Command::PSubscribe { reply, .. } => {
+            let _ = reply.send(Err(Error::Closed));
+        }
+        Command::PUnsubscribe {
+            reply: Some(reply), ..
+        } => {
+            let _ = reply.send(Ok(()));
         }
         Command::Unsubscribe {
             reply: Some(reply), ..

@@ -8,6 +8,10 @@
 //! - [`Subscription`]: a [`Stream`](futures_util::Stream) of [`SubEvent`]s. It survives
 //!   reconnects: no duplicate and no silent hole, and a [`Resumed`] says whether a resume
 //!   recovered everything (`recovered: true`) or what was lost.
+//! - [`Client::psubscribe`]: a [`PatternSubscription`] of every topic that matches a pattern
+//!   (`scores/*`, `scores/**`), a stream of [`PatternEvent`]s; each topic keeps its own
+//!   position, resumed after reconnects with the pattern's `positions` (no duplicate and no
+//!   silent hole per topic), and its gaps are told per topic.
 //! - [`SubscribeOptions`]: `since` (resume after a position), `last` (start with the newest
 //!   messages held), `conflate` (latest value per key when behind: [`SubEvent::Conflated`]
 //!   says what was superseded, [`Message::key`] and [`Message::delete`] what a message is),
@@ -109,6 +113,7 @@ mod connection;
 mod driver;
 mod error;
 mod events;
+mod pattern;
 mod subscription;
 
 pub use client::{Client, ClientBuilder};
@@ -120,6 +125,7 @@ pub use events::{
 pub use livehub_protocol::{
     Code, Codec, ErrorCode, GapReason, Member, Payload, Position, PresenceCount, SessionId,
 };
+pub use pattern::{PatternEvent, PatternOptions, PatternResumed, PatternSubscription};
 pub use subscription::{
     Gap, Message, ResumeCause, Resumed, SubEvent, SubscribeOptions, Subscription,
 };
@@ -133,4 +139,5 @@ fn assert_send_sync() {
     is::<Error>();
     is::<Ack>();
     send::<Subscription>();
+    send::<PatternSubscription>();
 }

@@ -157,6 +157,8 @@ async fn after_a_shutdown_clients_move_to_the_next_server() {
 
     proxy.retarget(serve(new.clone()).await);
     host::shutdown(&old).await;
+    // The server hints a random delay within its reconnect spread (5 s by default); the
+    // client waits it out, at most its ceiling (200 ms here).
     let cause = disconnected(&mut events).await;
     // The server spreads its clients' returns: a random delay within its 5 s default, which
     // this client takes capped at its own ceiling.
