@@ -209,9 +209,10 @@ pub trait Hooks: Send + Sync + 'static {
         Ok(Identity::anonymous())
     }
 
-    /// Decides whether `identity` may take `action`. Called for every client subscribe, publish
-    /// and join. The default allows subscribing and refuses publishing and joining: clients
-    /// read, the server writes, unless the host says otherwise.
+    /// Decides whether `identity` may take `action`. Called for every client subscribe, pattern
+    /// subscribe, publish and join. The default allows subscribing to a topic and refuses the
+    /// rest: clients read, the server writes, unless the host says otherwise; and a pattern
+    /// (`**` follows every topic) is the host's to allow, with the breadth it finds right.
     async fn authorize(&self, identity: &Identity, action: Action<'_>) -> bool {
         let _ = identity;
         matches!(action, Action::Subscribe(_))
