@@ -25,6 +25,10 @@
 //! - **Batched, vectored writes**: everything queued for the session goes out in one `writev`
 //!   of `[header, payload]` pairs (up to 512 frames per call); the payload is the hub's encoding
 //!   of the frame, shared by every subscriber and never copied into a per-connection buffer.
+//! - **`TCP_NODELAY`** on the connection's socket, by default ([`WsService::tcp_nodelay`]):
+//!   hub-ws takes the TCP socket out of hyper's upgraded connection when the host serves plain
+//!   TCP through hyper or hyper-util (axum's `serve` does), so that small frames are not held
+//!   back by Nagle's algorithm even where the host did not set the option.
 //!
 //! # Example: bare hyper
 //!
@@ -121,6 +125,7 @@ use hub_core::{Codec, Connection, DisconnectReason, Hub, Outgoing, Rejection, Tr
 use hyper_util::rt::TokioIo;
 use std::io::{self, IoSlice};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -149,6 +154,7 @@ pub type Body = Full<Bytes>;
 struct WsSettings {
     read_buffer_size: usize,
     slow_consumer_drain: Duration,
+    tcp_nodelay: bool,
 }
 
 /// A service that accepts WebSocket connections into a [`Hub`].
@@ -170,6 +176,7 @@ impl WsService {
             settings: Arc::new(WsSettings {
                 read_buffer_size: 512,
                 slow_consumer_drain: DEFAULT_SLOW_CONSUMER_DRAIN,
+                tcp_nodelay: true,
             }),
         }
     }
@@ -207,6 +214,21 @@ impl WsService {
         self
     }
 
+    /// Whether an upgraded connection's TCP socket gets `TCP_NODELAY` (default: yes).
+    ///
+    /// A hub writes small frames as they come; with Nagle's algorithm the kernel holds a small
+    /// write while an earlier one is unacknowledged, which with delayed ACKs (40 ms on Linux,
+    /// up to 200 ms elsewhere) adds tens of milliseconds to a feed of small messages. hub-ws
+    /// finds the socket under hyper's upgraded connection when the host serves plain TCP
+    /// through hyper-util (`TokioIo<TcpStream>`: axum's `serve`, hyper-util's auto builder,
+    /// hyper's HTTP/1 builder) and then also writes to it directly; under any other I/O (TLS,
+    /// Unix sockets) it cannot, and the host sets the option itself after `accept`.
+    #[must_use]
+    pub fn tcp_nodelay(mut self, on: bool) -> WsService {
+        Arc::make_mut(&mut self.settings).tcp_nodelay = on;
+        self
+    }
+
     /// Answers one request (refusals counted and logged), or upgrades it.
     async fn serve<B>(self, req: Request<B>) -> Response<Body> {
         let line = hub_http::RequestLine::of(&req, self.peer);
@@ -237,6 +259,7 @@ impl WsService {
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
         let drain = self.settings.slow_consumer_drain;
+        let nodelay = self.settings.tcp_nodelay;
         let config = WebSocketConfig::default()
             .read_buffer_size(self.settings.read_buffer_size)
             // Only control frames (pongs, the close handshake) go through tungstenite's
@@ -254,7 +277,7 @@ impl WsService {
             async move {
                 match on_upgrade.await {
                     Ok(upgraded) => {
-                        let io = TokioIo::new(upgraded);
+                        let io = SessionIo::new(upgraded, nodelay);
                         let ws =
                             WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
                         // A task of its own, sized for the connection's life (the upgrade's
@@ -462,6 +485,115 @@ where
                     }
                 }
             }
+        }
+    }
+}
+
+/// The upgraded connection's I/O: the TCP socket itself when hyper's `Upgraded` holds one
+/// (`TokioIo<TcpStream>`, directly or under hyper-util's auto builder), with whatever hyper had
+/// read past the request head served first; else the `Upgraded` as it is.
+///
+/// Owning the socket lets hub-ws set `TCP_NODELAY` ([`WsService::tcp_nodelay`]) and saves the
+/// boxed I/O object and its indirection on every read and write.
+enum SessionIo {
+    /// A plain TCP socket and the bytes hyper read after the request head (usually none).
+    Tcp {
+        /// Read before the socket: the client's first frames, if it sent them early.
+        pre: Bytes,
+        /// The connection.
+        tcp: TcpStream,
+    },
+    /// Any other I/O (TLS, Unix sockets, in-memory streams).
+    Other(TokioIo<hyper::upgrade::Upgraded>),
+}
+
+impl SessionIo {
+    /// Unwraps `upgraded` down to its TCP socket where there is one, setting `TCP_NODELAY` if
+    /// asked (a failure to set it is logged and otherwise ignored: the connection still works).
+    fn new(upgraded: hyper::upgrade::Upgraded, nodelay: bool) -> SessionIo {
+        type Plain = TokioIo<TcpStream>;
+        let (io, pre) = match hyper_util::server::conn::auto::upgrade::downcast::<Plain>(upgraded) {
+            Ok(parts) => (parts.io, parts.read_buf),
+            Err(upgraded) => match upgraded.downcast::<Plain>() {
+                Ok(parts) => (parts.io, parts.read_buf),
+                Err(upgraded) => return SessionIo::Other(TokioIo::new(upgraded)),
+            },
+        };
+        let tcp = io.into_inner();
+        if nodelay {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        }
+        SessionIo::Tcp { pre, tcp }
+    }
+}
+
+impl AsyncRead for SessionIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SessionIo::Tcp { pre, tcp } => {
+                if pre.is_empty() {
+                    return Pin::new(tcp).poll_read(cx, buf);
+                }
+                let n = pre.len().min(buf.remaining());
+                buf.put_slice(&pre.split_to(n));
+                if pre.is_empty() {
+                    // Let go of hyper's read buffer, which the leftover bytes may point into.
+                    *pre = Bytes::new();
+                }
+                Poll::Ready(Ok(()))
+            }
+            SessionIo::Other(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for SessionIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            SessionIo::Tcp { tcp, .. } => Pin::new(tcp).poll_write(cx, buf),
+            SessionIo::Other(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            SessionIo::Tcp { tcp, .. } => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            SessionIo::Other(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            SessionIo::Tcp { tcp, .. } => tcp.is_write_vectored(),
+            SessionIo::Other(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SessionIo::Tcp { tcp, .. } => Pin::new(tcp).poll_flush(cx),
+            SessionIo::Other(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SessionIo::Tcp { tcp, .. } => Pin::new(tcp).poll_shutdown(cx),
+            SessionIo::Other(io) => Pin::new(io).poll_shutdown(cx),
         }
     }
 }
@@ -824,6 +956,247 @@ mod tests {
         fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
         }
+    }
+
+    use tokio::io::AsyncReadExt;
+
+    /// Bounds every wait of the I/O tests below (a safety net: they fail instead of hanging).
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// Reads from `io` until `want` bytes have come.
+    async fn read_exact_bytes<R: AsyncRead + Unpin>(io: &mut R, want: usize) -> Vec<u8> {
+        let mut out = vec![0; want];
+        tokio::time::timeout(WAIT, io.read_exact(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        out
+    }
+
+    /// Reads an HTTP response head (up to the blank line) from `io`, byte by byte, so that
+    /// nothing after it is consumed.
+    async fn read_head<R: AsyncRead + Unpin>(io: &mut R) -> String {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(read_exact_bytes(io, 1).await[0]);
+        }
+        String::from_utf8(head).unwrap()
+    }
+
+    /// An upgrade request followed at once, in the same write, by `early`.
+    fn upgrade_request(early: &[u8]) -> Vec<u8> {
+        let mut req =
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n".to_vec();
+        req.extend_from_slice(early);
+        req
+    }
+
+    /// How the host serves the connection in [`upgraded`].
+    #[derive(Clone, Copy, Debug)]
+    enum Host {
+        /// hyper-util's auto builder over `TokioIo<TcpStream>` (what axum's `serve` does).
+        Auto,
+        /// hyper's own HTTP/1 builder over `TokioIo<TcpStream>`.
+        Http1,
+    }
+
+    /// Serves one upgrade over a real loopback connection as `host` does, and returns what
+    /// [`SessionIo::new`] made of the upgraded connection, with the client's socket (its
+    /// request sent with `early` right behind it, the 101 response head read).
+    async fn upgraded(host: Host, nodelay: bool, early: &[u8]) -> (SessionIo, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let tx = std::sync::Mutex::new(Some(tx));
+            let service = hyper::service::service_fn(move |mut req: Request<_>| {
+                let on_upgrade = hyper::upgrade::on(&mut req);
+                let tx = tx.lock().unwrap().take();
+                tokio::spawn(async move {
+                    let io = SessionIo::new(on_upgrade.await.unwrap(), nodelay);
+                    if let Some(tx) = tx {
+                        let _ = tx.send(io);
+                    }
+                });
+                let mut resp = Response::new(Full::new(Bytes::new()));
+                *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                resp.headers_mut()
+                    .insert(header::UPGRADE, HeaderValue::from_static("test"));
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let io = TokioIo::new(tcp);
+            let _ = match host {
+                Host::Auto => {
+                    hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection_with_upgrades(io, service)
+                    .await
+                }
+                Host::Http1 => hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .with_upgrades()
+                    .await
+                    .map_err(Into::into),
+            };
+        });
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(&upgrade_request(early)).await.unwrap();
+        let head = read_head(&mut client).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let io = tokio::time::timeout(WAIT, rx).await.unwrap().unwrap();
+        (io, client)
+    }
+
+    #[tokio::test]
+    async fn the_upgraded_tcp_socket_is_found_and_gets_nodelay_under_both_hyper_hosts() {
+        for host in [Host::Auto, Host::Http1] {
+            for nodelay in [true, false] {
+                let (io, _client) = upgraded(host, nodelay, b"").await;
+                match &io {
+                    SessionIo::Tcp { tcp, pre } => {
+                        assert_eq!(tcp.nodelay().unwrap(), nodelay, "{host:?}");
+                        assert!(pre.is_empty(), "{host:?}");
+                    }
+                    SessionIo::Other(_) => panic!("{host:?}: the TCP socket was not found"),
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_sent_right_behind_the_request_are_read_first_then_the_socket() {
+        for host in [Host::Auto, Host::Http1] {
+            let (mut io, mut client) = upgraded(host, true, b"early bytes").await;
+            assert!(matches!(io, SessionIo::Tcp { .. }), "{host:?}");
+            // Read in small pieces: the leftover is handed out across several reads.
+            let mut got = Vec::new();
+            while got.len() < 11 {
+                let mut piece = [0u8; 4];
+                let n = tokio::time::timeout(WAIT, io.read(&mut piece))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(n > 0, "{host:?}: ended early");
+                got.extend_from_slice(&piece[..n]);
+            }
+            assert_eq!(got, b"early bytes", "{host:?}");
+            client.write_all(b"later").await.unwrap();
+            assert_eq!(read_exact_bytes(&mut io, 5).await, b"later", "{host:?}");
+            io.write_all(b"answer").await.unwrap();
+            io.flush().await.unwrap();
+            assert_eq!(
+                read_exact_bytes(&mut client, 6).await,
+                b"answer",
+                "{host:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn any_other_io_stays_behind_the_upgraded_connection_and_works() {
+        // An in-memory stream: no TCP socket to find.
+        let (server_end, mut client) = tokio::io::duplex(4096);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let tx = std::sync::Mutex::new(Some(tx));
+        let service = hyper::service::service_fn(move |mut req: Request<_>| {
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            let tx = tx.lock().unwrap().take();
+            tokio::spawn(async move {
+                let io = SessionIo::new(on_upgrade.await.unwrap(), true);
+                if let Some(tx) = tx {
+                    let _ = tx.send(io);
+                }
+            });
+            let mut resp = Response::new(Full::new(Bytes::new()));
+            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            resp.headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static("test"));
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            async move { Ok::<_, Infallible>(resp) }
+        });
+        tokio::spawn(
+            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(server_end), service)
+                .into_owned(),
+        );
+        client.write_all(&upgrade_request(b"early")).await.unwrap();
+        let head = read_head(&mut client).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let mut io = tokio::time::timeout(WAIT, rx).await.unwrap().unwrap();
+        assert!(matches!(io, SessionIo::Other(_)));
+        assert_eq!(read_exact_bytes(&mut io, 5).await, b"early");
+        io.write_all(b"answer").await.unwrap();
+        io.flush().await.unwrap();
+        assert_eq!(read_exact_bytes(&mut client, 6).await, b"answer");
+    }
+
+    /// A client's masked text frame (RFC 6455, 5.3), payload under 126 bytes.
+    fn masked_text(payload: &[u8]) -> Vec<u8> {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut out = vec![0x81, 0x80 | u8::try_from(payload.len()).unwrap()];
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    /// The next server text frame (unmasked; lengths up to 65,535), as JSON; pings skipped.
+    async fn next_json<R: AsyncRead + Unpin>(io: &mut R) -> serde_json::Value {
+        loop {
+            let head = read_exact_bytes(io, 2).await;
+            let len = match head[1] & 0x7f {
+                126 => {
+                    let l = read_exact_bytes(io, 2).await;
+                    usize::from(u16::from_be_bytes([l[0], l[1]]))
+                }
+                127 => panic!("a frame of 64 KiB or more"),
+                n => usize::from(n),
+            };
+            let payload = read_exact_bytes(io, len).await;
+            if head[0] == 0x81 {
+                return serde_json::from_slice(&payload).unwrap();
+            }
+            assert_eq!(head[0], 0x89, "only text frames and pings are expected");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_subscribes_in_the_same_write_as_its_upgrade_is_served() {
+        let hub = Hub::builder().build();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = WsService::new(hub.clone());
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                    .await;
+        });
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let mut req = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+            Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            .to_vec();
+        req.extend(masked_text(
+            br#"{"type":"subscribe","topic":"scores","id":1}"#,
+        ));
+        client.write_all(&req).await.unwrap();
+        let head = read_head(&mut client).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert_eq!(next_json(&mut client).await["type"], "welcome");
+        let reply = next_json(&mut client).await;
+        assert_eq!(reply["type"], "reply", "{reply}");
+        assert_eq!(reply["id"], 1, "{reply}");
+        hub.publish("scores", &serde_json::json!({"home": 1}))
+            .await
+            .unwrap();
+        let msg = next_json(&mut client).await;
+        assert_eq!(msg["type"], "message", "{msg}");
+        assert_eq!(msg["data"]["home"], 1, "{msg}");
     }
 
     #[tokio::test]
