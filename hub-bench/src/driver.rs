@@ -62,14 +62,21 @@ pub(crate) struct Target {
     /// The server's runtime, from a `@current`, `@multi` or `@multi:N` suffix (`N` workers):
     /// our tuned server only; none: multi-thread with `--threads` (default: its CPUs).
     pub(crate) runtime: Option<(String, Option<usize>)>,
+    /// The server is started from `--alt-exe` (suffix `+alt`: an A/B of two builds of our
+    /// server, driven and loaded by this one).
+    pub(crate) alt: bool,
 }
 
 impl Target {
     /// Parses a target name, with an optional runtime suffix (`ws-json@multi:2`).
     pub(crate) fn parse(name: &str) -> Res<Target> {
-        let (base, rt) = match name.split_once('@') {
+        let (plain, alt) = match name.strip_suffix("+alt") {
+            Some(p) => (p, true),
+            None => (name, false),
+        };
+        let (base, rt) = match plain.split_once('@') {
             Some((b, r)) => (b, Some(r)),
-            None => (name, None),
+            None => (plain, None),
         };
         let (enc, kind, engine) = match base {
             "ws-json" | "sse" | "sse-h2" | "poll" => (Enc::Json, Kind::Hub, Engine::Memory),
@@ -111,6 +118,7 @@ impl Target {
             poll: base == "poll",
             engine,
             runtime,
+            alt,
         })
     }
 
@@ -124,6 +132,8 @@ impl Target {
 #[derive(Debug, Clone)]
 pub(crate) struct Env {
     pub(crate) exe: PathBuf,
+    /// Another build of hub-bench whose `server` the `+alt` targets run (`--alt-exe`).
+    pub(crate) alt_exe: Option<PathBuf>,
     /// Pin the server to CPU 0 and the load (driver and load processes) to CPU 1.
     pub(crate) pin: bool,
     pub(crate) peer_dir: PathBuf,
@@ -171,6 +181,7 @@ impl Env {
         };
         Ok(Env {
             exe,
+            alt_exe: opts.str("alt-exe").map(PathBuf::from),
             pin,
             peer_dir: dir("peer-dir", "peer"),
             bun_dir: dir("bun-dir", "peer-bun"),

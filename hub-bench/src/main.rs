@@ -75,6 +75,8 @@ COMMON OPTIONS (suite, run, smoke):
                       on a free port (--redis-server PROGRAM), pinned to --redis-cpu (1|none)
   --redis-pid PID     the shared Redis's pid, to report its CPU
   --nodes N           nodes of ws-cluster (default 3)
+  --alt-exe PATH      another build of hub-bench: targets with the suffix +alt (ws-json+alt,
+                      ws-json@current+alt) run their server from it (A/B of two builds)
 
 Each run prints one JSON line on stdout and a table on stderr; suite adds a table of medians.
 ";
