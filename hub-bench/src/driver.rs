@@ -143,7 +143,7 @@ pub(crate) struct Env {
     per_child: usize,
     timeout: f64,
     pub(crate) threads: Option<usize>,
-    /// Extra `--name value` options for our server (`ws-read-buffer`, `pacing-ms`).
+    /// Extra `--name value` options for our server (`pacing-ms`).
     pub(crate) server_extra: Vec<String>,
     /// A shared Redis for the Redis targets (`--redis`); none: a `redis-server` per run.
     pub(crate) redis_url: Option<String>,
@@ -190,7 +190,7 @@ impl Env {
             per_child: opts.get("per-child", 5000)?,
             timeout: opts.get("timeout", 120.0)?,
             threads: opts.str("threads").and_then(|t| t.parse().ok()),
-            server_extra: ["ws-read-buffer", "pacing-ms"]
+            server_extra: ["pacing-ms"]
                 .iter()
                 .filter_map(|k| opts.str(k).map(|v| [format!("--{k}"), v.to_owned()]))
                 .flatten()

@@ -68,7 +68,6 @@ COMMON OPTIONS (suite, run, smoke):
   --threads N         the server's tokio worker threads (default: CPUs it may use)
   --peer-dir DIR      where the Node peer lives (default hub-bench/peer)
   --bun-dir DIR       where the Bun peer lives (default hub-bench/peer-bun)
-  --ws-read-buffer N  hub-ws's read buffer (bytes) for our server
   --pacing-ms N       the hub's pacing bound (HubBuilder::pacing) for our tuned server; 0: off
   --redis URL         a shared Redis for ws-redis/ws-cluster (keys under a prefix of the
                       run's own, deleted after it); default: a redis-server of the run's own
