@@ -543,6 +543,13 @@ impl SessionIo {
             },
         };
         let tcp = io.into_inner();
+        // What hyper read past the request head is a slice of its read buffer (8 KiB to
+        // ~400 KiB): copied out, so that the buffer goes now, not after the first read.
+        let pre = if pre.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(&pre)
+        };
         if nodelay {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "could not set TCP_NODELAY");
@@ -566,7 +573,7 @@ impl AsyncRead for SessionIo {
                 let n = pre.len().min(buf.remaining());
                 buf.put_slice(&pre.split_to(n));
                 if pre.is_empty() {
-                    // Let go of hyper's read buffer, which the leftover bytes may point into.
+                    // All served: nothing of it is kept.
                     *pre = Bytes::new();
                 }
                 Poll::Ready(Ok(()))
