@@ -425,9 +425,12 @@ where
                         r = &mut write => r,
                     };
                     drop(write);
+                    let frames = batch.len();
                     batch.clear();
-                    if batch.capacity() > MAX_IDLE_BATCH {
-                        // A burst is over: give its memory back rather than keep it per session.
+                    if batch.capacity() > MAX_IDLE_BATCH || frames <= FEW_FRAMES {
+                        // A burst is over, or traffic is light (most likely the session goes
+                        // idle now: its welcome and replies): give the memory back rather than
+                        // keep it per session. Busy sessions keep theirs between batches.
                         batch = Vec::new();
                     }
                     if written.is_err() {
@@ -721,6 +724,10 @@ fn close_frame(reason: DisconnectReason) -> Vec<u8> {
 
 /// A batch's capacity kept between bursts; a larger one is given back after its write.
 const MAX_IDLE_BATCH: usize = 64;
+
+/// A batch of at most this many frames gives its memory back after its write (~200 bytes
+/// that every idle connection kept: its last batch was its `welcome` and a reply or two).
+const FEW_FRAMES: usize = 4;
 
 const OPCODE_TEXT: u8 = 0x1;
 const OPCODE_BINARY: u8 = 0x2;
