@@ -15,6 +15,7 @@
 //! [`DisconnectReason::BadData`] (1007).
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -93,8 +94,10 @@ impl FrameReader {
                 }
                 return Poll::Ready(Ok(event));
             }
-            let mut chunk = [0u8; READ_CHUNK];
-            let mut read = ReadBuf::new(&mut chunk);
+            // Not zeroed: this runs at every turn of the session's loop (once per batch
+            // written), and the socket only writes into it.
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut read = ReadBuf::uninit(&mut chunk);
             match ready!(Pin::new(&mut *io).poll_read(cx, &mut read)) {
                 Ok(()) if read.filled().is_empty() => return Poll::Ready(Ok(Event::End)),
                 Ok(()) => self.buf.extend_from_slice(read.filled()),
