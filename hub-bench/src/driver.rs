@@ -1259,3 +1259,25 @@ pub(crate) async fn suite(env: &Env, plan: &[(Case, Vec<Target>)], runs: usize) 
     eprintln!("{table}");
     all.into_values().flatten().collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_alt_suffix_marks_a_target_of_the_other_build_and_keeps_its_runtime() {
+        let t = Target::parse("ws-json@current+alt").unwrap();
+        assert!(t.alt);
+        assert_eq!(t.name, "ws-json@current+alt");
+        assert_eq!(t.runtime, Some(("current".to_owned(), None)));
+        assert_eq!(t.kind, Kind::Hub);
+        let t = Target::parse("ws-axum+alt").unwrap();
+        assert!(t.alt && t.kind == Kind::Axum && t.runtime.is_none());
+        let t = Target::parse("ws-json").unwrap();
+        assert!(!t.alt);
+        assert!(Target::parse("ws-nope+alt").is_err());
+        assert!(Target::parse("ws-json+other").is_err());
+    }
+}
