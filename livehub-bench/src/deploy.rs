@@ -349,6 +349,11 @@ async fn start_node(
     index: usize,
 ) -> Res<Server> {
     let (tx, mut events) = mpsc::unbounded_channel();
+    let exe = match (&env.alt_exe, target.alt) {
+        (_, false) => env.exe.as_os_str(),
+        (Some(alt), true) => alt.as_os_str(),
+        (None, true) => return Err(err(format!("{}: needs --alt-exe PATH", target.name))),
+    };
     let proc = match target.kind {
         Kind::Hub => {
             let mut args: Vec<String> = ["server", "--addr", "127.0.0.1:0", "--queue"]
@@ -375,14 +380,14 @@ async fn start_node(
                 ]);
             }
             args.extend(env.server_extra.iter().cloned());
-            spawn(env, Some(0), env.exe.as_os_str(), &args, &[], index, tx)?
+            spawn(env, Some(0), exe, &args, &[], index, tx)?
         }
         Kind::Axum => {
             let args: Vec<String> = ["server", "--addr", "127.0.0.1:0", "--http", "axum"]
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-            spawn(env, Some(0), env.exe.as_os_str(), &args, &[], index, tx)?
+            spawn(env, Some(0), exe, &args, &[], index, tx)?
         }
         Kind::Node | Kind::Bun => {
             let (dir, program, check) = if target.kind == Kind::Node {

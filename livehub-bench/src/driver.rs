@@ -62,14 +62,21 @@ pub(crate) struct Target {
     /// The server's runtime, from a `@current`, `@multi` or `@multi:N` suffix (`N` workers):
     /// our tuned server only; none: multi-thread with `--threads` (default: its CPUs).
     pub(crate) runtime: Option<(String, Option<usize>)>,
+    /// The server is started from `--alt-exe` (suffix `+alt`: an A/B of two builds of our
+    /// server, driven and loaded by this one).
+    pub(crate) alt: bool,
 }
 
 impl Target {
     /// Parses a target name, with an optional runtime suffix (`ws-json@multi:2`).
     pub(crate) fn parse(name: &str) -> Res<Target> {
-        let (base, rt) = match name.split_once('@') {
+        let (plain, alt) = match name.strip_suffix("+alt") {
+            Some(p) => (p, true),
+            None => (name, false),
+        };
+        let (base, rt) = match plain.split_once('@') {
             Some((b, r)) => (b, Some(r)),
-            None => (name, None),
+            None => (plain, None),
         };
         let (enc, kind, engine) = match base {
             "ws-json" | "sse" | "sse-h2" | "poll" => (Enc::Json, Kind::Hub, Engine::Memory),
@@ -111,6 +118,7 @@ impl Target {
             poll: base == "poll",
             engine,
             runtime,
+            alt,
         })
     }
 
@@ -124,6 +132,8 @@ impl Target {
 #[derive(Debug, Clone)]
 pub(crate) struct Env {
     pub(crate) exe: PathBuf,
+    /// Another build of livehub-bench whose `server` the `+alt` targets run (`--alt-exe`).
+    pub(crate) alt_exe: Option<PathBuf>,
     /// Pin the server to CPU 0 and the load (driver and load processes) to CPU 1.
     pub(crate) pin: bool,
     pub(crate) peer_dir: PathBuf,
@@ -133,7 +143,7 @@ pub(crate) struct Env {
     per_child: usize,
     timeout: f64,
     pub(crate) threads: Option<usize>,
-    /// Extra `--name value` options for our server (`ws-read-buffer`, `pacing-ms`).
+    /// Extra `--name value` options for our server (`pacing-ms`).
     pub(crate) server_extra: Vec<String>,
     /// A shared Redis for the Redis targets (`--redis`); none: a `redis-server` per run.
     pub(crate) redis_url: Option<String>,
@@ -171,6 +181,7 @@ impl Env {
         };
         Ok(Env {
             exe,
+            alt_exe: opts.str("alt-exe").map(PathBuf::from),
             pin,
             peer_dir: dir("peer-dir", "peer"),
             bun_dir: dir("bun-dir", "peer-bun"),
@@ -179,7 +190,7 @@ impl Env {
             per_child: opts.get("per-child", 5000)?,
             timeout: opts.get("timeout", 120.0)?,
             threads: opts.str("threads").and_then(|t| t.parse().ok()),
-            server_extra: ["ws-read-buffer", "pacing-ms"]
+            server_extra: ["pacing-ms"]
                 .iter()
                 .filter_map(|k| opts.str(k).map(|v| [format!("--{k}"), v.to_owned()]))
                 .flatten()
@@ -1247,4 +1258,26 @@ pub(crate) async fn suite(env: &Env, plan: &[(Case, Vec<Target>)], runs: usize) 
     }
     eprintln!("{table}");
     all.into_values().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_alt_suffix_marks_a_target_of_the_other_build_and_keeps_its_runtime() {
+        let t = Target::parse("ws-json@current+alt").unwrap();
+        assert!(t.alt);
+        assert_eq!(t.name, "ws-json@current+alt");
+        assert_eq!(t.runtime, Some(("current".to_owned(), None)));
+        assert_eq!(t.kind, Kind::Hub);
+        let t = Target::parse("ws-axum+alt").unwrap();
+        assert!(t.alt && t.kind == Kind::Axum && t.runtime.is_none());
+        let t = Target::parse("ws-json").unwrap();
+        assert!(!t.alt);
+        assert!(Target::parse("ws-nope+alt").is_err());
+        assert!(Target::parse("ws-json+other").is_err());
+    }
 }

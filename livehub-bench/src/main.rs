@@ -68,13 +68,14 @@ COMMON OPTIONS (suite, run, smoke):
   --threads N         the server's tokio worker threads (default: CPUs it may use)
   --peer-dir DIR      where the Node peer lives (default livehub-bench/peer)
   --bun-dir DIR       where the Bun peer lives (default livehub-bench/peer-bun)
-  --ws-read-buffer N  livehub-ws's read buffer (bytes) for our server
   --pacing-ms N       the hub's pacing bound (HubBuilder::pacing) for our tuned server; 0: off
   --redis URL         a shared Redis for ws-redis/ws-cluster (keys under a prefix of the
                       run's own, deleted after it); default: a redis-server of the run's own
                       on a free port (--redis-server PROGRAM), pinned to --redis-cpu (1|none)
   --redis-pid PID     the shared Redis's pid, to report its CPU
   --nodes N           nodes of ws-cluster (default 3)
+  --alt-exe PATH      another build of livehub-bench: targets with the suffix +alt (ws-json+alt,
+                      ws-json@current+alt) run their server from it (A/B of two builds)
 
 Each run prints one JSON line on stdout and a table on stderr; suite adds a table of medians.
 ";

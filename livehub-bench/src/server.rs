@@ -100,8 +100,6 @@ async fn serve(opts: &Opts) -> Res<()> {
             "transport {transport:?} is not supported (ws, sse)"
         )));
     }
-    // livehub-ws's read buffer, to measure its effect on memory (default: livehub-ws's own).
-    let read_buffer: Option<usize> = opts.str("ws-read-buffer").and_then(|v| v.parse().ok());
     let mut builder = Hub::builder().queue_capacity(queue).hooks(BenchHooks);
     // The longest a publish waits for congested queues (ms; 0: no pacing), to measure what
     // pacing does (default: the hub's own).
@@ -148,10 +146,7 @@ async fn serve(opts: &Opts) -> Res<()> {
             }
         };
         let _ = tcp.set_nodelay(true);
-        let mut service = WsService::new(hub.clone()).with_peer(peer);
-        if let Some(n) = read_buffer {
-            service = service.read_buffer_size(n);
-        }
+        let service = WsService::new(hub.clone()).with_peer(peer);
         let sse = sse.clone().with_peer(peer);
         let poll = poll.clone().with_peer(peer);
         let route = hyper::service::service_fn(move |req: Request<Incoming>| {
