@@ -9,7 +9,7 @@
 //!
 //! | feature | module | transport |
 //! | --- | --- | --- |
-//! | `ws` (default) | [`ws`] | WebSocket (tokio-tungstenite over a hyper upgrade) |
+//! | `ws` (default) | [`ws`] | WebSocket over a hyper upgrade |
 //! | `sse` (default) | [`sse`] | server-sent events, with commands by POST |
 //! | `poll` (default) | [`poll`] | long-polling with cursors |
 //!
