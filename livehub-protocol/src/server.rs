@@ -234,13 +234,14 @@ impl ServerFrame {
                 f.push(("topic", Str(topic)));
                 f.push(("epoch", Str(epoch)));
                 f.push(("offset", U64(*offset)));
-                f.push(("data", Raw(data)));
+                // `data` last: a reader can find the other fields without scanning the payload.
                 if let Some(key) = key {
                     f.push(("key", Str(key)));
                 }
                 if *delete {
                     f.push(("delete", Bool(true)));
                 }
+                f.push(("data", Raw(data)));
             }
             ServerFrame::Event { event, data, ack } => {
                 f.push(("type", Str("event")));
