@@ -190,7 +190,7 @@ impl Env {
             per_child: opts.get("per-child", 5000)?,
             timeout: opts.get("timeout", 120.0)?,
             threads: opts.str("threads").and_then(|t| t.parse().ok()),
-            server_extra: ["pacing-ms"]
+            server_extra: ["pacing-ms", "conflate"]
                 .iter()
                 .filter_map(|k| opts.str(k).map(|v| [format!("--{k}"), v.to_owned()]))
                 .flatten()
@@ -518,6 +518,8 @@ pub(crate) struct Case {
     pub(crate) topics: usize,
     /// Publishing clients (fan-out, burst), on the first node, sharing the stream's numbers.
     pub(crate) publishers: usize,
+    /// The publishing clients key their messages over this many keys (0: no keys).
+    pub(crate) keys: u64,
 }
 
 impl Case {
@@ -537,6 +539,7 @@ impl Case {
             tasks: opts.get("tasks", 64)?,
             topics: opts.get("topics", 1)?,
             publishers: opts.get("publishers", 1)?,
+            keys: opts.get("keys", 0)?,
             scenario,
             n,
             msgs: opts.get("msgs", msgs)?,
@@ -670,7 +673,7 @@ async fn subscribe(
     if connected.iter().any(Option::is_none) {
         errors += 1;
     }
-    let codec = Codec::new(target.enc, case.bytes, "bench");
+    let codec = Codec::new(target.enc, case.bytes, "bench").with_keys(case.keys);
     let mut publishers = Vec::new();
     for _ in 0..case.publishers.max(1) {
         publishers.push(Publisher::connect(ep, codec.clone()).await?);

@@ -69,6 +69,8 @@ COMMON OPTIONS (suite, run, smoke):
   --peer-dir DIR      where the Node peer lives (default livehub-bench/peer)
   --bun-dir DIR       where the Bun peer lives (default livehub-bench/peer-bun)
   --pacing-ms N       the hub's pacing bound (HubBuilder::pacing) for our tuned server; 0: off
+  --conflate 1        our tuned server conflates every topic (HubBuilder::conflate_topics)
+  --keys N            fan-out/burst publishers key their messages over N keys (k0..k<N-1>)
   --redis URL         a shared Redis for ws-redis/ws-cluster (keys under a prefix of the
                       run's own, deleted after it); default: a redis-server of the run's own
                       on a free port (--redis-server PROGRAM), pinned to --redis-cpu (1|none)
@@ -123,6 +125,7 @@ fn case(scenario: &str, n: usize, msgs: u64, rate: f64, secs: f64) -> Case {
         tasks: 64,
         topics: 1,
         publishers: 1,
+        keys: 0,
     }
 }
 

@@ -110,6 +110,8 @@ pub(crate) struct Codec {
     marker: Vec<u8>,
     /// Bytes after the content (`"}` for JSON, none for MessagePack).
     trailer: usize,
+    /// Publish frames carry a key, one of this many (`k<seq % keys>`); 0: none.
+    keys: u64,
 }
 
 impl Codec {
@@ -131,7 +133,15 @@ impl Codec {
             topic: topic.to_owned(),
             marker,
             trailer,
+            keys: 0,
         }
+    }
+
+    /// The same codec, publishing keyed messages over `keys` keys (`k<seq % keys>`: for
+    /// latest-value conflation; received messages carry the key before their data).
+    pub(crate) fn with_keys(mut self, keys: u64) -> Codec {
+        self.keys = keys;
+        self
     }
 
     /// The encoding.
@@ -145,16 +155,23 @@ impl Codec {
             Enc::Json => {
                 out.extend_from_slice(b"{\"type\":\"publish\",\"topic\":\"");
                 out.extend_from_slice(self.topic.as_bytes());
+                if self.keys > 0 {
+                    out.extend_from_slice(format!("\",\"key\":\"k{}", seq % self.keys).as_bytes());
+                }
                 out.extend_from_slice(b"\",\"data\":\"");
                 content(out, seq, ts_ns, self.bytes);
                 out.extend_from_slice(b"\"}");
             }
             Enc::MsgPack => {
-                out.push(0x83);
+                out.push(if self.keys > 0 { 0x84 } else { 0x83 });
                 mp_str(out, "type");
                 mp_str(out, "publish");
                 mp_str(out, "topic");
                 mp_str(out, &self.topic);
+                if self.keys > 0 {
+                    mp_str(out, "key");
+                    mp_str(out, &format!("k{}", seq % self.keys));
+                }
                 mp_str(out, "data");
                 mp_str_header(out, self.bytes);
                 content(out, seq, ts_ns, self.bytes);
@@ -254,6 +271,39 @@ mod tests {
                 assert_eq!(c.message(&out), Some((42, 123_456_789)));
                 assert_eq!(c.frame_type(&out), Some(&b"publish"[..]));
             }
+        }
+    }
+
+    #[test]
+    fn keyed_publishes_carry_their_key_and_the_hubs_keyed_messages_are_recognized() {
+        use livehub_protocol::{ClientFrame, ClientOp, Codec as Wire, ServerFrame};
+        for enc in [Enc::Json, Enc::MsgPack] {
+            let c = Codec::new(enc, 100, "bench").with_keys(16);
+            let mut out = Vec::new();
+            c.publish(&mut out, 42, 123_456_789);
+            let wire = if enc == Enc::Json {
+                Wire::Json
+            } else {
+                Wire::MsgPack
+            };
+            let Ok(ClientOp::Publish { data, key, .. }) =
+                ClientFrame::decode(wire, &bytes::Bytes::from(out)).map(|f| f.op)
+            else {
+                panic!("{enc:?}: not a publish");
+            };
+            assert_eq!(key.as_deref(), Some("k10"), "{enc:?}");
+            // The hub's message of it: the key before the data, which the load generator
+            // finds at the end.
+            let message = ServerFrame::Message {
+                topic: "bench".into(),
+                epoch: "e".into(),
+                offset: 1,
+                data,
+                key: key.map(Into::into),
+                delete: false,
+            };
+            let encoded = message.encode(wire).unwrap_or_default();
+            assert_eq!(c.message(&encoded), Some((42, 123_456_789)), "{enc:?}");
         }
     }
 

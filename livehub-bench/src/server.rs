@@ -106,6 +106,11 @@ async fn serve(opts: &Opts) -> Res<()> {
     if let Some(ms) = opts.str("pacing-ms").and_then(|v| v.parse().ok()) {
         builder = builder.pacing(Duration::from_millis(ms));
     }
+    // `--conflate 1`: every topic conflates (latest value per key for subscribers that lag),
+    // to measure what conflation costs on the hot path.
+    if opts.str("conflate") == Some("1") {
+        builder = builder.conflate_topics(|_| true);
+    }
     let mut engine = None;
     if let Some(url) = opts.str("redis") {
         let prefix = opts.str("prefix").unwrap_or("livehub-bench");
