@@ -410,12 +410,24 @@ async fn an_undecodable_message_is_counted_and_later_ones_still_arrive() {
     assert_eq!((s.undecodable, s.messages_in), (5, 6));
 }
 
+/// Opens a gate when dropped (also when a test fails).
+struct OpenOnDrop(Arc<Gate>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_overflow_is_dropped_and_counted() {
     let Some(redis) = SharedRedis::get() else {
         return;
     };
     let gate = Arc::new(Gate::default());
+    // If an assertion fails before the gate opens, open it anyway: the engine's dispatch task
+    // would otherwise hold the runtime's shutdown for two minutes per queued message.
+    let _open_on_failure = OpenOnDrop(gate.clone());
     let opts = NodeOptions {
         gate: Some(gate.clone()),
         builder: |b| b.inbound_queue(8),
@@ -435,7 +447,8 @@ async fn inbound_overflow_is_dropped_and_counted() {
     while !arrived(1, 0) {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the first did not arrive"
+            "the first did not arrive: {:?}",
+            a.engine.stats()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -444,7 +457,11 @@ async fn inbound_overflow_is_dropped_and_counted() {
         b.engine.publish("flood", json(json!(i))).await.unwrap();
     }
     while !arrived(N, 8) {
-        assert!(tokio::time::Instant::now() < deadline, "not all arrived");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not all arrived: {:?}",
+            a.engine.stats()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let s = a.engine.stats();

@@ -31,12 +31,22 @@ impl Gate {
         self.cv.notify_all();
     }
 
+    /// Blocks until the gate opens (at most `2 * WAIT`). Called from the engine's dispatch
+    /// task, so on a multi-thread runtime it hands the worker's other tasks to another thread
+    /// first (`block_in_place`): a task woken into this worker's LIFO slot would otherwise
+    /// wait for the gate too, and with it whatever awaits that task.
     fn wait(&self) {
-        let open = self.open.lock().unwrap();
-        let _unused = self
-            .cv
-            .wait_timeout_while(open, 2 * WAIT, |open| !*open)
-            .unwrap();
+        let block = || {
+            let open = self.open.lock().unwrap();
+            let _unused = self
+                .cv
+                .wait_timeout_while(open, 2 * WAIT, |open| !*open)
+                .unwrap();
+        };
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(block),
+            _ => block(),
+        }
     }
 }
 
