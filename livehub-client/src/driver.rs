@@ -1168,18 +1168,8 @@ fn close_end_hinted(code: u16, text: String, field: Option<Duration>) -> End {
 /// `retry_ms=<whole number>` is the server's reconnect hint. Other parameters, and a
 /// `retry_ms` that is not a whole number, are ignored.
 pub(crate) fn split_reason(text: &str) -> (&str, Option<Duration>) {
-    let mut parts = text.split(';');
-    let reason = parts.next().unwrap_or_default().trim();
-    let mut retry = None;
-    for p in parts {
-        if let Some((k, v)) = p.split_once('=') {
-            let v = v.trim();
-            if k.trim() == "retry_ms" && !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-                retry = v.parse::<u64>().ok().map(Duration::from_millis);
-            }
-        }
-    }
-    (reason, retry)
+    let parsed = livehub_protocol::CloseText::parse(text);
+    (parsed.reason, parsed.retry_ms.map(Duration::from_millis))
 }
 
 /// A command that arrives after the end.

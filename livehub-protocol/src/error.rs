@@ -421,14 +421,19 @@ impl<'a> CloseText<'a> {
         }
     }
 
-    /// Reads a close reason text; never fails (a text without `;` is all reason).
+    /// Reads a close reason text; never fails (a text without `;` is all reason). Parameters
+    /// are `name=value`; a `retry_ms` whose value is not a whole number of milliseconds is
+    /// ignored (the last valid one counts).
     pub fn parse(text: &'a str) -> CloseText<'a> {
         let mut parts = text.split(';');
         let reason = parts.next().unwrap_or_default().trim();
         let retry_ms = parts
-            .filter_map(|p| p.trim().strip_prefix("retry_ms="))
-            .next_back()
-            .and_then(|v| v.parse().ok());
+            .filter_map(|p| p.split_once('='))
+            .filter(|(k, _)| k.trim() == "retry_ms")
+            .map(|(_, v)| v.trim())
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .filter_map(|v| v.parse().ok())
+            .next_back();
         CloseText { reason, retry_ms }
     }
 }
