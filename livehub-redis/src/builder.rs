@@ -132,8 +132,9 @@ impl RedisEngineBuilder {
         self
     }
 
-    /// Received messages waiting to be handed to the node (default 16,384). When it is full,
-    /// what arrives is dropped and counted ([`EngineStats::dropped_in`]); the node finds the
+    /// Received messages waiting to be handed to the node (default 16,384). A message is one
+    /// publication, or up to 64 publications of one topic (at most 64 KiB of payloads) that
+    /// reached Redis together. When the queue is full, what arrives is dropped and counted ([`EngineStats::dropped_in`]); the node finds the
     /// holes by offset or against the streams' tops and repairs them, or sends a `gap`.
     ///
     /// [`EngineStats::dropped_in`]: livehub_core::broker::EngineStats::dropped_in

@@ -1,6 +1,7 @@
 //! [`RedisEngine`] and its [`Broker`] side.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -89,10 +90,19 @@ pub(crate) struct Outgoing {
 const PUBLISH_QUEUE: usize = 16_384;
 /// Publishes sent to Redis in one pipeline (one round trip).
 const PUBLISH_BATCH: usize = 256;
+/// Pipelines of publishes in flight at once.
+const PIPELINES_IN_FLIGHT: usize = 2;
+/// Publishes of one topic in one script call, at most (a call holds Redis for its length).
+const PUBLISH_GROUP: usize = 64;
+/// Payload bytes in one script call, at most (beyond, the next publish starts a new call; a
+/// larger message goes alone). A call is one channel message, so this also bounds what one
+/// entry of a node's inbound queue holds, as one large message did.
+const PUBLISH_GROUP_BYTES: usize = 64 * 1024;
 
 /// One publish, waiting for the publisher task.
 struct PublishJob {
-    invocation: redis::Cmd,
+    topic: Arc<str>,
+    message: Message,
     reply: tokio::sync::oneshot::Sender<Result<Position, BrokerError>>,
 }
 
@@ -305,24 +315,88 @@ impl Shared {
 
     /// Sends queued publishes to Redis, as many as are waiting (up to [`PUBLISH_BATCH`]) in one
     /// pipeline: one round trip for them all, and Redis runs them in the order they were made.
-    /// Each gets its own answer (a publish Redis refused fails alone).
+    /// Publishes of one topic queued next to each other go as one script call (up to
+    /// [`PUBLISH_GROUP`]): Redis pays the topic's bookkeeping once for them. A call Redis
+    /// refuses fails its publishes alone.
+    ///
+    /// Up to [`PIPELINES_IN_FLIGHT`] pipelines are in flight at once, so that Redis works on
+    /// one while the answers of the other travel back. Their order holds: each pipeline takes
+    /// its place in the connection's queue (first come, first served) before the next one is
+    /// formed, and a pipeline that must run again (Redis lost the scripts) waits until the one
+    /// before it is done.
     async fn publisher(self: Arc<Self>, mut rx: mpsc::Receiver<PublishJob>) {
-        let mut batch = Vec::with_capacity(PUBLISH_BATCH);
-        while rx.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+        let slots = Arc::new(tokio::sync::Semaphore::new(PIPELINES_IN_FLIGHT));
+        // Closed when the last batch is done.
+        let mut last_done: Option<tokio::sync::oneshot::Receiver<()>> = None;
+        loop {
+            // A slot first: while both are busy, publishes gather into the next batch.
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+            if rx.recv_many(&mut batch, PUBLISH_BATCH).await == 0 {
+                return;
+            }
+            // Publishers woken by the last answers are about to publish again: let them, so
+            // that they share this pipeline (and its script calls) instead of the next one.
+            tokio::task::yield_now().await;
+            while batch.len() < PUBLISH_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let (done, next_done) = tokio::sync::oneshot::channel();
+            let after = last_done.replace(next_done);
+            let mut run = Box::pin(self.clone().publish_batch(batch, slot, after, done));
+            // Polled once here: the pipeline is queued on the connection before the next.
+            let pending = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(run.as_mut().poll(cx).is_pending())
+            })
+            .await;
+            if pending {
+                tokio::spawn(run);
+            }
+        }
+    }
+
+    /// Sends one batch of publishes as one pipeline and answers each (see [`Self::publisher`]);
+    /// `_slot` is released and `_done` closed when the answers are in. `after` closes when
+    /// the batch before this one is done.
+    async fn publish_batch(
+        self: Arc<Self>,
+        mut batch: Vec<PublishJob>,
+        _slot: tokio::sync::OwnedSemaphorePermit,
+        after: Option<tokio::sync::oneshot::Receiver<()>>,
+        _done: tokio::sync::oneshot::Sender<()>,
+    ) {
+        {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
-            for job in &batch {
-                pipe.add_command(job.invocation.clone());
+            // The length of each call's run of jobs, in order.
+            let mut groups: Vec<usize> = Vec::new();
+            let mut start = 0;
+            while start < batch.len() {
+                let end = self.group_end(&batch, start);
+                pipe.add_command(self.publish_call(&batch[start..end]));
+                groups.push(end - start);
+                start = end;
             }
-            let answers = self.publish_pipeline(&pipe).await;
+            let answers = self.publish_pipeline(&pipe, after).await;
             match answers {
-                Ok(answers) if answers.len() == batch.len() => {
+                Ok(answers) if answers.len() == groups.len() => {
                     let n = batch.len() as u64;
                     self.counters.messages_out.fetch_add(n, Ordering::Relaxed);
-                    for (job, answer) in batch.drain(..).zip(answers) {
-                        let _ = job
-                            .reply
-                            .send(answer.map_err(|e| self.map_error(e)).and_then(position));
+                    let mut jobs = batch.drain(..);
+                    for (len, answer) in groups.into_iter().zip(answers) {
+                        let first = answer.map_err(|e| self.map_error(e)).and_then(position);
+                        for (i, job) in jobs.by_ref().take(len).enumerate() {
+                            let _ = job.reply.send(
+                                first
+                                    .clone()
+                                    .map(|p| Position::new(p.epoch.clone(), p.offset + i as u64)),
+                            );
+                        }
                     }
                 }
                 Ok(_) => {
@@ -339,11 +413,65 @@ impl Shared {
         }
     }
 
+    /// Where the run of publishes to `batch[start]`'s topic that can share its script call
+    /// ends: the next job of another topic, [`PUBLISH_GROUP`] jobs or [`PUBLISH_GROUP_BYTES`].
+    fn group_end(&self, batch: &[PublishJob], start: usize) -> usize {
+        let topic = &batch[start].topic;
+        let mut bytes = batch[start].message.data.as_bytes().len();
+        let mut end = start + 1;
+        while end < batch.len() && end - start < PUBLISH_GROUP && batch[end].topic == *topic {
+            bytes += batch[end].message.data.as_bytes().len();
+            if bytes > PUBLISH_GROUP_BYTES {
+                break;
+            }
+            end += 1;
+        }
+        end
+    }
+
+    /// The script call that publishes `jobs` (all of one topic), in order.
+    fn publish_call(&self, jobs: &[PublishJob]) -> redis::Cmd {
+        let topic = &jobs[0].topic;
+        let r = self.retention();
+        let mut call = scripts::evalsha(
+            &scripts::PUBLISH,
+            &[&self.keys.topic_meta(topic), &self.keys.topic_stream(topic)],
+        );
+        call.arg(new_epoch())
+            .arg(r.max_messages)
+            .arg(r.max_bytes)
+            .arg(self.ttl_ms())
+            .arg(self.keys.topic_channel(topic));
+        if jobs.len() > 1 {
+            let items: Vec<wire::Item> = jobs
+                .iter()
+                .map(|job| wire::Item {
+                    codec: job.message.data.codec(),
+                    key: job.message.key.clone().map(|k| (k, job.message.delete)),
+                    data: job.message.data.as_bytes().clone(),
+                })
+                .collect();
+            call.arg(wire::batch_items(&items));
+        } else {
+            call.arg("");
+        }
+        for job in jobs {
+            let data = &job.message.data;
+            call.arg(&[wire::codec_tag(data.codec())][..])
+                .arg(data.as_bytes().as_ref())
+                .arg(job.message.key.as_deref().unwrap_or(""))
+                .arg(if job.message.delete { "1" } else { "0" });
+        }
+        call
+    }
+
     /// Runs a pipeline of publishes; when Redis lost the scripts (every call answered
-    /// `NOSCRIPT`, so none ran), loads them and runs it once more.
+    /// `NOSCRIPT`, so none ran), loads them and runs it once more, once the pipeline before it
+    /// (`after`) is done: the publishes stay in order.
     async fn publish_pipeline(
         &self,
         pipe: &redis::Pipeline,
+        after: Option<tokio::sync::oneshot::Receiver<()>>,
     ) -> Result<Vec<redis::RedisResult<Value>>, BrokerError> {
         let mut conn = self.command_conn()?;
         self.timed(async move {
@@ -354,6 +482,10 @@ impl Shared {
                 });
             if lost {
                 tracing::info!("redis lost the hub's scripts: loading them again");
+                if let Some(after) = after {
+                    // Closed, never sent: either way the batch before is done.
+                    let _ = after.await;
+                }
                 crate::link::load_scripts(&mut conn).await?;
                 return pipe.query_async(&mut conn).await;
             }
@@ -523,30 +655,26 @@ impl Broker for RedisEngine {
         let shared = self.shared();
         // At once when down: no queueing for a Redis that is not there.
         shared.command_conn()?;
-        let r = shared.retention();
-        let data = &message.data;
-        let mut invocation = scripts::evalsha(
-            &scripts::PUBLISH,
-            &[
-                &shared.keys.topic_meta(topic),
-                &shared.keys.topic_stream(topic),
-            ],
-        );
-        invocation
-            .arg(new_epoch())
-            .arg(&[wire::codec_tag(data.codec())][..])
-            .arg(data.as_bytes().as_ref())
-            .arg(r.max_messages)
-            .arg(r.max_bytes)
-            .arg(shared.ttl_ms())
-            .arg(shared.keys.topic_channel(topic))
-            .arg(message.key.as_deref().unwrap_or(""))
-            .arg(if message.delete { "1" } else { "0" });
+        if message
+            .key
+            .as_ref()
+            .is_some_and(|k| k.len() > usize::from(u16::MAX))
+        {
+            // The channel message gives a key two bytes of length (the hub's name limit is
+            // far below; a host that raised it past 65,535 gets this).
+            return Err(BrokerError::Engine(
+                "a message key longer than 65,535 bytes".to_owned(),
+            ));
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         // Queued in call order: a node's publishes reach Redis in the order they were made.
         shared
             .publish_tx
-            .try_send(PublishJob { invocation, reply })
+            .try_send(PublishJob {
+                topic: Arc::from(topic),
+                message,
+                reply,
+            })
             .map_err(|_| {
                 BrokerError::Unavailable("too many publishes waiting for redis".to_owned())
             })?;

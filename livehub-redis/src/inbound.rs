@@ -110,24 +110,51 @@ impl Shared {
                 let Some(topic) = topic else {
                     return self.undecodable(node, None, "a publication on a non-topic channel");
                 };
-                match Payload::from_encoded(codec, data) {
-                    Ok(payload) => {
-                        let message = match key {
-                            Some((key, false)) => broker::Message::keyed(payload, key),
-                            Some((key, true)) => broker::Message::keyed(payload, key).deleting(),
-                            None => broker::Message::new(payload),
-                        };
-                        node.deliver(Publication::of(
-                            Arc::from(topic),
-                            Position { epoch, offset },
-                            message,
-                        ));
-                    }
-                    Err(e) => {
-                        let error = format!("publication data does not decode: {e}");
-                        self.undecodable(node, Some(topic), &error);
-                    }
+                let topic = Arc::from(topic);
+                self.deliver(node, &topic, Position { epoch, offset }, codec, key, data);
+            }
+            Ok(Message::Batch {
+                epoch,
+                first,
+                items,
+            }) => {
+                let Some(topic) = topic else {
+                    return self.undecodable(node, None, "a publication on a non-topic channel");
+                };
+                let topic = Arc::from(topic);
+                // Counted per publication, like single ones (the push was counted once).
+                let more = items.len().saturating_sub(1) as u64;
+                self.counters.messages_in.fetch_add(more, Ordering::Relaxed);
+                for (offset, item) in (first..).zip(items) {
+                    let at = Position::new(epoch.clone(), offset);
+                    self.deliver(node, &topic, at, item.codec, item.key, item.data);
                 }
+            }
+        }
+    }
+
+    /// Hands one publication to the node (or counts it undecodable: the node sends a `gap`).
+    fn deliver(
+        &self,
+        node: &dyn Node,
+        topic: &Arc<str>,
+        at: Position,
+        codec: livehub_core::Codec,
+        key: Option<(Arc<str>, bool)>,
+        data: bytes::Bytes,
+    ) {
+        match Payload::from_encoded(codec, data) {
+            Ok(payload) => {
+                let message = match key {
+                    Some((key, false)) => broker::Message::keyed(payload, key),
+                    Some((key, true)) => broker::Message::keyed(payload, key).deleting(),
+                    None => broker::Message::new(payload),
+                };
+                node.deliver(Publication::of(topic.clone(), at, message));
+            }
+            Err(e) => {
+                let error = format!("publication data does not decode: {e}");
+                self.undecodable(node, Some(topic), &error);
             }
         }
     }

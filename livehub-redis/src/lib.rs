@@ -154,8 +154,8 @@
 //!
 //! | key or channel | type | what |
 //! |---|---|---|
-//! | `{P:t:<topic>}:meta` | hash | `e` epoch, `o` last offset, `b` payload bytes in the stream |
-//! | `{P:t:<topic>}:stream` | stream | history: entry id `<offset>-0`, fields `c` codec (`j`/`m`), `d` data |
+//! | `{P:t:<topic>}:meta` | hash | `e` epoch, `o` last offset, `f` first offset in the stream, `t` payload bytes appended in this epoch |
+//! | `{P:t:<topic>}:stream` | stream | history: entry id `<offset>-<t before it>`, fields `c` codec (`j`/`m`), `d` data, and for a keyed message `k` key, `x` `1` if it deletes it |
 //! | `{P:t:<topic>}:ch` | channel | the topic's publications and control messages |
 //! | `{P:t:<topic>}:pm` | hash | topic presence: session id -> member JSON |
 //! | `{P:t:<topic>}:px` | sorted set | topic presence: session id -> expiry (ms, Redis clock) |
@@ -167,10 +167,27 @@
 //! | `{P}:all` | channel | control messages to every node |
 //! | `{P}:presence` | sorted set | scopes with presence (`t:<topic>`, `r:<room>`) -> next expiry, a lower bound |
 //!
+//! An entry's id carries the payload bytes appended before it, so the bytes a stream holds from
+//! any entry on are `t` minus that number: the publish script checks the byte bound by reading
+//! one entry, not every entry it drops.
+//!
 //! Channel messages (format 1): a version byte `0x01`, then a kind byte. A publication
 //! (`0x01`) carries a codec byte, the epoch's length (one byte), the epoch, the offset (8
-//! bytes, big-endian) and the data; a control message (`0x02`) the sending node's id (4
-//! bytes, big-endian) and the message. A node drops its own control messages.
+//! bytes, big-endian) and the data; a keyed one (`0x03`) also the key (its length in 2
+//! bytes) and a delete flag. A batch (`0x04`) carries up to 64 publications of one topic at
+//! consecutive offsets: the epoch, the first offset, the count (2 bytes), then each message's
+//! codec, flags, key and data (its length in 4 bytes). A control message (`0x02`) carries the
+//! sending node's id (4 bytes, big-endian) and the message. A node drops its own control
+//! messages.
+//!
+//! # Publishing
+//!
+//! A node's publishes wait in one bounded queue (16,384; beyond, a publish fails at once with
+//! `engine_unavailable`) and go to Redis as pipelines, up to two in flight on the command
+//! connection, in the order they were made. The publishes of one topic that are next to each
+//! other in a pipeline (up to 64, and 64 KiB of payloads) are one script call and one channel
+//! message: Redis pays a topic's bookkeeping (epoch, offset, trim, ttl) once for them, and
+//! every other node decodes one message for them. Each publish still gets its own position.
 
 #![warn(missing_docs)]
 

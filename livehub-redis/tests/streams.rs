@@ -537,3 +537,96 @@ async fn keys_travel_with_messages_through_the_channel_and_the_history() {
     );
     assert_eq!(h.publications[0].data(), &data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_queued_together_keep_positions_keys_and_both_history_bounds() {
+    let Some(redis) = SharedRedis::get() else {
+        return;
+    };
+    // Publishes of one topic queued next to each other go to Redis as one script call and one
+    // channel message: each must still get its own position, key and delete flag, and the
+    // history must be the same suffix that one publish at a time leaves.
+    const N: usize = 200;
+    const KEEP: usize = 50;
+    const BYTES: usize = 300;
+    let opts = || keeping(KEEP, BYTES, None);
+    let mut a = node(&redis.url, &redis.prefix, opts()).await;
+    let b = node(&redis.url, &redis.prefix, opts()).await;
+    a.engine
+        .subscribe(Channel::Topic("together"))
+        .await
+        .unwrap();
+    let message = |i: usize| {
+        // JSON strings of 3 to 9 bytes; every third keyed, every fifth of those deleting.
+        let data = json(json!("x".repeat(1 + i % 7)));
+        match i % 15 {
+            0 => Message::keyed(data.data, format!("k:{i}")).deleting(),
+            3 | 6 | 9 | 12 => Message::keyed(data.data, format!("k:{i}")),
+            _ => data,
+        }
+    };
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let engine = b.engine.clone();
+        let m = message(i);
+        tasks.push(tokio::spawn(async move {
+            (i, engine.publish("together", m).await)
+        }));
+    }
+    // Offset -> which message got it.
+    let mut at = vec![usize::MAX; N + 1];
+    let mut epoch = None;
+    for t in tasks {
+        let (i, p) = t.await.unwrap();
+        let p = p.unwrap();
+        assert_eq!(*epoch.get_or_insert_with(|| p.epoch.clone()), p.epoch);
+        assert_eq!(
+            at[p.offset as usize],
+            usize::MAX,
+            "offset {} twice",
+            p.offset
+        );
+        at[p.offset as usize] = i;
+    }
+    assert!(at[1..].iter().all(|&i| i < N), "offsets 1..={N}, each once");
+
+    let describe = |i: usize| {
+        let m = message(i);
+        (m.data, m.key.map(|k| k.to_string()), m.delete)
+    };
+    for offset in 1..=N as u64 {
+        let p = a.heard.delivery().await;
+        assert_eq!(p.offset(), offset, "in order");
+        assert_eq!(p.epoch(), epoch.as_ref().unwrap());
+        let (data, key, delete) = describe(at[offset as usize]);
+        assert_eq!(p.data(), &data, "offset {offset}");
+        assert_eq!(
+            (p.key().map(|k| k.to_string()), p.is_delete()),
+            (key, delete)
+        );
+    }
+    assert_eq!(a.engine.stats().messages_in, N as u64);
+
+    // The longest suffix within both bounds.
+    let mut want = Vec::new();
+    let mut bytes = 0;
+    for offset in (1..=N).rev() {
+        let size = message(at[offset]).data.as_bytes().len();
+        if want.len() == KEEP || bytes + size > BYTES {
+            break;
+        }
+        bytes += size;
+        want.push(offset as u64);
+    }
+    want.reverse();
+    let h = history(&a, "together", HistoryFrom::Last(1000)).await;
+    assert_eq!(offsets(&h), want);
+    for p in &h.publications {
+        let (data, key, delete) = describe(at[p.offset() as usize]);
+        assert_eq!(p.data(), &data);
+        assert_eq!(
+            (p.key().map(|k| k.to_string()), p.is_delete()),
+            (key, delete)
+        );
+    }
+}

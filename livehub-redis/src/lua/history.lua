@@ -14,7 +14,7 @@ if not epoch then
   epoch = ARGV[1]
   -- HSET first: a script without flags is checked for OOM at its first write only, and
   -- DEL would pass that check.
-  redis.call('HSET', meta, 'e', epoch, 'o', 0, 'b', 0)
+  redis.call('HSET', meta, 'e', epoch, 'o', 0, 'f', 1, 'b', 0, 't', 0)
   redis.call('DEL', stream)
   if ARGV[2] ~= '0' then redis.call('PEXPIRE', meta, ARGV[2]) end
   return {epoch, 0}
