@@ -115,4 +115,6 @@ pub use presence::{
 };
 pub use session::SessionId;
 pub use stats::{LatencyHistogram, NodeStats, StatsSnapshot};
-pub use transport::{CommandError, Connection, OutFrame, Outbox, Outgoing, Session, TransportInfo};
+pub use transport::{
+    CommandError, Connection, OutFrame, Outbox, Outgoing, Session, SubscribedAt, TransportInfo,
+};

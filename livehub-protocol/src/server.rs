@@ -392,6 +392,23 @@ impl Shared {
         self.encoded_with(codec, || {})
     }
 
+    /// Shares a frame whose bytes in `codec` are `bytes` (made elsewhere: not checked against
+    /// the frame).
+    pub fn with_bytes(frame: ServerFrame, codec: Codec, bytes: Bytes) -> Arc<Shared> {
+        let shared = Shared {
+            frame,
+            encoded: [OnceLock::new(), OnceLock::new()],
+        };
+        let _ = shared.encoded[codec.index()].set(Ok(bytes));
+        Arc::new(shared)
+    }
+
+    /// The frame's bytes in `codec` if they were made already (and the encoding worked):
+    /// borrowed, not counted as a use.
+    pub fn cached(&self, codec: Codec) -> Option<&Bytes> {
+        self.encoded[codec.index()].get()?.as_ref().ok()
+    }
+
     /// The frame's bytes in `codec`, encoded on first use; `on_encode` runs when this call is
     /// the one that encodes (e.g. to count encodings).
     pub fn encoded_with(

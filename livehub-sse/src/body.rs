@@ -350,8 +350,9 @@ impl Writer {
                         }
                     }
                 }
-                Outgoing::Subscribed { topic, position } => {
-                    cursor.set(&topic, &position.epoch, position.offset);
+                Outgoing::Subscribed(at) => {
+                    let (topic, position) = (at.topic(), at.position());
+                    cursor.set(topic, &position.epoch, position.offset);
                     id_due = true;
                 }
                 Outgoing::Ping => out.put(b": ping\n\n"),
