@@ -538,6 +538,12 @@ async fn every_node_counts_its_own_traffic_and_shows_its_engine() {
     messages(&mut sub, 10).await;
     a.hub.emit_to(sub.session, "hello", &json!(null)).unwrap();
     event(&mut sub, "hello").await;
+    // A counts a message out once Redis has answered for it, which may be after B has already
+    // delivered it (seen once in CI): wait for the count, not for a guess at its timing.
+    until(WAIT, "A to count its control message out", || {
+        a.hub.engine_stats().messages_out >= 11
+    })
+    .await;
 
     let (sa, sb, sc) = (a.hub.stats(), b.hub.stats(), c.hub.stats());
     // Published on A, delivered by B, nothing on C.
