@@ -107,10 +107,9 @@ impl Shared {
                 key,
                 data,
             }) => {
-                let Some(topic) = topic else {
-                    return self.undecodable(node, None, "a publication on a non-topic channel");
+                let Some(topic) = self.publication_topic(node, topic) else {
+                    return;
                 };
-                let topic = Arc::from(topic);
                 self.deliver(node, &topic, Position { epoch, offset }, codec, key, data);
             }
             Ok(Message::Batch {
@@ -118,10 +117,9 @@ impl Shared {
                 first,
                 items,
             }) => {
-                let Some(topic) = topic else {
-                    return self.undecodable(node, None, "a publication on a non-topic channel");
+                let Some(topic) = self.publication_topic(node, topic) else {
+                    return;
                 };
-                let topic = Arc::from(topic);
                 // Counted per publication, like single ones (the push was counted once).
                 let more = items.len().saturating_sub(1) as u64;
                 self.counters.messages_in.fetch_add(more, Ordering::Relaxed);
@@ -157,6 +155,14 @@ impl Shared {
                 self.undecodable(node, Some(topic), &error);
             }
         }
+    }
+
+    /// The topic a publication came for; one on any other kind of channel is undecodable.
+    fn publication_topic(&self, node: &dyn Node, topic: Option<&str>) -> Option<Arc<str>> {
+        if topic.is_none() {
+            self.undecodable(node, None, "a publication on a non-topic channel");
+        }
+        topic.map(Arc::from)
     }
 
     fn undecodable(&self, node: &dyn Node, topic: Option<&str>, error: &str) {

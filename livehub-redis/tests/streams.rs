@@ -381,7 +381,6 @@ async fn an_undecodable_message_is_counted_and_later_ones_still_arrive() {
     let mut a = node(&redis.url, &redis.prefix, NodeOptions::default()).await;
     a.engine.subscribe(Channel::Topic("t")).await.unwrap();
     let channel = format!("{{{}:t:t}}:ch", redis.prefix);
-    let mut cli = redis.cli();
     let bad: [&[u8]; 5] = [
         b"",
         b"not a message",
@@ -390,13 +389,7 @@ async fn an_undecodable_message_is_counted_and_later_ones_still_arrive() {
         b"\x01\x01j\x02ep\x00\x00\x00\x00\x00\x00\x00\x01{not json",
         b"\x07\x01",
     ];
-    for body in bad {
-        let _: i64 = redis::cmd("PUBLISH")
-            .arg(&channel)
-            .arg(body)
-            .query(&mut cli)
-            .unwrap();
-    }
+    publish_raw(&redis, &channel, &bad);
     for _ in bad {
         let (topic, error) = a.heard.undecodable().await;
         assert_eq!(topic.as_deref(), Some("t"));
@@ -408,6 +401,41 @@ async fn an_undecodable_message_is_counted_and_later_ones_still_arrive() {
     assert_eq!(value(&got), json!("fine"));
     let s = a.engine.stats();
     assert_eq!((s.undecodable, s.messages_in), (5, 6));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_on_a_room_channel_is_undecodable_and_delivered_nowhere() {
+    let Some(redis) = SharedRedis::get() else {
+        return;
+    };
+    let mut a = node(&redis.url, &redis.prefix, NodeOptions::default()).await;
+    a.engine.subscribe(Channel::Room("r")).await.unwrap();
+    let channel = format!("{{{}:r:r}}:ch", redis.prefix);
+    // Both well-formed: one publication, and a batch of one, each at offset 1 of epoch "ep".
+    let bodies: [&[u8]; 2] = [
+        b"\x01\x01j\x02ep\x00\x00\x00\x00\x00\x00\x00\x01\"x\"",
+        b"\x01\x04\x02ep\x00\x00\x00\x00\x00\x00\x00\x01\x00\x01j\x00\x00\x00\x00\x03\"x\"",
+    ];
+    publish_raw(&redis, &channel, &bodies);
+    for _ in bodies {
+        let (topic, error) = a.heard.undecodable().await;
+        assert_eq!(topic, None);
+        assert_eq!(error, "a publication on a non-topic channel");
+    }
+    assert!(a.heard.nothing_delivered_yet());
+    assert_eq!(a.engine.stats().undecodable, 2);
+}
+
+/// Publishes each of `bodies` on `channel` as they are, behind the engine's back.
+fn publish_raw(redis: &SharedRedis, channel: &str, bodies: &[&[u8]]) {
+    let mut cli = redis.cli();
+    for body in bodies {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(*body)
+            .query(&mut cli)
+            .unwrap();
+    }
 }
 
 /// Opens a gate when dropped (also when a test fails).
