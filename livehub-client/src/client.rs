@@ -17,8 +17,9 @@ use crate::error::Error;
 use crate::events::{
     ConnectionEvent, ConnectionEvents, ConnectionState, ServerEvent, ServerEvents,
 };
-use crate::pattern::{PatShared, PatternOptions, PatternSubscription};
-use crate::subscription::{SubShared, SubscribeOptions, Subscription};
+use crate::feed::{Feed, Kind, Shared};
+use crate::pattern::{PatternOptions, PatternSubscription};
+use crate::subscription::{SubscribeOptions, Subscription};
 
 /// Builds a [`Client`]. Every setting has a default; only the URL is needed.
 #[derive(Debug)]
@@ -231,7 +232,7 @@ impl Client {
     ) -> Result<Subscription, Error> {
         let capacity = self.inner.cfg.subscription_buffer;
         let (tx, rx) = mpsc::channel(capacity);
-        let shared = Arc::new(SubShared::default());
+        let shared = Arc::new(Shared::default());
         let (reply, answer) = oneshot::channel();
         let topic: Arc<str> = Arc::from(topic);
         let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
@@ -247,15 +248,10 @@ impl Client {
         let top = self.ask(cmd, answer).await?;
         // With `since`, what follows starts after it: that is where a later resume begins.
         let position = since.unwrap_or(top);
+        let cmds = self.inner.cmds.clone();
         Ok(Subscription {
-            topic,
-            id,
-            rx,
-            capacity,
-            shared,
-            cmds: self.inner.cmds.clone(),
+            feed: Feed::new(Kind::Topic, topic, id, rx, capacity, shared, cmds),
             position,
-            done: false,
         })
     }
 
@@ -327,7 +323,7 @@ impl Client {
     ) -> Result<PatternSubscription, Error> {
         let capacity = self.inner.cfg.subscription_buffer;
         let (tx, rx) = mpsc::channel(capacity);
-        let shared = Arc::new(PatShared::default());
+        let shared = Arc::new(Shared::default());
         let (reply, answer) = oneshot::channel();
         let pattern: Arc<str> = Arc::from(pattern);
         let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
@@ -341,15 +337,10 @@ impl Client {
             reply,
         };
         self.ask(cmd, answer).await?;
+        let cmds = self.inner.cmds.clone();
         Ok(PatternSubscription {
-            pattern,
-            id,
-            rx,
-            capacity,
-            shared,
-            cmds: self.inner.cmds.clone(),
+            feed: Feed::new(Kind::Pattern, pattern, id, rx, capacity, shared, cmds),
             positions,
-            done: false,
         })
     }
 

@@ -23,9 +23,10 @@ use crate::backoff::{self, Backoff};
 use crate::connection::{self, Config, Welcome, Ws};
 use crate::error::Error;
 use crate::events::{Ack, ConnectionEvent, ConnectionState, DisconnectCause, ServerEvent};
-use crate::pattern::{self, PatEntry, PatPhase, PatShared, PatternEvent, PatternOptions};
+use crate::feed::Shared;
+use crate::pattern::{self, PatEntry, PatPhase, PatternEvent, PatternOptions};
 use crate::subscription::{
-    Delivered, Gap, Message, ResumeCause, SubEntry, SubEvent, SubShared, SubscribeOptions,
+    Delivered, Gap, Message, ResumeCause, SubEntry, SubEvent, SubscribeOptions,
 };
 
 /// What the application asks of the driver.
@@ -41,7 +42,7 @@ pub(crate) enum Command {
         sub: u64,
         opts: SubscribeOptions,
         tx: mpsc::Sender<SubEvent>,
-        shared: Arc<SubShared>,
+        shared: Arc<Shared>,
         reply: oneshot::Sender<Result<Position, Error>>,
     },
     Unsubscribe {
@@ -55,7 +56,7 @@ pub(crate) enum Command {
         sub: u64,
         opts: PatternOptions,
         tx: mpsc::Sender<PatternEvent>,
-        shared: Arc<PatShared>,
+        shared: Arc<Shared>,
         reply: oneshot::Sender<Result<(), Error>>,
     },
     PUnsubscribe {
@@ -368,7 +369,7 @@ impl Driver {
         sub: u64,
         opts: &SubscribeOptions,
         tx: mpsc::Sender<SubEvent>,
-        shared: Arc<SubShared>,
+        shared: Arc<Shared>,
         reply: oneshot::Sender<Result<Position, Error>>,
     ) -> Option<Arc<str>> {
         if let Some(old) = self.subs.get(&topic) {
@@ -392,7 +393,7 @@ impl Driver {
         sub: u64,
         opts: &PatternOptions,
         tx: mpsc::Sender<PatternEvent>,
-        shared: Arc<PatShared>,
+        shared: Arc<Shared>,
         reply: oneshot::Sender<Result<(), Error>>,
     ) -> Option<Arc<str>> {
         if let Some(old) = self.patterns.get(&pattern) {

@@ -113,6 +113,7 @@ mod connection;
 mod driver;
 mod error;
 mod events;
+mod feed;
 mod pattern;
 mod subscription;
 

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -11,9 +11,9 @@ use futures_util::Stream;
 use livehub_protocol::{GapReason, Position};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::driver::Command;
 use crate::error::Error;
-use crate::subscription::{Delivered, Gap, Message, ResumeCause};
+use crate::feed::{Feed, Shared};
+use crate::subscription::{check_next, Delivered, Duplicate, Gap, Message, ResumeCause, Window};
 
 /// The topics whose positions one pattern subscription keeps at most. A topic past this is
 /// still delivered, without a position kept (no resume, no duplicate check): the server's own
@@ -111,14 +111,6 @@ pub(crate) fn matches(pattern: &str, topic: &str) -> bool {
     }
 }
 
-/// What a pattern subscription and the driver share.
-#[derive(Debug, Default)]
-pub(crate) struct PatShared {
-    /// Set by the driver when the buffer was full; taken by the subscription when it asks for
-    /// the repair.
-    pub(crate) lagging: AtomicBool,
-}
-
 /// The messages of every topic that matches a pattern, as a [`Stream`] of [`PatternEvent`]s.
 /// Made by [`crate::Client::psubscribe`].
 ///
@@ -150,21 +142,15 @@ pub(crate) struct PatShared {
 #[derive(Debug)]
 #[must_use = "a pattern subscription that is dropped unsubscribes"]
 pub struct PatternSubscription {
-    pub(crate) pattern: Arc<str>,
-    pub(crate) id: u64,
-    pub(crate) rx: mpsc::Receiver<PatternEvent>,
-    pub(crate) capacity: usize,
-    pub(crate) shared: Arc<PatShared>,
-    pub(crate) cmds: mpsc::Sender<Command>,
+    pub(crate) feed: Feed<PatternEvent>,
     /// The last position read, per topic (at most [`MAX_PATTERN_TOPICS`]).
     pub(crate) positions: HashMap<Arc<str>, Position>,
-    pub(crate) done: bool,
 }
 
 impl PatternSubscription {
     /// The pattern.
     pub fn pattern(&self) -> &str {
-        &self.pattern
+        &self.feed.name
     }
 
     /// The position of the last message read of `topic`, or the one it was opened with
@@ -186,30 +172,7 @@ impl PatternSubscription {
 
     /// Sends `punsubscribe`, and waits for the server's answer.
     pub async fn unsubscribe(mut self) -> Result<(), Error> {
-        self.done = true;
-        let (tx, rx) = oneshot::channel();
-        let cmd = Command::PUnsubscribe {
-            pattern: self.pattern.clone(),
-            sub: self.id,
-            reply: Some(tx),
-        };
-        self.cmds.send(cmd).await.map_err(|_| Error::Closed)?;
-        rx.await.unwrap_or(Err(Error::Closed))
-    }
-
-    fn repair_if_lagging(&mut self, cx: &mut Context<'_>) {
-        if !self.shared.lagging.load(Ordering::Acquire) || self.rx.len() > self.capacity / 2 {
-            return;
-        }
-        let cmd = Command::PRepair {
-            pattern: self.pattern.clone(),
-            sub: self.id,
-        };
-        match self.cmds.try_send(cmd) {
-            Ok(()) => self.shared.lagging.store(false, Ordering::Release),
-            Err(mpsc::error::TrySendError::Full(_)) => cx.waker().wake_by_ref(),
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-        }
+        self.feed.unsubscribe().await
     }
 }
 
@@ -218,29 +181,13 @@ impl Stream for PatternSubscription {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<PatternEvent>> {
         let this = self.get_mut();
-        let polled = this.rx.poll_recv(cx);
+        let polled = this.feed.poll_next(cx);
         if let Poll::Ready(Some(PatternEvent::Message(m))) = &polled {
             if this.positions.len() < MAX_PATTERN_TOPICS || this.positions.contains_key(&m.topic) {
                 this.positions.insert(m.topic.clone(), m.position.clone());
             }
         }
-        if let Poll::Ready(None) = polled {
-            this.done = true;
-        }
-        this.repair_if_lagging(cx);
         polled
-    }
-}
-
-impl Drop for PatternSubscription {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = self.cmds.try_send(Command::PUnsubscribe {
-                pattern: self.pattern.clone(),
-                sub: self.id,
-                reply: None,
-            });
-        }
     }
 }
 
@@ -270,7 +217,7 @@ struct TopicPos {
     /// Offsets of an epoch that may be missing: through `Some(to)` (a `conflated` gap's), or
     /// with `None` before its next message, wherever it starts (a stream recreated in a new
     /// epoch: its messages follow from what its history still holds).
-    window: Option<(Arc<str>, Option<u64>)>,
+    window: Option<Window>,
 }
 
 /// The driver's side of a pattern subscription.
@@ -278,7 +225,7 @@ struct TopicPos {
 pub(crate) struct PatEntry {
     pub(crate) id: u64,
     tx: mpsc::Sender<PatternEvent>,
-    shared: Arc<PatShared>,
+    shared: Arc<Shared>,
     topics: HashMap<Arc<str>, TopicPos>,
     pub(crate) phase: PatPhase,
     pub(crate) lagging: bool,
@@ -291,7 +238,7 @@ impl PatEntry {
         id: u64,
         opts: &PatternOptions,
         tx: mpsc::Sender<PatternEvent>,
-        shared: Arc<PatShared>,
+        shared: Arc<Shared>,
         waiter: oneshot::Sender<Result<(), Error>>,
     ) -> PatEntry {
         let topics: HashMap<Arc<str>, TopicPos> = opts
@@ -391,48 +338,13 @@ impl PatEntry {
             // Past the bound: delivered as it is, without a position kept.
             None => return self.deliver(PatternEvent::Message(message)),
         };
-        let position = &message.position;
-        let mut lenient = false;
-        let mut window = state.window.clone();
-        let mut base = state.last.as_ref().map(|l| l.offset);
-        if let Some((epoch, to)) = &state.window {
-            if **epoch != *position.epoch {
-                window = None;
-            } else {
-                match to {
-                    None => {
-                        lenient = true;
-                        window = None;
-                    }
-                    Some(to) if position.offset <= *to => lenient = true,
-                    Some(to) => {
-                        base = base.map(|b| b.max(*to));
-                        window = None;
-                    }
-                }
-            }
-        }
-        let hole = match &state.last {
-            Some(last) if *last.epoch == *position.epoch => {
-                if position.offset <= last.offset {
-                    return Delivered::Yes; // a duplicate
-                }
-                let base = base.unwrap_or(last.offset);
-                (!lenient && position.offset > base + 1).then(|| Gap {
-                    epoch: position.epoch.clone(),
-                    from: base + 1,
-                    to: position.offset - 1,
-                    reason: None,
-                })
-            }
-            // Another epoch without a `gap` from the server: the old one's rest is lost.
-            Some(_) => Some(Gap {
-                epoch: position.epoch.clone(),
-                from: 0,
-                to: 0,
-                reason: None,
-            }),
-            None => None,
+        let TopicPos {
+            last: before,
+            mut window,
+        } = state;
+        let hole = match check_next(before.as_ref(), &mut window, &message.position) {
+            Err(Duplicate) => return Delivered::Yes,
+            Ok(hole) => hole,
         };
         let topic = message.topic.clone();
         let last = message.position.clone();
@@ -488,7 +400,10 @@ impl PatEntry {
                         topic,
                         TopicPos {
                             last: state.last.clone(),
-                            window: Some((gap.epoch.clone(), Some(gap.to))),
+                            window: Some(Window {
+                                epoch: gap.epoch.clone(),
+                                to: Some(gap.to),
+                            }),
                         },
                     );
                 }
@@ -497,7 +412,10 @@ impl PatEntry {
             // A `since` of another epoch, or the stream recreated: the new epoch's messages
             // follow from what its history holds (a resume before the first asks from 0).
             Some(GapReason::Epoch) => {
-                window = Some((gap.epoch.clone(), None));
+                window = Some(Window {
+                    epoch: gap.epoch.clone(),
+                    to: None,
+                });
                 Some(Position::new(gap.epoch.clone(), 0))
             }
             Some(GapReason::Ahead) => {

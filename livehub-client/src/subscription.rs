@@ -2,7 +2,7 @@
 //! [`Subscription`]).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -11,8 +11,8 @@ use livehub_protocol::{GapReason, Member, Payload, Position, PresenceEvents};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::driver::Command;
 use crate::error::Error;
+use crate::feed::{Feed, Shared};
 
 /// One message of a topic.
 #[derive(Debug, Clone, PartialEq)]
@@ -179,14 +179,6 @@ impl SubscribeOptions {
     }
 }
 
-/// What a subscription and the driver share.
-#[derive(Debug, Default)]
-pub(crate) struct SubShared {
-    /// Set by the driver when the buffer was full and it dropped something; taken by the
-    /// subscription when it asks for the repair.
-    pub(crate) lagging: AtomicBool,
-}
-
 /// A topic's messages, as a [`Stream`] of [`SubEvent`]s.
 ///
 /// ## Delivery
@@ -220,21 +212,15 @@ pub(crate) struct SubShared {
 #[derive(Debug)]
 #[must_use = "a subscription that is dropped unsubscribes"]
 pub struct Subscription {
-    pub(crate) topic: Arc<str>,
-    pub(crate) id: u64,
-    pub(crate) rx: mpsc::Receiver<SubEvent>,
-    pub(crate) capacity: usize,
-    pub(crate) shared: Arc<SubShared>,
-    pub(crate) cmds: mpsc::Sender<Command>,
+    pub(crate) feed: Feed<SubEvent>,
     /// The position when it was subscribed, then of the last message read.
     pub(crate) position: Position,
-    pub(crate) done: bool,
 }
 
 impl Subscription {
     /// The topic.
     pub fn topic(&self) -> &str {
-        &self.topic
+        &self.feed.name
     }
 
     /// Where a later subscription should resume from (its `since`): the position of the last
@@ -251,33 +237,7 @@ impl Subscription {
 
     /// Unsubscribes, and waits for the server's answer.
     pub async fn unsubscribe(mut self) -> Result<(), Error> {
-        self.done = true;
-        let (tx, rx) = oneshot::channel();
-        let cmd = Command::Unsubscribe {
-            topic: self.topic.clone(),
-            sub: self.id,
-            reply: Some(tx),
-        };
-        self.cmds.send(cmd).await.map_err(|_| Error::Closed)?;
-        rx.await.unwrap_or(Err(Error::Closed))
-    }
-
-    /// Asks the driver to resubscribe from the last position, once a lagging subscription has
-    /// room again.
-    fn repair_if_lagging(&mut self, cx: &mut Context<'_>) {
-        if !self.shared.lagging.load(Ordering::Acquire) || self.rx.len() > self.capacity / 2 {
-            return;
-        }
-        let cmd = Command::Repair {
-            topic: self.topic.clone(),
-            sub: self.id,
-        };
-        match self.cmds.try_send(cmd) {
-            Ok(()) => self.shared.lagging.store(false, Ordering::Release),
-            // The driver is busy: try again soon.
-            Err(mpsc::error::TrySendError::Full(_)) => cx.waker().wake_by_ref(),
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-        }
+        self.feed.unsubscribe().await
     }
 }
 
@@ -286,29 +246,11 @@ impl Stream for Subscription {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SubEvent>> {
         let this = self.get_mut();
-        let polled = this.rx.poll_recv(cx);
+        let polled = this.feed.poll_next(cx);
         if let Poll::Ready(Some(SubEvent::Message(m))) = &polled {
             this.position = m.position.clone();
         }
-        if let Poll::Ready(None) = polled {
-            this.done = true;
-        }
-        this.repair_if_lagging(cx);
         polled
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        if !self.done {
-            // Best effort: should the driver's queue be full, the driver also notices the
-            // closed channel at the next delivery.
-            let _ = self.cmds.try_send(Command::Unsubscribe {
-                topic: self.topic.clone(),
-                sub: self.id,
-                reply: None,
-            });
-        }
     }
 }
 
@@ -352,7 +294,7 @@ pub(crate) struct SubEntry {
     /// Offsets that may be missing without it being a hole (see [`Window`]).
     window: Option<Window>,
     tx: mpsc::Sender<SubEvent>,
-    shared: Arc<SubShared>,
+    shared: Arc<Shared>,
     /// The position of the last message (or gap) handed to the application, or the `since` it
     /// asked for: what a resubscribe resumes from.
     pub(crate) last: Option<Position>,
@@ -367,11 +309,66 @@ pub(crate) struct SubEntry {
 
 /// Offsets of an epoch that may be missing from what follows without it being a hole.
 #[derive(Debug, Clone)]
-struct Window {
-    epoch: Arc<str>,
+pub(crate) struct Window {
+    pub(crate) epoch: Arc<str>,
     /// Through this offset (a `conflated` gap's `to`); `None`: the next message, wherever it
     /// starts (the first of a recreated stream).
-    to: Option<u64>,
+    pub(crate) to: Option<u64>,
+}
+
+/// A message at or before the last one handed over: dropped.
+pub(crate) struct Duplicate;
+
+/// "No duplicate, no silent hole", for a topic's subscription and for each topic of a
+/// pattern's: checks the next message's `position` against `last` (the last message or gap
+/// handed over) and `window` (offsets that may be missing; cleared once passed, or at another
+/// epoch). `Ok(Some(gap))` is a hole the server did not announce, or another epoch without a
+/// `gap` from the server (whatever the old one still had is lost, and so is the new one's
+/// start); `Ok(None)`: in order, or no `last` (the caller checks a first message).
+pub(crate) fn check_next(
+    last: Option<&Position>,
+    window: &mut Option<Window>,
+    position: &Position,
+) -> Result<Option<Gap>, Duplicate> {
+    // Offsets a window allows to be missing are no hole; past a conflated window, the next
+    // expected offset is after it.
+    let mut lenient = false;
+    let mut base = last.map(|p| p.offset);
+    if let Some((same_epoch, to)) = window.as_ref().map(|w| (*w.epoch == *position.epoch, w.to)) {
+        match to {
+            _ if !same_epoch => *window = None,
+            None => {
+                lenient = true;
+                *window = None;
+            }
+            Some(to) if position.offset <= to => lenient = true,
+            Some(to) => {
+                base = base.map(|b| b.max(to));
+                *window = None;
+            }
+        }
+    }
+    match last {
+        Some(last) if *last.epoch == *position.epoch => {
+            if position.offset <= last.offset {
+                return Err(Duplicate);
+            }
+            let base = base.unwrap_or(last.offset);
+            Ok((!lenient && position.offset > base + 1).then(|| Gap {
+                epoch: position.epoch.clone(),
+                from: base + 1,
+                to: position.offset - 1,
+                reason: None,
+            }))
+        }
+        Some(_) => Ok(Some(Gap {
+            epoch: position.epoch.clone(),
+            from: 0,
+            to: 0,
+            reason: None,
+        })),
+        None => Ok(None),
+    }
 }
 
 impl SubEntry {
@@ -379,7 +376,7 @@ impl SubEntry {
         id: u64,
         opts: &SubscribeOptions,
         tx: mpsc::Sender<SubEvent>,
-        shared: Arc<SubShared>,
+        shared: Arc<Shared>,
         waiter: oneshot::Sender<Result<Position, Error>>,
     ) -> SubEntry {
         SubEntry {
@@ -475,52 +472,13 @@ impl SubEntry {
             Phase::Recovering { cause, .. } => Some(*cause),
             Phase::Live => None,
         };
-        // Offsets a window allows to be missing are no hole; past a conflated window, the
-        // next expected offset is after it.
-        let mut lenient = false;
-        let mut base = self.last.as_ref().map(|p| p.offset);
-        if let Some(w) = &self.window {
-            if *w.epoch != *position.epoch {
-                self.window = None;
-            } else {
-                match w.to {
-                    None => {
-                        lenient = true;
-                        self.window = None;
-                    }
-                    Some(to) if position.offset <= to => lenient = true,
-                    Some(to) => {
-                        base = base.map(|b| b.max(to));
-                        self.window = None;
-                    }
-                }
-            }
-        }
         let expect = self.expect.take();
-        let hole = match &self.last {
-            Some(last) if *last.epoch == *position.epoch => {
-                if position.offset <= last.offset {
-                    return Delivered::Yes; // a duplicate
-                }
-                let base = base.unwrap_or(last.offset);
-                (!lenient && position.offset > base + 1).then(|| Gap {
-                    epoch: position.epoch.clone(),
-                    from: base + 1,
-                    to: position.offset - 1,
-                    reason: None,
-                })
-            }
-            // Another epoch without a `gap` from the server: whatever the old one still had
-            // is lost, and so is the new one's start.
-            Some(_) => Some(Gap {
-                epoch: position.epoch.clone(),
-                from: 0,
-                to: 0,
-                reason: None,
-            }),
+        let hole = match check_next(self.last.as_ref(), &mut self.window, &position) {
+            Err(Duplicate) => return Delivered::Yes,
+            Ok(hole) if self.last.is_some() => hole,
             // The first message after a `last` subscribe: one of the newest held (at or
             // before the reply's position) or the next live one; anything further skipped.
-            None => expect.and_then(|top| {
+            Ok(_) => expect.and_then(|top| {
                 (*top.epoch == *position.epoch && position.offset > top.offset + 1).then(|| Gap {
                     epoch: position.epoch.clone(),
                     from: top.offset + 1,
@@ -780,5 +738,98 @@ mod tests {
         let got = offsets(&mut rx);
         assert_eq!(got, ["resumed true", "3"], "the buffer holds two");
         assert!(e.lagging, "full again");
+    }
+
+    fn at(epoch: &str, offset: u64) -> Position {
+        Position::new(epoch, offset)
+    }
+
+    /// Whether a duplicate, the hole (epoch, from, to), and the `to` of the window left.
+    type Verdict = (bool, Option<(String, u64, u64)>, Option<Option<u64>>);
+
+    /// `check_next`'s verdict, and the window it leaves.
+    fn check(
+        last: Option<Position>,
+        window: Option<(&str, Option<u64>)>,
+        next: Position,
+    ) -> Verdict {
+        let mut window = window.map(|(e, to)| Window {
+            epoch: Arc::from(e),
+            to,
+        });
+        let verdict = check_next(last.as_ref(), &mut window, &next);
+        let left = window.map(|w| w.to);
+        match verdict {
+            Err(Duplicate) => (true, None, left),
+            Ok(hole) => (
+                false,
+                hole.map(|g| (g.epoch.to_string(), g.from, g.to)),
+                left,
+            ),
+        }
+    }
+
+    #[test]
+    fn the_next_message_is_in_order_a_duplicate_or_after_a_hole() {
+        let hole = |e: &str, from, to| Some((e.to_owned(), from, to));
+        // In order, a duplicate (the same or an older offset), a hole.
+        assert_eq!(
+            check(Some(at("e", 4)), None, at("e", 5)),
+            (false, None, None)
+        );
+        assert_eq!(
+            check(Some(at("e", 4)), None, at("e", 4)),
+            (true, None, None)
+        );
+        assert_eq!(
+            check(Some(at("e", 4)), None, at("e", 2)),
+            (true, None, None)
+        );
+        assert_eq!(
+            check(Some(at("e", 4)), None, at("e", 9)),
+            (false, hole("e", 5, 8), None)
+        );
+        // Another epoch without a gap from the server: all of it is lost.
+        assert_eq!(
+            check(Some(at("e", 4)), None, at("f", 1)),
+            (false, hole("f", 0, 0), None)
+        );
+        // Nothing handed over yet: the caller checks the first message.
+        assert_eq!(check(None, None, at("e", 9)), (false, None, None));
+    }
+
+    #[test]
+    fn a_window_allows_its_offsets_to_be_missing_until_it_is_passed() {
+        let hole = |e: &str, from, to| Some((e.to_owned(), from, to));
+        let conflated = Some(("e", Some(10)));
+        // Within a conflated window: no hole, and the window stays.
+        assert_eq!(
+            check(Some(at("e", 4)), conflated, at("e", 8)),
+            (false, None, Some(Some(10)))
+        );
+        // Just past it: no hole; further past it: a hole from after the window.
+        assert_eq!(
+            check(Some(at("e", 4)), conflated, at("e", 11)),
+            (false, None, None)
+        );
+        assert_eq!(
+            check(Some(at("e", 4)), conflated, at("e", 14)),
+            (false, hole("e", 11, 13), None)
+        );
+        // A window of another epoch is dropped and allows nothing.
+        assert_eq!(
+            check(Some(at("e", 4)), Some(("old", Some(10))), at("e", 8)),
+            (false, hole("e", 5, 7), None)
+        );
+        // A recreated stream's window: its next message, wherever it starts, then cleared.
+        assert_eq!(
+            check(Some(at("e", 4)), Some(("e", None)), at("e", 30)),
+            (false, None, None)
+        );
+        // A duplicate is still one inside a window.
+        assert_eq!(
+            check(Some(at("e", 4)), conflated, at("e", 3)),
+            (true, None, Some(Some(10)))
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! topics under one pattern survive a cut connection with every message once per topic, in
 //! order; a history too short is a gap of that topic; a pattern the application does not read
 //! lags and resumes; refusals are the call's errors; dropping (or unsubscribing) sends
-//! `punsubscribe`.
+//! `punsubscribe` (and `unsubscribe` for a topic's subscription).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use common::{host, serve, wait_event, within, Fake, Proxy};
 use livehub_client::{
     ConnectionEvent, ErrorCode, GapReason, PatternEvent, PatternOptions, PatternSubscription,
-    ResumeCause,
+    ResumeCause, Subscription,
 };
 use livehub_core::{async_trait, Action, Hooks, Hub, Identity};
 use livehub_protocol::{ClientOp, Codec};
@@ -294,8 +294,23 @@ async fn psubscribe_with_positions_recovers_what_the_application_missed() {
     client.close().await;
 }
 
+/// A topic's subscription or a pattern's, for the test that ends both kinds.
+enum Handle {
+    Topic(Subscription),
+    Pattern(PatternSubscription),
+}
+
+impl Handle {
+    async fn unsubscribe(self) -> Result<(), livehub_client::Error> {
+        match self {
+            Handle::Topic(s) => s.unsubscribe().await,
+            Handle::Pattern(s) => s.unsubscribe().await,
+        }
+    }
+}
+
 #[tokio::test]
-async fn dropping_a_pattern_subscription_sends_punsubscribe() {
+async fn dropping_or_ending_a_subscription_of_either_kind_tells_the_server() {
     let mut fake = Fake::start().await;
     let codec = Codec::Json;
     let addr = fake.addr;
@@ -304,17 +319,30 @@ async fn dropping_a_pattern_subscription_sends_punsubscribe() {
     conn.welcome(codec, 1, 60_000).await;
     let client = connecting.await.unwrap().unwrap();
 
-    for explicit in [false, true] {
+    for (pattern, explicit) in [(true, false), (true, true), (false, false), (false, true)] {
         let subscribing = tokio::spawn({
             let client = client.clone();
-            async move { client.psubscribe("x/*").await }
+            async move {
+                if pattern {
+                    client.psubscribe("x/*").await.map(Handle::Pattern)
+                } else {
+                    client.subscribe("x/a").await.map(Handle::Topic)
+                }
+            }
         });
-        let frame = conn.recv().await.expect("a psubscribe");
-        let ClientOp::PSubscribe { pattern, positions } = frame.op else {
-            panic!("{:?}", frame.op)
+        let frame = conn.recv().await.expect("a subscribe");
+        let answer = match frame.op {
+            ClientOp::PSubscribe { pattern, positions } => {
+                assert_eq!((pattern.as_str(), positions.len()), ("x/*", 0));
+                json!({"pattern": "x/*"})
+            }
+            ClientOp::Subscribe { topic, since, .. } => {
+                assert_eq!((topic.as_str(), since), ("x/a", None));
+                json!({"topic": "x/a", "epoch": "e1", "offset": 0})
+            }
+            op => panic!("{op:?}"),
         };
-        assert_eq!((pattern.as_str(), positions.len()), ("x/*", 0));
-        conn.reply(codec, frame.id, json!({"pattern": "x/*"})).await;
+        conn.reply(codec, frame.id, answer).await;
         let sub = subscribing.await.unwrap().unwrap();
         let unsubscribing = if explicit {
             Some(tokio::spawn(sub.unsubscribe()))
@@ -322,11 +350,12 @@ async fn dropping_a_pattern_subscription_sends_punsubscribe() {
             drop(sub);
             None
         };
-        let frame = conn.recv().await.expect("a punsubscribe");
-        let ClientOp::PUnsubscribe { pattern } = frame.op else {
-            panic!("{:?}", frame.op)
-        };
-        assert_eq!(pattern, "x/*");
+        let frame = conn.recv().await.expect("an unsubscribe");
+        match frame.op {
+            ClientOp::PUnsubscribe { pattern: p } if pattern => assert_eq!(p, "x/*"),
+            ClientOp::Unsubscribe { topic } if !pattern => assert_eq!(topic, "x/a"),
+            op => panic!("pattern {pattern}: {op:?}"),
+        }
         conn.reply(codec, frame.id, json!(null)).await;
         if let Some(u) = unsubscribing {
             u.await.unwrap().unwrap();
