@@ -48,7 +48,7 @@
 //!
 //! | feature | what |
 //! | --- | --- |
-//! | `tls` | `wss://` URLs over rustls (the ring provider), trusting webpki's roots unless [`ClientBuilder::tls_config`] says otherwise. Without it a `wss://` URL fails with [`Error::Config`] |
+//! | `tls` | `wss://` URLs over rustls (the ring provider), trusting webpki's roots unless `ClientBuilder::tls_config` (with this feature) says otherwise. Without it a `wss://` URL fails with [`Error::Config`] |
 //! | `tls-test` | builds the TLS test (a `wss://` hub with a certificate made in the test) |
 //!
 //! # Example
