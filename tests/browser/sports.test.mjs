@@ -257,6 +257,9 @@ for (const transport of ["ws", "sse", "poll"]) {
     const p = await board(server, transport);
     t.after(() => p.context.close());
     const { page } = p;
+    // Connected is not yet subscribed (over long-polling the subscribe takes a round trip
+    // more): /kick finds the page by its subscription.
+    await until(page, "the subscription", () => matchday.sub && matchday.sub.state === "subscribed");
     const { kicked } = await server.call("/kick");
     assert.equal(kicked, 1);
     await until(page, "the page to stop", () => matchday.hub.state === "closed");
