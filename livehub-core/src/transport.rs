@@ -393,8 +393,8 @@ impl Outbox {
         }
 
         let codec = self.state.codec;
-        let before = out.len();
         let stats = &self.inner.stats;
+        let mut bytes = 0;
         let notices = notices.into_iter().map(Item::Frame);
         for item in notices
             .chain(taken.drain(..))
@@ -408,11 +408,14 @@ impl Outbox {
                     continue;
                 }
             };
-            match shared.encoded_with(codec, || stats.count_encode(codec)) {
-                Ok(_) => out.push(Outgoing::Frame(OutFrame {
-                    frame: shared,
-                    codec,
-                })),
+            match shared.encoded_ref(codec, || stats.count_encode(codec)) {
+                Ok(encoded) => {
+                    bytes += encoded.len();
+                    out.push(Outgoing::Frame(OutFrame {
+                        frame: shared,
+                        codec,
+                    }));
+                }
                 Err(e) => {
                     let what = match shared.frame() {
                         Frame::Message { topic, offset, .. } => format!("{topic}@{offset}"),
@@ -423,7 +426,8 @@ impl Outbox {
                         code: ErrorCode::Undeliverable.into(),
                         message: format!("{what} cannot be sent as {}: {e}", codec.name()),
                     });
-                    if err.encoded(codec).is_ok() {
+                    if let Ok(encoded) = err.encoded_ref(codec, || {}) {
+                        bytes += encoded.len();
                         out.push(Outgoing::Frame(OutFrame { frame: err, codec }));
                     }
                 }
@@ -434,13 +438,6 @@ impl Outbox {
         if taken.capacity() <= SPARE_KEPT {
             self.spare = taken;
         }
-        let bytes: usize = out[before..]
-            .iter()
-            .map(|o| match o {
-                Outgoing::Frame(f) => f.bytes().len(),
-                _ => 0,
-            })
-            .sum();
         Stats::add(&self.inner.stats.bytes_out, bytes as u64);
         if ping {
             out.push(Outgoing::Ping);

@@ -365,7 +365,10 @@ impl ServerFrame {
 /// let mut made = 0;
 /// let a = shared.encoded_with(Codec::Json, || made += 1).unwrap();
 /// let b = shared.encoded_with(Codec::Json, || made += 1).unwrap();
-/// assert_eq!((a, made), (b, 1));
+/// assert_eq!((&a, made), (&b, 1));
+/// // Borrowed, no handle on the bytes taken: the same bytes, not encoded again.
+/// assert_eq!(shared.encoded_ref(Codec::Json, || made += 1).ok(), Some(&a));
+/// assert_eq!(made, 1);
 /// ```
 #[derive(Debug)]
 pub struct Shared {
@@ -416,12 +419,25 @@ impl Shared {
         codec: Codec,
         on_encode: impl FnOnce(),
     ) -> Result<Bytes, EncodeError> {
+        self.encoded_ref(codec, on_encode)
+            .cloned()
+            .map_err(Clone::clone)
+    }
+
+    /// [`Shared::encoded_with`], borrowed: no handle on the bytes is taken (a fan-out asks
+    /// this once per frame per subscriber, and a clone is an atomic increment and decrement
+    /// on one counter shared by all of them).
+    pub fn encoded_ref(
+        &self,
+        codec: Codec,
+        on_encode: impl FnOnce(),
+    ) -> Result<&Bytes, &EncodeError> {
         self.encoded[codec.index()]
             .get_or_init(|| {
                 on_encode();
                 self.frame.encode(codec)
             })
-            .clone()
+            .as_ref()
     }
 }
 
