@@ -72,6 +72,13 @@ async fn subscribe(c: &mut Client, topic: &str, presence: Value) {
     assert_eq!(r["type"], "reply", "{r}");
 }
 
+async fn unsubscribe(c: &mut Client, topic: &str) {
+    let r = c
+        .ask(json!({"type": "unsubscribe", "topic": topic}), 9)
+        .await;
+    assert_eq!(r["type"], "reply", "{r}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_and_pages_over_every_transport() {
     let hub = Hub::builder().hooks(UserHooks).build();
@@ -153,6 +160,97 @@ async fn counts_and_pages_over_every_transport() {
     assert_eq!(
         hub.topic_count(topic).await.unwrap(),
         PresenceCount { count: 5, users: 3 }
+    );
+}
+
+/// The node counts, per topic, the subscriptions that watch its presence (a `join` nobody
+/// watches then costs nothing rather than a pass over every subscriber): watchers of either
+/// kind coming and going, and subscribers without presence coming and going, never make a
+/// watcher miss an event or get one it did not ask for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_come_and_go_and_each_gets_exactly_the_events_it_asked_for() {
+    let hub = Hub::builder().hooks(UserHooks).build();
+    let app = axum::Router::new().route_service("/ws", WsService::new(hub.clone()));
+    let addr = serve_router(app).await;
+    let topic = "hall";
+    let open = |user: &'static str| Client::open(addr, Kind::Ws, user, &[], WAIT);
+
+    // Subscribers without presence come and go before any watcher.
+    let mut quiet = open("quiet").await;
+    subscribe(&mut quiet, topic, json!(false)).await;
+    unsubscribe(&mut quiet, topic).await;
+    let mut sessions = open("sam").await;
+    subscribe(&mut sessions, topic, json!(true)).await;
+    let mut a = open("ann").await;
+    subscribe(&mut a, topic, json!(false)).await;
+    assert_eq!(
+        presence_event(&mut sessions).await,
+        ev("join", "ann", a.session)
+    );
+    // A subscriber without presence leaving does not uncount the watcher.
+    let mut q = open("quinn").await;
+    subscribe(&mut q, topic, json!(false)).await;
+    unsubscribe(&mut q, topic).await;
+    assert_eq!(
+        presence_event(&mut sessions).await,
+        ev("join", "quinn", q.session)
+    );
+    assert_eq!(
+        presence_event(&mut sessions).await,
+        ev("leave", "quinn", q.session)
+    );
+    let mut q2 = open("quinn").await;
+    subscribe(&mut q2, topic, json!(false)).await;
+    assert_eq!(
+        presence_event(&mut sessions).await,
+        ev("join", "quinn", q2.session)
+    );
+
+    // A user watcher joins (the session watcher sees it); a quiet subscriber leaves.
+    let mut users = open("uma").await;
+    subscribe(&mut users, topic, json!("users")).await;
+    assert_eq!(
+        presence_event(&mut sessions).await,
+        ev("join", "uma", users.session)
+    );
+    unsubscribe(&mut a, topic).await;
+    assert_eq!(
+        presence_event(&mut sessions).await,
+        ev("leave", "ann", a.session)
+    );
+    assert_eq!(
+        presence_event(&mut users).await,
+        ev("leave", "ann", a.session)
+    );
+
+    // The session watcher goes: the user watcher still hears a new user, and its second
+    // session is not an event for it.
+    unsubscribe(&mut sessions, topic).await;
+    assert_eq!(
+        presence_event(&mut users).await,
+        ev("leave", "sam", sessions.session)
+    );
+    let mut b1 = open("bo").await;
+    subscribe(&mut b1, topic, json!(false)).await;
+    assert_eq!(
+        presence_event(&mut users).await,
+        ev("join", "bo", b1.session)
+    );
+    let mut b2 = open("bo").await;
+    subscribe(&mut b2, topic, json!(false)).await;
+    marker_next(&hub, &mut users, topic, 1).await;
+
+    // No watcher left: a join goes to nobody; then a new session watcher hears the next one.
+    unsubscribe(&mut users, topic).await;
+    let mut c = open("cy").await;
+    subscribe(&mut c, topic, json!(false)).await;
+    subscribe(&mut sessions, topic, json!(true)).await;
+    let mut d = open("di").await;
+    subscribe(&mut d, topic, json!(false)).await;
+    marker_next(&hub, &mut c, topic, 2).await;
+    assert_eq!(
+        presence_event(&mut sessions).await,
+        ev("join", "di", d.session)
     );
 }
 

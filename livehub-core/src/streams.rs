@@ -46,7 +46,13 @@ pub(crate) struct LocalTopic {
 }
 
 pub(crate) struct TopicState {
+    /// Changed only by [`TopicState::add_sub`] and [`TopicState::remove_sub`], which keep
+    /// `watching` right.
     pub(crate) subs: HashMap<SessionId, Sub>,
+    /// How many of `subs` asked for session (`[0]`) and user (`[1]`) presence events: a
+    /// `join` or `leave` nobody watches costs nothing, instead of a pass over every
+    /// subscriber (which made each subscribe O(subscribers)).
+    watching: [usize; 2],
     /// The live subscribers in session order and their users' session counts.
     pub(crate) presence: LocalPresence,
     /// The last position this node delivered; `None` until the engine's first answer.
@@ -55,6 +61,41 @@ pub(crate) struct TopicState {
     repair: Option<Box<Held>>,
     /// Removed from the node's table: whoever finds it dead looks the topic up again.
     pub(crate) dead: bool,
+}
+
+impl TopicState {
+    /// Adds (or replaces) a subscription.
+    fn add_sub(&mut self, id: SessionId, sub: Sub) {
+        self.watch(sub.presence, true);
+        if let Some(old) = self.subs.insert(id, sub) {
+            self.watch(old.presence, false);
+        }
+    }
+
+    /// Removes a subscription.
+    fn remove_sub(&mut self, id: &SessionId) -> Option<Sub> {
+        let sub = self.subs.remove(id)?;
+        self.watch(sub.presence, false);
+        Some(sub)
+    }
+
+    fn watch(&mut self, mode: PresenceEvents, add: bool) {
+        let slot = match mode {
+            PresenceEvents::None => return,
+            PresenceEvents::Sessions => &mut self.watching[0],
+            PresenceEvents::Users => &mut self.watching[1],
+        };
+        *slot = if add {
+            *slot + 1
+        } else {
+            slot.saturating_sub(1)
+        };
+    }
+
+    /// Whether any subscription gets presence events for `to`.
+    fn watched(&self, to: Watchers) -> bool {
+        (to.sessions && self.watching[0] > 0) || (to.users && self.watching[1] > 0)
+    }
 }
 
 pub(crate) struct Sub {
@@ -278,6 +319,7 @@ impl Inner {
                     name: Arc::from(name),
                     state: Mutex::new(TopicState {
                         subs: HashMap::new(),
+                        watching: [0; 2],
                         presence: LocalPresence::default(),
                         cursor: None,
                         repair: None,
@@ -383,7 +425,7 @@ impl Inner {
                 if st.dead {
                     continue;
                 }
-                st.subs.insert(
+                st.add_sub(
                     s.id,
                     Sub {
                         session: s.clone(),
@@ -637,7 +679,7 @@ impl Inner {
         };
         let (live, empty) = {
             let mut st = lock(&t.state);
-            let live = match st.subs.remove(&s.id) {
+            let live = match st.remove_sub(&s.id) {
                 Some(sub) if sub.is_live() => {
                     let member = s.member();
                     let last = st.presence.remove(&member);
@@ -691,7 +733,7 @@ impl Inner {
         to: Watchers,
         overflow: &mut Vec<Arc<SessionState>>,
     ) {
-        if !to.sessions && !to.users {
+        if !st.watched(to) {
             return;
         }
         let cap = self.hold_cap();
@@ -1274,7 +1316,7 @@ impl Inner {
             return false;
         }
         let next = st.cursor.as_ref().map_or(0, |(_, last)| last + 1);
-        st.subs.insert(
+        st.add_sub(
             s.id,
             Sub {
                 session: s.clone(),
