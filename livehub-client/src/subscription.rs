@@ -747,6 +747,11 @@ mod tests {
     /// Whether a duplicate, the hole (epoch, from, to), and the `to` of the window left.
     type Verdict = (bool, Option<(String, u64, u64)>, Option<Option<u64>>);
 
+    /// A hole of `epoch`, as [`check`] reports it.
+    fn hole(epoch: &str, from: u64, to: u64) -> Option<(String, u64, u64)> {
+        Some((epoch.to_owned(), from, to))
+    }
+
     /// `check_next`'s verdict, and the window it leaves.
     fn check(
         last: Option<Position>,
@@ -771,7 +776,6 @@ mod tests {
 
     #[test]
     fn the_next_message_is_in_order_a_duplicate_or_after_a_hole() {
-        let hole = |e: &str, from, to| Some((e.to_owned(), from, to));
         // In order, a duplicate (the same or an older offset), a hole.
         assert_eq!(
             check(Some(at("e", 4)), None, at("e", 5)),
@@ -800,7 +804,6 @@ mod tests {
 
     #[test]
     fn a_window_allows_its_offsets_to_be_missing_until_it_is_passed() {
-        let hole = |e: &str, from, to| Some((e.to_owned(), from, to));
         let conflated = Some(("e", Some(10)));
         // Within a conflated window: no hole, and the window stays.
         assert_eq!(
